@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Installs what crik's demo and tests need on a fresh Debian bookworm machine, idempotently:
+#   - CRIU 4.2 or newer from Debian testing (forky), pinned low so nothing else comes from it.
+#     bookworm's CRIU 3.17 fails `criu check` on recent kernels (vdso); trixie's 4.1.1 cannot
+#     dump a process holding a TCP/UDP socket on kernels 6.16+ (SO_PASSCRED, fixed in 4.2).
+#   - nftables (CRIU's network lock; its default iptables mode needs iptables-restore)
+#   - tini (the bench compares crik's idle memory against it), util-linux (unshare), python3.
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: must run as root (installs Debian packages)" >&2
+    exit 1
+fi
+
+criu_ok() {
+    command -v criu >/dev/null 2>&1 || return 1
+    local v major minor
+    v=$(criu --version 2>/dev/null | awk '/^Version:/ {print $2}')
+    major=${v%%.*}; minor=${v#*.}; minor=${minor%%.*}
+    [ -n "$major" ] && { [ "$major" -gt 4 ] || { [ "$major" -eq 4 ] && [ "$minor" -ge 2 ]; }; }
+}
+
+need=()
+criu_ok || need+=(criu)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v tini >/dev/null 2>&1 || need+=(tini)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+
+if [ ${#need[@]} -eq 0 ]; then
+    log "everything present ($(criu --version | head -1))"
+    exit 0
+fi
+log "installing: ${need[*]}"
+
+export DEBIAN_FRONTEND=noninteractive
+forky=/etc/apt/sources.list.d/crik-forky.sources
+if [[ " ${need[*]} " == *" criu "* ]] && [ ! -f "$forky" ]; then
+    # Same mirror as the machine's own Debian source.
+    uri=$(awk '/^URIs:/ && $2 ~ /debian\/?$/ && $2 !~ /security/ {print $2; exit}' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=http://deb.debian.org/debian
+    cat >"$forky" <<SRC
+Types: deb
+URIs: $uri
+Suites: forky
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    cat >/etc/apt/preferences.d/crik-forky <<'PIN'
+# Only packages asked for explicitly (apt-get -t forky) come from Debian testing.
+Package: *
+Pin: release n=forky
+Pin-Priority: 50
+PIN
+fi
+
+apt-get update -qq
+others=()
+for p in "${need[@]}"; do [ "$p" = criu ] || others+=("$p"); done
+if [ ${#others[@]} -gt 0 ]; then
+    apt-get install -y -qq --no-install-recommends "${others[@]}"
+fi
+if [[ " ${need[*]} " == *" criu "* ]]; then
+    apt-get install -y -qq -t forky --no-install-recommends criu
+fi
+criu_ok || { echo "setup: CRIU 4.2 or newer could not be installed" >&2; exit 1; }
+log "done ($(criu --version | head -1))"

@@ -1,0 +1,167 @@
+//! Checkpoint: one linear flow from a running app to a published checkpoint.
+//!
+//! stage → delete inotifyIncompatiblePaths → archive additionalPaths → note stdio →
+//! CRIU dump (bounded) → manifest → publish (atomic rename) → retire older checkpoints.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use nix::unistd::Pid;
+
+use crate::config::Config;
+use crate::criu::{self, CriuError};
+use crate::files::{self, FilesError};
+use crate::manifest::{Manifest, FORMAT};
+use crate::store::{Checkpoint, Store, StoreError};
+use crate::supervisor::Signals;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error("cannot read the app's stdio links in /proc/{pid}/fd: {source}")]
+    Stdio { pid: i32, source: std::io::Error },
+    #[error("cannot open images dir {path}: {source}")]
+    ImagesDir { path: PathBuf, source: std::io::Error },
+    #[error("{source}{}", format_log(log_lines))]
+    Criu { source: CriuError, log_lines: Vec<String> },
+}
+
+/// Renders CRIU's own error lines under a failure, so the user sees why, not just "failed".
+pub fn format_log(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nCRIU's log says:");
+    for l in lines {
+        s.push_str("\n  ");
+        s.push_str(l);
+    }
+    s
+}
+
+/// What a checkpoint needs besides the store: the config and the app being checkpointed.
+pub struct Target<'a> {
+    pub config: &'a Config,
+    pub app: Pid,
+    pub command: &'a [String],
+}
+
+/// Checkpoints the app's whole tree and publishes it. CRIU stops the tree when the dump
+/// succeeds; when it fails, CRIU resumes the app and the staging dir is removed.
+pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<Checkpoint, CheckpointError> {
+    let started = Instant::now();
+    let staged = store.stage()?;
+    log::info!("checkpointing app (pid {}) into {}", target.app, staged.dir.display());
+    match dump_into(signals, &staged, target) {
+        Ok(manifest) => {
+            let published = store.publish(&staged, &manifest)?;
+            store.retire_all_but(&published, target.config.keep_checkpoints);
+            log::info!(
+                "checkpoint {} complete in {} ms (CRIU dump {} ms), {} MiB",
+                published.dir.display(),
+                started.elapsed().as_millis(),
+                manifest.dump_millis,
+                dir_size(&published.dir) / (1024 * 1024)
+            );
+            Ok(published)
+        }
+        Err(e) => {
+            store.discard(&staged);
+            Err(e)
+        }
+    }
+}
+
+fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
+    let stdio = stdio_links(target.app)?;
+    files::delete_paths(&target.config.inotify_incompatible_paths)?;
+    let has_files_archive = if target.config.additional_paths.is_empty() {
+        false
+    } else {
+        files::archive_paths(&target.config.additional_paths, &staged.files_archive())?;
+        true
+    };
+    let images = staged.images_dir();
+    let dir = File::open(&images).map_err(|e| CheckpointError::ImagesDir { path: images.clone(), source: e })?;
+    let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
+
+    let dump_started = Instant::now();
+    let req = criu::Request {
+        kind: criu::rpc::Criu_req_type::DUMP,
+        opts: criu::dump_opts(&dir, target.app),
+        inherit: Vec::new(),
+        deadline: target.config.checkpoint_timeout,
+    };
+    if let Err(e) = criu::call(signals, req) {
+        let log_lines = criu::log_errors(&images.join(criu::DUMP_LOG), 8);
+        return Err(CheckpointError::Criu { source: e, log_lines });
+    }
+    Ok(Manifest {
+        format: FORMAT,
+        created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        command: target.command.to_vec(),
+        root_pid: target.app.as_raw(),
+        stdio,
+        addresses: local_addresses(),
+        has_files_archive,
+        crik_version: env!("CARGO_PKG_VERSION").to_string(),
+        criu_version,
+        kernel: kernel_release(),
+        dump_millis: dump_started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Where the app's fds 0-2 point (`pipe:[123]`, `/dev/null`, `socket:[9]`, `/dev/pts/0`).
+fn stdio_links(pid: Pid) -> Result<[String; 3], CheckpointError> {
+    let link = |fd: i32| {
+        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(|e| CheckpointError::Stdio { pid: pid.as_raw(), source: e })
+    };
+    Ok([link(0)?, link(1)?, link(2)?])
+}
+
+/// The container's non-loopback IP addresses.
+pub fn local_addresses() -> Vec<String> {
+    let mut v: Vec<String> = match nix::ifaddrs::getifaddrs() {
+        Ok(addrs) => addrs
+            .filter_map(|a| a.address)
+            .filter_map(|s| {
+                if let Some(v4) = s.as_sockaddr_in() {
+                    let ip = v4.ip();
+                    (!ip.is_loopback()).then(|| ip.to_string())
+                } else if let Some(v6) = s.as_sockaddr_in6() {
+                    let ip = v6.ip();
+                    (!ip.is_loopback()).then(|| ip.to_string())
+                } else {
+                    None
+                }
+            })
+            .collect(),
+        Err(e) => {
+            log::warn!("cannot list network addresses: {e}");
+            Vec::new()
+        }
+    };
+    v.sort();
+    v.dedup();
+    v
+}
+
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}

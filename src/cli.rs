@@ -1,0 +1,103 @@
+//! Command line: `crik run`, `crik restore`, `--version`, `help`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+const ABOUT: &str = "crik runs your app as a container's init (PID 1). When the container gets SIGTERM \
+because its node is going away, crik checkpoints the app's whole process tree with CRIU into an \
+image directory on a persistent volume; on the next container start it restores the app from there, \
+memory and all, and the app carries on where it stopped.";
+
+const RUN_AFTER: &str = "\
+Configuration (YAML) is read from --config, else from $CRIK_CONFIG, else from /etc/crik/config.yaml.
+Without a configuration file at the default path crik is a plain init: it forwards signals (SIGTERM
+included), reaps zombies and exits with the app's exit code. With `imageDir` set, SIGTERM checkpoints
+the app instead, and the next `crik run` restores it from the newest checkpoint (CMD is then only
+used when there is no checkpoint to restore).
+
+Examples:
+  crik run -- python3 worker.py --queue jobs
+  crik run --config ./crik.yaml -- ./server
+  ENTRYPOINT [\"crik\", \"run\", \"--\", \"app\"]     (in a Dockerfile)
+
+Exit status: the app's exit code, or 128+N when it died of signal N; 0 after a complete
+checkpoint; 127 when CMD is not found, 126 when it cannot be executed; 2 for bad usage or
+configuration; 1 for other failures. Logs go to stderr (level from RUST_LOG, default info).";
+
+const RESTORE_AFTER: &str = "\
+Restores the newest checkpoint in the image dir in the foreground and supervises the app exactly like
+`crik run` (signals forwarded, zombies reaped, exit code passed on, SIGTERM checkpoints again). Meant
+for debugging a checkpoint locally. The checkpoint is left where it is (not retired or quarantined),
+so it can be restored again. Its PIDs must be free: run it as PID 1 of a fresh PID namespace, e.g.
+
+  unshare --pid --fork --mount-proc crik restore --image-dir /var/lib/crik
+
+CRIU's log is written to <checkpoint>/images/restore.log; crik prints its path.";
+
+#[derive(Debug, Parser)]
+#[command(name = "crik", version, about = ABOUT, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run CMD as the container's init; checkpoint it on SIGTERM, restore it on the next start
+    #[command(after_help = RUN_AFTER)]
+    Run(RunArgs),
+    /// Restore the newest checkpoint in the foreground (for debugging a checkpoint)
+    #[command(after_help = RESTORE_AFTER)]
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Configuration file (default: $CRIK_CONFIG, else /etc/crik/config.yaml)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The app to run and its arguments (may be omitted when a checkpoint will be restored)
+    #[arg(value_name = "CMD", trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Configuration file (default: $CRIK_CONFIG, else /etc/crik/config.yaml)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Image directory to restore from (default: imageDir from the configuration)
+    #[arg(long, value_name = "DIR")]
+    pub image_dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_takes_everything_after_double_dash() {
+        let cli = Cli::try_parse_from(["crik", "run", "--config", "/c.yaml", "--", "sh", "-c", "echo --config"]).unwrap();
+        let Command::Run(r) = cli.command else { panic!() };
+        assert_eq!(r.config, Some(PathBuf::from("/c.yaml")));
+        assert_eq!(r.command, vec!["sh", "-c", "echo --config"]);
+    }
+
+    #[test]
+    fn run_without_command_parses_and_restore_takes_image_dir() {
+        let cli = Cli::try_parse_from(["crik", "run"]).unwrap();
+        let Command::Run(r) = cli.command else { panic!() };
+        assert!(r.command.is_empty());
+        let cli = Cli::try_parse_from(["crik", "restore", "--image-dir", "/x"]).unwrap();
+        let Command::Restore(r) = cli.command else { panic!() };
+        assert_eq!(r.image_dir, Some(PathBuf::from("/x")));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

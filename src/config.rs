@@ -1,0 +1,354 @@
+//! crik's configuration file (YAML; keys compatible with the Go original).
+//!
+//! Every value is checked while it is parsed, so an error names the file, the key and the line
+//! (`imageDir: path must be absolute at line 1 column 11`). Unknown keys are errors: a typo in
+//! `imageDir` must never silently switch checkpointing off.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where crik looks when neither `--config` nor `CRIK_CONFIG` names a file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/crik/config.yaml";
+
+/// What to do when a restore fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum OnRestoreFailure {
+    /// Quarantine the checkpoint and start the command fresh.
+    #[default]
+    ColdStart,
+    /// Quarantine the checkpoint and exit non-zero.
+    Fail,
+}
+
+/// How established TCP connections come back at restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum TcpRestore {
+    /// Re-establish them when every address the app had at checkpoint time still exists here
+    /// (same pod, same node), otherwise restore them closed.
+    #[default]
+    Auto,
+    /// Always re-establish them (restore fails if an address is gone).
+    Established,
+    /// Always restore them closed: the app sees the connection drop and reconnects.
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    /// Where checkpoints are written and read. Unset: checkpointing is off.
+    #[serde(default)]
+    pub image_dir: Option<AbsPath>,
+    /// Node-state server asked on SIGTERM whether the node is going away.
+    #[serde(default, rename = "nodeStateServerURL")]
+    pub node_state_server_url: Option<HttpUrl>,
+    /// Files and directories archived into the checkpoint and put back before restore.
+    #[serde(default)]
+    pub additional_paths: Vec<AbsPath>,
+    /// Paths deleted before the dump (things CRIU cannot checkpoint, such as inotify targets).
+    #[serde(default)]
+    pub inotify_incompatible_paths: Vec<AbsPath>,
+    /// What to do when a checkpoint cannot be restored.
+    #[serde(default)]
+    pub on_restore_failure: OnRestoreFailure,
+    /// How many retired (already restored) checkpoints to keep as history.
+    #[serde(default = "default_keep_checkpoints")]
+    pub keep_checkpoints: usize,
+    /// Upper bound for one CRIU dump, in seconds; CRIU is killed past it.
+    #[serde(default = "default_checkpoint_timeout", deserialize_with = "seconds")]
+    pub checkpoint_timeout: Duration,
+    /// Upper bound for one CRIU restore, in seconds; CRIU and what it restored are killed past it.
+    #[serde(default = "default_restore_timeout", deserialize_with = "seconds")]
+    pub restore_timeout: Duration,
+    /// How established TCP connections are restored.
+    #[serde(default)]
+    pub tcp_restore: TcpRestore,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            image_dir: None,
+            node_state_server_url: None,
+            additional_paths: Vec::new(),
+            inotify_incompatible_paths: Vec::new(),
+            on_restore_failure: OnRestoreFailure::default(),
+            keep_checkpoints: default_keep_checkpoints(),
+            checkpoint_timeout: default_checkpoint_timeout(),
+            restore_timeout: default_restore_timeout(),
+            tcp_restore: TcpRestore::default(),
+        }
+    }
+}
+
+fn default_keep_checkpoints() -> usize {
+    1
+}
+fn default_checkpoint_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_restore_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_any(Checked::<Duration>::new("a number of seconds between 0 and 86400", |v| match v {
+        Scalar::Num(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
+        Scalar::Num(secs) => Err(format!("must be a number of seconds between 0 and 86400, got {secs}")),
+        Scalar::Str(s) => Err(format!("must be a number of seconds, got {s:?}")),
+    }))
+}
+
+/// A scalar as the YAML parser saw it.
+enum Scalar<'a> {
+    Str(&'a str),
+    Num(f64),
+}
+
+/// Validates a scalar inside the parser's own visit, so that errors carry the key and the
+/// line (an error raised after parsing has neither).
+struct Checked<T> {
+    expecting: &'static str,
+    check: fn(Scalar) -> Result<T, String>,
+}
+
+impl<T> Checked<T> {
+    fn new(expecting: &'static str, check: fn(Scalar) -> Result<T, String>) -> Self {
+        Checked { expecting, check }
+    }
+}
+
+impl<'de, T> serde::de::Visitor<'de> for Checked<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.check)(Scalar::Str(v)).map_err(E::custom)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+        (self.check)(Scalar::Num(v)).map_err(E::custom)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        self.visit_f64(v as f64)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        self.visit_f64(v as f64)
+    }
+}
+
+fn str_only<T>(v: Scalar, f: impl FnOnce(&str) -> Result<T, String>) -> Result<T, String> {
+    match v {
+        Scalar::Str(s) => f(s),
+        Scalar::Num(n) => Err(format!("expected a string, got the number {n}")),
+    }
+}
+
+/// An absolute path, checked when it is parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbsPath(PathBuf);
+
+impl AbsPath {
+    pub fn new(p: impl Into<PathBuf>) -> Result<Self, String> {
+        let p = p.into();
+        if p.as_os_str().is_empty() {
+            return Err("path must not be empty".into());
+        }
+        if !p.is_absolute() {
+            return Err(format!("path must be absolute, got {:?}", p));
+        }
+        Ok(AbsPath(p))
+    }
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checked::new("an absolute path", |v| str_only(v, |s| AbsPath::new(s))))
+    }
+}
+
+/// An http(s) URL, checked when it is parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpUrl(url::Url);
+
+impl HttpUrl {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let u = url::Url::parse(s).map_err(|e| format!("not a valid URL {s:?}: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+            return Err(format!("must be an http:// or https:// URL with a host, got {s:?}"));
+        }
+        Ok(HttpUrl(u))
+    }
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checked::new("an http(s) URL", |v| str_only(v, HttpUrl::parse)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Which file to read, and whether its absence is an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Named by the user (`--config` or `CRIK_CONFIG`): a missing file is an error.
+    pub explicit: bool,
+}
+
+impl ConfigSource {
+    /// `--config` wins over `CRIK_CONFIG`, which wins over the default path.
+    pub fn resolve(flag: Option<PathBuf>, env: Option<std::ffi::OsString>) -> Self {
+        match (flag, env.filter(|e| !e.is_empty())) {
+            (Some(p), _) => ConfigSource { path: p, explicit: true },
+            (None, Some(e)) => ConfigSource { path: e.into(), explicit: true },
+            (None, None) => ConfigSource { path: DEFAULT_CONFIG_PATH.into(), explicit: false },
+        }
+    }
+
+    /// Reads the file; `Ok(None)` when the default file is absent (crik then runs as a plain init).
+    pub fn load(&self) -> Result<Option<Config>, ConfigError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.explicit => return Ok(None),
+            Err(e) => return Err(ConfigError::Read { path: self.path.clone(), source: e }),
+        };
+        parse(&text)
+            .map(Some)
+            .map_err(|message| ConfigError::Parse { path: self.path.clone(), message })
+    }
+}
+
+/// Parses configuration text. An empty document (or one with only comments) is all defaults.
+pub fn parse(text: &str) -> Result<Config, String> {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    if value.is_null() {
+        return Ok(Config::default());
+    }
+    if !value.is_mapping() {
+        return Err("the top level must be a mapping of keys (imageDir: ..., ...)".into());
+    }
+    // Parse the text again (not the Value) so that errors keep their line and column.
+    serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+}
+
+impl fmt::Display for AbsPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let c = parse(
+            "imageDir: /var/crik\nnodeStateServerURL: http://crik.kube-system.svc:9376\n\
+             additionalPaths: [/data, /home/app/.cache]\ninotifyIncompatiblePaths:\n  - /tmp/watched\n\
+             onRestoreFailure: fail\nkeepCheckpoints: 3\ncheckpointTimeout: 20\nrestoreTimeout: 1.5\ntcpRestore: close\n",
+        )
+        .unwrap();
+        assert_eq!(c.image_dir.unwrap().as_path(), Path::new("/var/crik"));
+        assert_eq!(c.node_state_server_url.unwrap().as_str(), "http://crik.kube-system.svc:9376/");
+        assert_eq!(c.additional_paths.len(), 2);
+        assert_eq!(c.inotify_incompatible_paths[0].as_path(), Path::new("/tmp/watched"));
+        assert_eq!(c.on_restore_failure, OnRestoreFailure::Fail);
+        assert_eq!(c.keep_checkpoints, 3);
+        assert_eq!(c.checkpoint_timeout, Duration::from_secs(20));
+        assert_eq!(c.restore_timeout, Duration::from_millis(1500));
+        assert_eq!(c.tcp_restore, TcpRestore::Close);
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+        assert_eq!(parse("# nothing yet\n").unwrap(), Config::default());
+        assert!(Config::default().image_dir.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("imageDir: /x\nimageDri: /y\n").unwrap_err();
+        assert!(e.contains("unknown field `imageDri`"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn relative_path_is_rejected_with_key_and_line() {
+        let e = parse("additionalPaths:\n  - /ok\n  - relative/dir\n").unwrap_err();
+        assert!(e.contains("must be absolute"), "{e}");
+        assert!(e.contains("additionalPaths"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_rejected() {
+        let e = parse("additionalPaths: /not-a-list\n").unwrap_err();
+        assert!(e.contains("additionalPaths"), "{e}");
+        assert!(e.contains("line 1"), "{e}");
+        let e = parse("keepCheckpoints: many\n").unwrap_err();
+        assert!(e.contains("keepCheckpoints"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_is_rejected() {
+        for bad in ["nodeStateServerURL: not a url\n", "nodeStateServerURL: ftp://x/\n", "nodeStateServerURL: http://\n"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains("nodeStateServerURL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn malformed_yaml_is_rejected_with_line() {
+        let e = parse("imageDir: /x\n  additionalPaths: [\n").unwrap_err();
+        assert!(e.contains("line"), "{e}");
+        let e = parse("- just\n- a list\n").unwrap_err();
+        assert!(e.contains("mapping"), "{e}");
+    }
+
+    #[test]
+    fn bad_enum_and_timeout_values_are_rejected() {
+        assert!(parse("onRestoreFailure: retry\n").unwrap_err().contains("onRestoreFailure"));
+        assert!(parse("checkpointTimeout: 0\n").unwrap_err().contains("checkpointTimeout"));
+        assert!(parse("restoreTimeout: -3\n").unwrap_err().contains("restoreTimeout"));
+    }
+
+    #[test]
+    fn source_precedence() {
+        let s = ConfigSource::resolve(Some("/a".into()), Some("/b".into()));
+        assert_eq!(s, ConfigSource { path: "/a".into(), explicit: true });
+        let s = ConfigSource::resolve(None, Some("/b".into()));
+        assert_eq!(s, ConfigSource { path: "/b".into(), explicit: true });
+        let s = ConfigSource::resolve(None, None);
+        assert_eq!(s, ConfigSource { path: DEFAULT_CONFIG_PATH.into(), explicit: false });
+    }
+
+    #[test]
+    fn missing_default_file_means_no_config_but_missing_named_file_is_an_error() {
+        let missing = ConfigSource { path: "/nonexistent/crik.yaml".into(), explicit: false };
+        assert!(missing.load().unwrap().is_none());
+        let named = ConfigSource { explicit: true, ..missing };
+        let e = named.load().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/crik.yaml"), "{e}");
+    }
+}

@@ -1,0 +1,371 @@
+//! A small client for CRIU's swrk RPC, built on rust-criu's generated protobuf types.
+//!
+//! rust-criu's `Criu` cannot set every option crik needs (tcp_close, ghost_limit), drops the
+//! restore response (the restored PID) and has no deadline. CRIU can hang for ever on a damaged
+//! image, so every call here has one: past it CRIU's whole process group is SIGKILLed.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::socket::{recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+use protobuf::Message;
+pub use rust_criu::rust_criu_protobuf::rpc;
+
+use crate::supervisor::Signals;
+
+pub const CRIU_BIN: &str = "criu";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriuError {
+    #[error("cannot start `{bin} swrk`: {source}")]
+    Spawn { bin: String, source: io::Error },
+    #[error("talking to CRIU failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("bad message from CRIU: {0}")]
+    Protocol(String),
+    #[error("CRIU did not finish within {0:?} and was killed")]
+    Timeout(Duration),
+    #[error("CRIU {op} failed (errno {errno}: {errno_text}){msg}")]
+    Failed { op: &'static str, errno: i32, errno_text: String, msg: String },
+    #[error("CRIU exited without answering")]
+    Vanished,
+}
+
+impl From<protobuf::Error> for CriuError {
+    fn from(e: protobuf::Error) -> Self {
+        CriuError::Protocol(e.to_string())
+    }
+}
+
+/// A file descriptor lent to CRIU for the call, and the key CRIU knows it by (`pipe:[123]`).
+pub struct InheritFd {
+    pub fd: OwnedFd,
+    pub key: String,
+}
+
+/// One RPC exchange with a fresh `criu swrk`.
+pub struct Request {
+    pub kind: rpc::Criu_req_type,
+    pub opts: rpc::Criu_opts,
+    /// File descriptors CRIU must inherit (for `inherit_fd`).
+    pub inherit: Vec<InheritFd>,
+    pub deadline: Duration,
+}
+
+/// CRIU's final answer and the fds it sent along (the orphan pts master).
+pub struct Response {
+    pub resp: rpc::Criu_resp,
+    pub received_fds: Vec<OwnedFd>,
+}
+
+/// Runs one request. `on_spawn` learns CRIU's PID (so a caller can clean up what it started).
+pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
+    let op = op_name(req.kind);
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| CriuError::Io(e.into()))?;
+
+    let mut opts = req.opts;
+    let mut keep = vec![theirs.as_raw_fd()];
+    for inh in &req.inherit {
+        keep.push(inh.fd.as_raw_fd());
+        let mut i = rpc::Inherit_fd::new();
+        i.set_key(inh.key.clone());
+        i.set_fd(inh.fd.as_raw_fd());
+        opts.inherit_fd.push(i);
+    }
+
+    let mut cmd = Command::new(CRIU_BIN);
+    cmd.arg("swrk").arg(theirs.as_raw_fd().to_string());
+    // CRIU's own chatter goes to crik's stderr: stdout belongs to the app.
+    cmd.stdin(Stdio::null()).stdout(io::stderr()).stderr(Stdio::inherit());
+    // Its own process group, so a deadline can kill CRIU and every helper it forked.
+    cmd.process_group(0);
+    signals.prepare_child(&mut cmd, false, keep);
+    let child = cmd.spawn().map_err(|e| CriuError::Spawn { bin: CRIU_BIN.into(), source: e })?;
+    drop(theirs);
+    drop(req.inherit);
+    let pid = Pid::from_raw(child.id() as i32);
+
+    let result = exchange(&ours, req.kind, opts, req.deadline);
+    if result.is_err() {
+        let _ = killpg(pid, Signal::SIGKILL);
+    }
+    drop(ours);
+    // CRIU exits once the socket closes; reap it (and only it) so it never lingers as a zombie.
+    let _ = waitpid(pid, None);
+    let resp = result?;
+    if !resp.resp.success() {
+        let errno = resp.resp.cr_errno();
+        return Err(CriuError::Failed {
+            op,
+            errno,
+            errno_text: nix::errno::Errno::from_raw(errno).desc().to_string(),
+            msg: match resp.resp.cr_errmsg() {
+                "" => String::new(),
+                m => format!(": {m}"),
+            },
+        });
+    }
+    Ok(resp)
+}
+
+fn exchange(
+    sock: &OwnedFd,
+    kind: rpc::Criu_req_type,
+    opts: rpc::Criu_opts,
+    deadline: Duration,
+) -> Result<Response, CriuError> {
+    let started = Instant::now();
+    let mut req = rpc::Criu_req::new();
+    req.set_type(kind);
+    req.opts = protobuf::MessageField::some(opts);
+    send(sock, &req)?;
+    let mut received_fds = Vec::new();
+    loop {
+        let left = deadline.checked_sub(started.elapsed()).ok_or(CriuError::Timeout(deadline))?;
+        let (bytes, fds) = recv(sock, left).map_err(|e| match e {
+            RecvError::Timeout => CriuError::Timeout(deadline),
+            RecvError::Closed => CriuError::Vanished,
+            RecvError::Io(e) => CriuError::Io(e),
+        })?;
+        received_fds.extend(fds);
+        let resp = rpc::Criu_resp::parse_from_bytes(&bytes)?;
+        if resp.type_() == rpc::Criu_req_type::NOTIFY && resp.success() {
+            log::debug!("CRIU notify: {}", resp.notify.script());
+            let mut ack = rpc::Criu_req::new();
+            ack.set_type(rpc::Criu_req_type::NOTIFY);
+            ack.set_notify_success(true);
+            send(sock, &ack)?;
+            continue;
+        }
+        if resp.success() && resp.type_() != kind {
+            return Err(CriuError::Protocol(format!("expected a {:?} answer, got {:?}", kind, resp.type_())));
+        }
+        return Ok(Response { resp, received_fds });
+    }
+}
+
+fn send(sock: &OwnedFd, msg: &rpc::Criu_req) -> Result<(), CriuError> {
+    let bytes = msg.write_to_bytes()?;
+    let n = nix::unistd::write(sock, &bytes).map_err(|e| CriuError::Io(e.into()))?;
+    if n != bytes.len() {
+        return Err(CriuError::Protocol("short write to CRIU".into()));
+    }
+    Ok(())
+}
+
+enum RecvError {
+    Timeout,
+    Closed,
+    Io(io::Error),
+}
+
+/// Receives one datagram (with any fds passed alongside) within `timeout`.
+fn recv(sock: &OwnedFd, timeout: Duration) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvError> {
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let mut pfd = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    loop {
+        match poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(0) => return Err(RecvError::Timeout),
+            Ok(_) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    }
+    // Peek at the size first: CRIU's answers can exceed any fixed buffer.
+    let mut probe = [0u8; 0];
+    // SAFETY: zero-length buffer; MSG_TRUNC makes the kernel report the real length.
+    let len = unsafe {
+        libc::recv(sock.as_raw_fd(), probe.as_mut_ptr().cast(), 0, libc::MSG_PEEK | libc::MSG_TRUNC)
+    };
+    if len < 0 {
+        return Err(RecvError::Io(io::Error::last_os_error()));
+    }
+    if len == 0 {
+        return Err(RecvError::Closed);
+    }
+    let mut buf = vec![0u8; len as usize];
+    let mut cmsg = nix::cmsg_space!([RawFd; 4]);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+        .map_err(|e| RecvError::Io(e.into()))?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|e| RecvError::Io(e.into()))? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel just installed these fds for us.
+            fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    let n = msg.bytes;
+    if n == 0 {
+        return Err(RecvError::Closed);
+    }
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
+fn op_name(kind: rpc::Criu_req_type) -> &'static str {
+    match kind {
+        rpc::Criu_req_type::DUMP => "dump",
+        rpc::Criu_req_type::RESTORE => "restore",
+        rpc::Criu_req_type::VERSION => "version",
+        rpc::Criu_req_type::CHECK => "check",
+        _ => "request",
+    }
+}
+
+/// CRIU's version as "major.minor[.sublevel]".
+pub fn version(signals: &Signals) -> Result<String, CriuError> {
+    let r = call(
+        signals,
+        Request {
+            kind: rpc::Criu_req_type::VERSION,
+            opts: rpc::Criu_opts::new(),
+            inherit: Vec::new(),
+            deadline: Duration::from_secs(30),
+        },
+    )?;
+    let v = &r.resp.version;
+    let mut s = format!("{}.{}", v.major_number(), v.minor_number());
+    if v.has_sublevel() {
+        s.push_str(&format!(".{}", v.sublevel()));
+    }
+    Ok(s)
+}
+
+/// Mounts CRIU treats as external: the runtime provides them in every container.
+pub const EXTERNAL_MOUNTS: [(&str, &str); 7] = [
+    ("/dev/null", "null"),
+    ("/dev/random", "random"),
+    ("/dev/urandom", "urandom"),
+    ("/dev/tty", "tty"),
+    ("/dev/zero", "zero"),
+    ("/dev/full", "full"),
+    ("/usr/share/zoneinfo", "zoneinfo"),
+];
+
+/// Ghost (deleted but open) files up to this size are saved into the image (as the original).
+pub const GHOST_LIMIT: u32 = 500 * 1024 * 1024;
+
+/// Options shared by dump and restore.
+fn common_opts(images_dir: &File, log_file: &str) -> rpc::Criu_opts {
+    let mut o = rpc::Criu_opts::new();
+    o.set_images_dir_fd(images_dir.as_raw_fd());
+    o.set_log_level(4);
+    o.set_log_file(log_file.into());
+    o.set_file_locks(true);
+    o.set_shell_job(false);
+    // The pod's cgroups belong to the runtime: neither dump nor restore them.
+    o.set_manage_cgroups(true);
+    o.set_manage_cgroups_mode(rpc::Criu_cg_mode::IGNORE);
+    o.set_ghost_limit(GHOST_LIMIT);
+    // The default (iptables) needs iptables-restore, which slim images lack.
+    o.set_network_lock(rpc::Criu_network_lock_method::NFTABLES);
+    o
+}
+
+/// Dump options for the tree rooted at `pid`.
+pub fn dump_opts(images_dir: &File, pid: Pid) -> rpc::Criu_opts {
+    let mut o = common_opts(images_dir, DUMP_LOG);
+    o.set_pid(pid.as_raw());
+    o.set_leave_running(false);
+    // A connected client must never make the checkpoint fail.
+    o.set_tcp_established(true);
+    o.set_ext_unix_sk(true);
+    for (path, name) in EXTERNAL_MOUNTS {
+        let mut m = rpc::Ext_mount_map::new();
+        m.set_key(path.into());
+        m.set_val(name.into());
+        o.ext_mnt.push(m);
+    }
+    o
+}
+
+/// Restore options; the tree becomes a child of the caller (restore-sibling mode).
+pub fn restore_opts(images_dir: &File, tcp_established: bool) -> rpc::Criu_opts {
+    let mut o = common_opts(images_dir, RESTORE_LOG);
+    o.set_rst_sibling(true);
+    o.set_orphan_pts_master(true);
+    o.set_ext_unix_sk(true);
+    // CRIU's restore: tcp_close wins over tcp_established (sockets come back shut down), so
+    // only one of them is ever set.
+    if tcp_established {
+        o.set_tcp_established(true);
+    } else {
+        o.set_tcp_close(true);
+    }
+    for (path, name) in EXTERNAL_MOUNTS {
+        let mut m = rpc::Ext_mount_map::new();
+        m.set_key(name.into());
+        m.set_val(path.into());
+        o.ext_mnt.push(m);
+    }
+    o
+}
+
+pub const DUMP_LOG: &str = "dump.log";
+pub const RESTORE_LOG: &str = "restore.log";
+
+/// The error lines of a CRIU log (lines starting with "Error" or containing "Error ("),
+/// at most `max` of the last ones, to show the user why CRIU failed.
+pub fn log_errors(log: &Path, max: usize) -> Vec<String> {
+    let mut text = String::new();
+    if File::open(log).and_then(|mut f| f.read_to_string(&mut text)).is_err() {
+        return Vec::new();
+    }
+    error_lines(&text, max)
+}
+
+fn error_lines(text: &str, max: usize) -> Vec<String> {
+    let errs: Vec<String> = text
+        .lines()
+        .filter(|l| l.contains("Error (") || l.trim_start().starts_with("Error") || l.contains("): Error"))
+        .map(|l| l.trim().to_string())
+        .collect();
+    let skip = errs.len().saturating_sub(max);
+    errs.into_iter().skip(skip).collect()
+}
+
+/// Where CRIU wrote its log for a call whose images dir is `dir`.
+pub fn log_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_lines_are_picked_from_a_criu_log() {
+        let log = "(00.001) Dumping task 9001\n(00.002) Error (criu/files.c:123): Can't lookup mount=55 for fd=3\n\
+                   (00.003) unrelated\n(00.004) Error (criu/cr-dump.c:2093): Dumping FAILED.\n";
+        let e = error_lines(log, 5);
+        assert_eq!(e.len(), 2);
+        assert!(e[0].contains("Can't lookup mount"));
+        assert_eq!(error_lines(log, 1).len(), 1);
+        assert!(error_lines(log, 1)[0].contains("Dumping FAILED"));
+    }
+
+    #[test]
+    fn restore_sets_exactly_one_tcp_mode() {
+        let f = File::open("/").unwrap();
+        let o = restore_opts(&f, false);
+        assert!(o.tcp_close() && !o.tcp_established());
+        let o = restore_opts(&f, true);
+        assert!(!o.tcp_close() && o.tcp_established());
+        assert_eq!(o.ext_mnt.len(), EXTERNAL_MOUNTS.len());
+        assert_eq!(o.ext_mnt[0].key(), "null");
+        let d = dump_opts(&f, Pid::from_raw(7));
+        assert_eq!(d.ext_mnt[0].key(), "/dev/null");
+        assert_eq!(d.pid(), 7);
+    }
+}

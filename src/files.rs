@@ -1,0 +1,118 @@
+//! Files that live outside the app's memory: `additionalPaths` are archived into the
+//! checkpoint (modes, owners, times and symlinks kept) and put back before restore;
+//! `inotifyIncompatiblePaths` are deleted before the dump.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::config::AbsPath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilesError {
+    #[error("cannot archive {path}: {source}")]
+    Archive { path: PathBuf, source: io::Error },
+    #[error("cannot restore files from {archive}: {source}")]
+    Extract { archive: PathBuf, source: io::Error },
+    #[error("cannot delete {path}: {source}")]
+    Delete { path: PathBuf, source: io::Error },
+}
+
+/// Deletes each path (file, symlink or whole directory); a missing path is fine.
+pub fn delete_paths(paths: &[AbsPath]) -> Result<(), FilesError> {
+    for p in paths {
+        let p = p.as_path();
+        let r = match fs::symlink_metadata(p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => Err(e),
+            Ok(md) if md.is_dir() => fs::remove_dir_all(p),
+            Ok(_) => fs::remove_file(p),
+        };
+        r.map_err(|e| FilesError::Delete { path: p.to_path_buf(), source: e })?;
+        log::info!("deleted {} (inotifyIncompatiblePaths)", p.display());
+    }
+    Ok(())
+}
+
+/// Archives the paths that exist into `archive` (relative to `/`). Returns how many were
+/// archived; missing paths are skipped with a log line.
+pub fn archive_paths(paths: &[AbsPath], archive: &Path) -> Result<usize, FilesError> {
+    let out = File::create(archive).map_err(|e| FilesError::Archive { path: archive.into(), source: e })?;
+    let mut b = tar::Builder::new(out);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Complete);
+    let mut n = 0;
+    for p in paths {
+        let p = p.as_path();
+        let md = match fs::symlink_metadata(p) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                log::info!("additional path {} does not exist, not archived", p.display());
+                continue;
+            }
+            Err(e) => return Err(FilesError::Archive { path: p.into(), source: e }),
+        };
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        let r = if md.is_dir() { b.append_dir_all(rel, p) } else { b.append_path_with_name(p, rel) };
+        r.map_err(|e| FilesError::Archive { path: p.into(), source: e })?;
+        n += 1;
+    }
+    let f = b.into_inner().map_err(|e| FilesError::Archive { path: archive.into(), source: e })?;
+    f.sync_all().map_err(|e| FilesError::Archive { path: archive.into(), source: e })?;
+    Ok(n)
+}
+
+/// Unpacks an archive made by [`archive_paths`] under `root` (normally `/`).
+pub fn extract(archive: &Path, root: &Path) -> Result<(), FilesError> {
+    let err = |e| FilesError::Extract { archive: archive.into(), source: e };
+    let f = File::open(archive).map_err(err)?;
+    let mut a = tar::Archive::new(f);
+    a.set_preserve_permissions(true);
+    a.set_preserve_ownerships(true);
+    a.set_preserve_mtime(true);
+    a.set_overwrite(true);
+    a.unpack(root).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+
+    #[test]
+    fn archive_and_extract_keep_modes_owners_and_symlinks() {
+        let base = std::env::temp_dir().join(format!("crik-files-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        let src = base.join("data");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("sub/secret"), b"s3cret").unwrap();
+        fs::set_permissions(src.join("sub/secret"), fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::chown(src.join("sub/secret"), Some(1234), Some(4321)).unwrap();
+        symlink("sub/secret", src.join("link")).unwrap();
+        let single = base.join("single.txt");
+        fs::write(&single, b"one").unwrap();
+
+        let archive = base.join("files.tar");
+        let paths = vec![
+            AbsPath::new(&src).unwrap(),
+            AbsPath::new(&single).unwrap(),
+            AbsPath::new(base.join("missing")).unwrap(),
+        ];
+        assert_eq!(archive_paths(&paths, &archive).unwrap(), 2);
+
+        let root = base.join("root");
+        fs::create_dir_all(&root).unwrap();
+        extract(&archive, &root).unwrap();
+        let back = root.join(src.strip_prefix("/").unwrap());
+        assert_eq!(fs::read(back.join("sub/secret")).unwrap(), b"s3cret");
+        let md = fs::metadata(back.join("sub/secret")).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o640);
+        assert_eq!((md.uid(), md.gid()), (1234, 4321));
+        assert_eq!(fs::read_link(back.join("link")).unwrap(), Path::new("sub/secret"));
+        assert_eq!(fs::read(root.join(single.strip_prefix("/").unwrap())).unwrap(), b"one");
+
+        delete_paths(&[AbsPath::new(&src).unwrap(), AbsPath::new(&single).unwrap()]).unwrap();
+        assert!(!src.exists() && !single.exists());
+        fs::remove_dir_all(&base).unwrap();
+    }
+}

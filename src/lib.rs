@@ -1,0 +1,15 @@
+//! crik: a PID-1 wrapper that checkpoints a container's process tree with CRIU on SIGTERM and
+//! restores it on the next start.
+//!
+//! Data flows one way: [`config`] → decision ([`run`]) → [`criu`] → [`store`].
+
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod criu;
+pub mod files;
+pub mod manifest;
+pub mod restore;
+pub mod run;
+pub mod store;
+pub mod supervisor;

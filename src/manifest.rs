@@ -1,0 +1,113 @@
+//! The manifest: what crik records next to CRIU's images so that a restore (possibly on
+//! another node, by another crik version) knows what it is looking at.
+//!
+//! Version rule: a manifest with a higher major `format` than ours is refused; fields added
+//! later are optional, so older manifests keep loading.
+
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// On-disk format version of this checkpoint.
+    pub format: u32,
+    /// When the checkpoint was taken (RFC 3339, UTC).
+    pub created: String,
+    /// The app's command line, as crik started it.
+    pub command: Vec<String>,
+    /// PID of the checkpointed tree's root.
+    pub root_pid: i32,
+    /// Where the app's stdin, stdout and stderr pointed (`pipe:[123]`, `/dev/null`, ...):
+    /// restore hands crik's own stdio to CRIU under these keys.
+    pub stdio: [String; 3],
+    /// Non-loopback IP addresses the container had; decides whether TCP connections can be
+    /// re-established at restore.
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    /// Whether `files.tar` (additionalPaths) is part of the checkpoint.
+    #[serde(default)]
+    pub has_files_archive: bool,
+    pub crik_version: String,
+    pub criu_version: String,
+    pub kernel: String,
+    /// How long the CRIU dump took, in milliseconds.
+    #[serde(default)]
+    pub dump_millis: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid manifest: {source}")]
+    Parse { path: std::path::PathBuf, source: serde_json::Error },
+    #[error("{path} has format {found}, this crik reads format {FORMAT} and older")]
+    TooNew { path: std::path::PathBuf, found: u32 },
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("manifest serializes");
+        s.push('\n');
+        s
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Manifest, ManifestError> {
+        // Manifests are small; refuse to parse anything absurd.
+        let text = std::fs::read(path).map_err(|e| ManifestError::Read { path: path.into(), source: e })?;
+        if text.len() > 16 * 1024 * 1024 {
+            return Err(ManifestError::Read {
+                path: path.into(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "manifest larger than 16 MiB"),
+            });
+        }
+        let m: Manifest =
+            serde_json::from_slice(&text).map_err(|e| ManifestError::Parse { path: path.into(), source: e })?;
+        if m.format > FORMAT {
+            return Err(ManifestError::TooNew { path: path.into(), found: m.format });
+        }
+        Ok(m)
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            created: "2026-11-25T00:00:00Z".into(),
+            command: vec!["sleep".into(), "1".into()],
+            root_pid: 9001,
+            stdio: ["/dev/null".into(), "pipe:[1]".into(), "pipe:[1]".into()],
+            addresses: vec![],
+            has_files_archive: false,
+            crik_version: env!("CARGO_PKG_VERSION").into(),
+            criu_version: "4.2.1".into(),
+            kernel: "6.18".into(),
+            dump_millis: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_newer_formats() {
+        let dir = std::env::temp_dir().join(format!("crik-manifest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(MANIFEST_FILE);
+        let m = Manifest::for_tests();
+        std::fs::write(&p, m.to_json()).unwrap();
+        assert_eq!(Manifest::load(&p).unwrap(), m);
+
+        let newer = Manifest { format: FORMAT + 1, ..m };
+        std::fs::write(&p, newer.to_json()).unwrap();
+        assert!(matches!(Manifest::load(&p), Err(ManifestError::TooNew { .. })));
+
+        std::fs::write(&p, "{ not json").unwrap();
+        assert!(matches!(Manifest::load(&p), Err(ManifestError::Parse { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

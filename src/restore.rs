@@ -1,0 +1,138 @@
+//! Restore: bring a published checkpoint back as a child of crik.
+//!
+//! manifest → additionalPaths back in place → crik's stdio lent to CRIU under the keys the app's
+//! stdio had → CRIU restore (restore-sibling, bounded) → the restored root's PID.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+
+use crate::checkpoint::{format_log, local_addresses};
+use crate::config::{Config, TcpRestore};
+use crate::criu::{self, CriuError, InheritFd};
+use crate::files::{self, FilesError};
+use crate::manifest::{Manifest, ManifestError};
+use crate::store::Checkpoint;
+use crate::supervisor::{self, Signals};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error("cannot open images dir {path}: {source}")]
+    ImagesDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot lend stdio to CRIU: {0}")]
+    Stdio(std::io::Error),
+    #[error("{source}{}\nfull CRIU log: {log}", format_log(log_lines))]
+    Criu { source: CriuError, log_lines: Vec<String>, log: PathBuf },
+}
+
+/// A restored app: its PID, what it was, and fds that must stay open while it runs
+/// (the orphan pts master CRIU hands over when the app had a terminal).
+pub struct Restored {
+    pub pid: Pid,
+    pub manifest: Manifest,
+    pub keep_open: Vec<OwnedFd>,
+}
+
+pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
+    let manifest = Manifest::load(&ckpt.manifest_path())?;
+    log::info!(
+        "restoring checkpoint {} (taken {}, command {:?})",
+        ckpt.dir.display(),
+        manifest.created,
+        manifest.command
+    );
+    if manifest.has_files_archive {
+        files::extract(&ckpt.files_archive(), Path::new("/"))?;
+        log::info!("additionalPaths put back from {}", ckpt.files_archive().display());
+    }
+    let inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
+    let established = match config.tcp_restore {
+        TcpRestore::Established => true,
+        TcpRestore::Close => false,
+        TcpRestore::Auto => addresses_survived(&manifest.addresses, &local_addresses()),
+    };
+    log::info!(
+        "established TCP connections will be {}",
+        if established { "re-established" } else { "restored closed (the container's address changed)" }
+    );
+    let images = ckpt.images_dir();
+    let dir = File::open(&images).map_err(|e| RestoreError::ImagesDir { path: images.clone(), source: e })?;
+    let req = criu::Request {
+        kind: criu::rpc::Criu_req_type::RESTORE,
+        opts: criu::restore_opts(&dir, established),
+        inherit,
+        deadline: config.restore_timeout,
+    };
+    let log = images.join(criu::RESTORE_LOG);
+    match criu::call(signals, req) {
+        Ok(r) => {
+            let pid = Pid::from_raw(r.resp.restore.pid());
+            log::info!("restored app as pid {pid} (CRIU log: {})", log.display());
+            Ok(Restored { pid, manifest, keep_open: r.received_fds })
+        }
+        Err(e) => {
+            // Whatever CRIU half-restored is a child of crik (restore-sibling): kill it all.
+            supervisor::kill_descendants();
+            let log_lines = criu::log_errors(&log, 8);
+            Err(RestoreError::Criu { source: e, log_lines, log })
+        }
+    }
+}
+
+/// crik's own stdio, lent to CRIU under the keys the app's stdio had at checkpoint time, so the
+/// restored app writes to the new container's stdout/stderr. Only pipes and sockets need this:
+/// files such as /dev/null are reopened by path.
+fn stdio_inherit_fds(stdio: &[String; 3]) -> std::io::Result<Vec<InheritFd>> {
+    let mut seen = HashSet::new();
+    let mut v = Vec::new();
+    for (fd, key) in stdio.iter().enumerate() {
+        if !(key.starts_with("pipe:") || key.starts_with("socket:")) || !seen.insert(key.clone()) {
+            continue;
+        }
+        let ours = match fd {
+            0 => std::io::stdin().as_fd().try_clone_to_owned(),
+            1 => std::io::stdout().as_fd().try_clone_to_owned(),
+            _ => std::io::stderr().as_fd().try_clone_to_owned(),
+        };
+        match ours {
+            Ok(f) => v.push(InheritFd { fd: f, key: key.clone() }),
+            // crik started without this fd: the app's end is simply not connected.
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(v)
+}
+
+/// Whether every address recorded at checkpoint time exists here too.
+fn addresses_survived(recorded: &[String], now: &[String]) -> bool {
+    recorded.iter().all(|a| now.contains(a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_reestablished_only_when_all_addresses_survived() {
+        let now = vec!["10.0.0.5".to_string(), "fe80::1".to_string()];
+        assert!(addresses_survived(&["10.0.0.5".into()], &now));
+        assert!(addresses_survived(&[], &now));
+        assert!(!addresses_survived(&["10.0.0.6".into()], &now));
+    }
+
+    #[test]
+    fn only_pipes_and_sockets_are_lent_once_each() {
+        let stdio = ["/dev/null".to_string(), "pipe:[42]".to_string(), "pipe:[42]".to_string()];
+        let v = stdio_inherit_fds(&stdio).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].key, "pipe:[42]");
+    }
+}

@@ -1,0 +1,169 @@
+//! `crik run` and `crik restore`: config → decision (restore or start) → supervise → on SIGTERM,
+//! checkpoint or forward.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::checkpoint::{self, Target};
+use crate::cli::{RestoreArgs, RunArgs};
+use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnRestoreFailure};
+use crate::restore::{self, Restored};
+use crate::store::{Store, StoreError};
+use crate::supervisor::{self, Signals, SpawnError, TermAction};
+
+/// Why crik gave up; each kind has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error("{what}: {why}")]
+    Failed { what: String, why: String },
+}
+
+impl Fatal {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Fatal::Usage(_) | Fatal::Config(_) => 2,
+            Fatal::Spawn(e) => e.exit_code(),
+            Fatal::Failed { .. } => 1,
+        }
+    }
+    fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> Fatal {
+        Fatal::Failed { what: what.into(), why: why.to_string() }
+    }
+}
+
+fn load_config(flag: Option<PathBuf>) -> Result<Config, Fatal> {
+    let source = ConfigSource::resolve(flag, std::env::var_os("CRIK_CONFIG"));
+    match source.load()? {
+        Some(c) => {
+            log::debug!("configuration read from {}", source.path.display());
+            Ok(c)
+        }
+        None => {
+            log::debug!("no configuration at {}: checkpointing is off", source.path.display());
+            Ok(Config::default())
+        }
+    }
+}
+
+fn open_store(dir: &Path) -> Result<Store, Fatal> {
+    Store::open(dir).map_err(|e| match e {
+        StoreError::Locked { .. } | StoreError::Unsafe { .. } => Fatal::failed("cannot use image dir", e),
+        e => Fatal::failed("cannot open image dir", e),
+    })
+}
+
+fn setup_process() -> Result<Signals, Fatal> {
+    let signals = Signals::block().map_err(|e| Fatal::failed("cannot block signals", e))?;
+    supervisor::become_subreaper().map_err(|e| Fatal::failed("cannot become a child subreaper", e))?;
+    Ok(signals)
+}
+
+pub fn run(args: RunArgs) -> Result<i32, Fatal> {
+    let config = load_config(args.config)?;
+    let signals = setup_process()?;
+    let store = match &config.image_dir {
+        Some(dir) => Some(open_store(dir.as_path())?),
+        None => None,
+    };
+
+    let restored = match store.as_ref().and_then(|s| s.latest().map(|c| (s, c))) {
+        Some((store, ckpt)) => match restore::restore(&signals, &config, &ckpt) {
+            Ok(r) => {
+                // Retire it: if the restored app crashes later, the next start must not replay
+                // this (by then stale) state.
+                if let Err(e) = store.retire(&ckpt, config.keep_checkpoints) {
+                    log::warn!("cannot retire restored checkpoint: {e}");
+                }
+                Some(r)
+            }
+            Err(e) => {
+                log::error!("restore of {} failed: {e}", ckpt.dir.display());
+                match store.quarantine(&ckpt) {
+                    Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
+                    Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
+                }
+                if config.on_restore_failure == OnRestoreFailure::Fail {
+                    return Err(Fatal::failed("restore failed", "onRestoreFailure is fail"));
+                }
+                if args.command.is_empty() {
+                    return Err(Fatal::failed("restore failed", "and no command was given to start fresh"));
+                }
+                log::warn!("starting the command fresh (onRestoreFailure: coldStart)");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let (app, command, _keep_open) = match restored {
+        Some(Restored { pid, manifest, keep_open }) => (pid, manifest.command, keep_open),
+        None => {
+            if args.command.is_empty() {
+                return Err(Fatal::Usage(
+                    "no command given and no checkpoint to restore\nusage: crik run [--config PATH] -- CMD [ARGS...]"
+                        .into(),
+                ));
+            }
+            supervisor::reserve_low_pids();
+            let pid = supervisor::spawn_app(&signals, &args.command)?;
+            log::info!("started {:?} as pid {pid}", args.command);
+            (pid, to_strings(&args.command), Vec::new())
+        }
+    };
+    Ok(supervise(&signals, &config, store.as_ref(), app, &command))
+}
+
+pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
+    let config = load_config(args.config)?;
+    let dir = match (&args.image_dir, &config.image_dir) {
+        (Some(d), _) => AbsPath::new(std::path::absolute(d).unwrap_or_else(|_| d.clone())).map_err(Fatal::Usage)?,
+        (None, Some(d)) => d.clone(),
+        (None, None) => return Err(Fatal::Usage("no image dir: pass --image-dir or set imageDir in the configuration".into())),
+    };
+    let config = Config { image_dir: Some(dir.clone()), ..config };
+    let signals = setup_process()?;
+    let store = open_store(dir.as_path())?;
+    let ckpt = store
+        .latest()
+        .ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
+    let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
+    let _keep_open = r.keep_open;
+    Ok(supervise(&signals, &config, Some(&store), r.pid, &r.manifest.command))
+}
+
+/// Supervises until the app exits or a SIGTERM checkpoint completes.
+fn supervise(signals: &Signals, config: &Config, store: Option<&Store>, app: nix::unistd::Pid, command: &[String]) -> i32 {
+    let mut checkpoint_failed = false;
+    let mut on_term = |pid| {
+        let Some(store) = store else {
+            log::info!("SIGTERM: checkpointing is off, passing it on to the app");
+            return TermAction::Forward;
+        };
+        let target = Target { config, app: pid, command };
+        match checkpoint::checkpoint(signals, store, &target) {
+            Ok(_) => TermAction::Exit(0),
+            Err(e) => {
+                log::error!("checkpoint failed: {e}");
+                log::warn!("the app keeps running; passing SIGTERM on so it can shut down cleanly");
+                checkpoint_failed = true;
+                TermAction::Forward
+            }
+        }
+    };
+    let code = supervisor::supervise(signals, app, &mut on_term);
+    if checkpoint_failed && code == 0 {
+        // The app shut down cleanly, but its state was not saved: say so in the exit status.
+        return 1;
+    }
+    code
+}
+
+fn to_strings(v: &[OsString]) -> Vec<String> {
+    v.iter().map(|s| s.to_string_lossy().into_owned()).collect()
+}

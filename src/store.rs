@@ -1,0 +1,392 @@
+//! The image store: crik's on-disk layout inside `imageDir`, and atomic publishing.
+//!
+//! ```text
+//! imageDir/                       0700, owned by crik's user
+//! ├── lock                        flock()ed by the crik using this store
+//! ├── staging/<id>/               a checkpoint being written; never restored
+//! ├── checkpoints/<id>/           published, complete checkpoints (newest id wins)
+//! │   ├── images/                 CRIU's image files and its dump/restore logs
+//! │   ├── files.tar               additionalPaths, when configured
+//! │   └── manifest.json           written last (fsynced); its presence marks completeness
+//! ├── retired/<id>/               checkpoints already restored once (history)
+//! └── quarantine/<id>/            checkpoints that failed to restore, with CRIU's log
+//! ```
+//!
+//! A checkpoint is built in `staging/`, every file and directory fsynced, the manifest written
+//! last, then `rename(2)`d into `checkpoints/` and the parent fsynced. A crash at any point
+//! leaves either the previous good checkpoint or the new one published, never a partial one.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::manifest::{Manifest, MANIFEST_FILE};
+
+pub const IMAGES_DIR: &str = "images";
+pub const FILES_ARCHIVE: &str = "files.tar";
+const STAGING: &str = "staging";
+const PUBLISHED: &str = "checkpoints";
+const RETIRED: &str = "retired";
+const QUARANTINE: &str = "quarantine";
+const LOCK: &str = "lock";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{step} {path}: {source}")]
+    Io { step: &'static str, path: PathBuf, source: io::Error },
+    #[error("image dir {path} is in use by another crik (lock held on {path}/lock)")]
+    Locked { path: PathBuf },
+    #[error("image dir {path} is unsafe: {why} (a forged checkpoint would run as crik's user)")]
+    Unsafe { path: PathBuf, why: String },
+}
+
+fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { step, path: path.to_path_buf(), source }
+}
+
+/// An image dir, locked for this crik for as long as the value lives.
+pub struct Store {
+    root: PathBuf,
+    _lock: File,
+}
+
+/// A checkpoint directory, staged or published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+impl Checkpoint {
+    pub fn images_dir(&self) -> PathBuf {
+        self.dir.join(IMAGES_DIR)
+    }
+    pub fn files_archive(&self) -> PathBuf {
+        self.dir.join(FILES_ARCHIVE)
+    }
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.join(MANIFEST_FILE)
+    }
+}
+
+impl Store {
+    /// Opens (creating it 0700 if needed) and locks the image dir. Refuses a dir another user
+    /// owns or others can write to.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io_err("create", root))?;
+        check_ownership(root)?;
+        for sub in [STAGING, PUBLISHED, RETIRED, QUARANTINE] {
+            let p = root.join(sub);
+            fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).map_err(io_err("create", &p))?;
+        }
+        let lock_path = root.join(LOCK);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err("open", &lock_path))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(StoreError::Locked { path: root.to_path_buf() });
+            }
+            return Err(StoreError::Io { step: "lock", path: lock_path, source: e });
+        }
+        let store = Store { root: root.to_path_buf(), _lock: lock };
+        store.discard_staging();
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Leftovers in staging/ are checkpoints a killed crik never finished: never restorable.
+    fn discard_staging(&self) {
+        for c in self.list(STAGING) {
+            log::warn!("discarding unfinished checkpoint {} (crik stopped while writing it)", c.dir.display());
+            if let Err(e) = fs::remove_dir_all(&c.dir) {
+                log::warn!("cannot remove {}: {e}", c.dir.display());
+            }
+        }
+    }
+
+    /// Starts a new checkpoint in staging/.
+    pub fn stage(&self) -> Result<Checkpoint, StoreError> {
+        let base = new_id(SystemTime::now());
+        let mut id = base.clone();
+        let mut n = 1;
+        while self.root.join(STAGING).join(&id).exists() || self.root.join(PUBLISHED).join(&id).exists() {
+            n += 1;
+            id = format!("{base}-{n}");
+        }
+        let dir = self.root.join(STAGING).join(&id);
+        let images = dir.join(IMAGES_DIR);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&images).map_err(io_err("create", &images))?;
+        Ok(Checkpoint { id, dir })
+    }
+
+    /// Makes a staged checkpoint durable and publishes it with one rename. The manifest is
+    /// written last: a published checkpoint always has one.
+    pub fn publish(&self, staged: &Checkpoint, manifest: &Manifest) -> Result<Checkpoint, StoreError> {
+        sync_tree(&staged.dir)?;
+        write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
+        let target = self.root.join(PUBLISHED).join(&staged.id);
+        fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
+        sync_dir(&self.root.join(PUBLISHED))?;
+        sync_dir(&self.root.join(STAGING))?;
+        Ok(Checkpoint { id: staged.id.clone(), dir: target })
+    }
+
+    /// Removes a staged checkpoint that failed.
+    pub fn discard(&self, staged: &Checkpoint) {
+        if let Err(e) = fs::remove_dir_all(&staged.dir) {
+            log::warn!("cannot remove {}: {e}", staged.dir.display());
+        }
+    }
+
+    /// The newest published checkpoint, if any.
+    pub fn latest(&self) -> Option<Checkpoint> {
+        self.list(PUBLISHED).into_iter().rfind(|c| c.manifest_path().is_file())
+    }
+
+    /// Older published checkpoints than `keep` are retired once a newer one is published.
+    pub fn retire_all_but(&self, keep: &Checkpoint, history: usize) {
+        for c in self.list(PUBLISHED) {
+            if c.id != keep.id {
+                let _ = self.move_to(&c, RETIRED);
+            }
+        }
+        self.prune(RETIRED, history);
+    }
+
+    /// Moves a checkpoint that was restored into retired/, keeping `history` of them.
+    pub fn retire(&self, c: &Checkpoint, history: usize) -> Result<Checkpoint, StoreError> {
+        let moved = self.move_to(c, RETIRED)?;
+        self.prune(RETIRED, history);
+        Ok(moved)
+    }
+
+    /// Moves a checkpoint that failed to restore into quarantine/, so it is never retried.
+    pub fn quarantine(&self, c: &Checkpoint) -> Result<Checkpoint, StoreError> {
+        self.move_to(c, QUARANTINE)
+    }
+
+    pub fn retired(&self) -> Vec<Checkpoint> {
+        self.list(RETIRED)
+    }
+    pub fn quarantined(&self) -> Vec<Checkpoint> {
+        self.list(QUARANTINE)
+    }
+
+    fn move_to(&self, c: &Checkpoint, area: &str) -> Result<Checkpoint, StoreError> {
+        let target = self.root.join(area).join(&c.id);
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(io_err("remove", &target))?;
+        }
+        fs::rename(&c.dir, &target).map_err(io_err("move", &target))?;
+        if let Some(parent) = c.dir.parent() {
+            sync_dir(parent)?;
+        }
+        sync_dir(&self.root.join(area))?;
+        Ok(Checkpoint { id: c.id.clone(), dir: target })
+    }
+
+    fn prune(&self, area: &str, keep: usize) {
+        let all = self.list(area);
+        let extra = all.len().saturating_sub(keep);
+        for c in &all[..extra] {
+            if let Err(e) = fs::remove_dir_all(&c.dir) {
+                log::warn!("cannot remove old checkpoint {}: {e}", c.dir.display());
+            }
+        }
+    }
+
+    /// Checkpoints in one area, oldest first (ids sort by time).
+    fn list(&self, area: &str) -> Vec<Checkpoint> {
+        let dir = self.root.join(area);
+        let mut v: Vec<Checkpoint> = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| Checkpoint { id: e.file_name().to_string_lossy().into_owned(), dir: e.path() })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+}
+
+/// A checkpoint id: its UTC creation time, which sorts in time order ("20261125T152416.123Z").
+pub fn new_id(t: SystemTime) -> String {
+    let s = humantime::format_rfc3339_millis(t).to_string();
+    s.chars().filter(|c| *c != '-' && *c != ':').collect()
+}
+
+/// A checkpoint holds the app's whole memory, secrets included, and restoring it runs code as
+/// crik's user: refuse a dir that another user owns or that others can write.
+fn check_ownership(root: &Path) -> Result<(), StoreError> {
+    let md = fs::metadata(root).map_err(io_err("stat", root))?;
+    // SAFETY: geteuid never fails.
+    let me = unsafe { libc::geteuid() };
+    if md.uid() != me {
+        return Err(StoreError::Unsafe {
+            path: root.to_path_buf(),
+            why: format!("owned by uid {}, crik runs as uid {me}", md.uid()),
+        });
+    }
+    if md.permissions().mode() & 0o022 != 0 {
+        return Err(StoreError::Unsafe {
+            path: root.to_path_buf(),
+            why: format!("group or others can write to it (mode {:o})", md.permissions().mode() & 0o7777),
+        });
+    }
+    // Read access for others is not forgery, but the images hold secrets: tighten it.
+    if md.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", root))?;
+    }
+    Ok(())
+}
+
+/// Writes a whole file, 0600, and fsyncs it.
+pub fn write_file_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    f.write_all(bytes).map_err(io_err("write", path))?;
+    f.sync_all().map_err(io_err("fsync", path))?;
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("fsync", dir))
+}
+
+/// fsyncs every file and directory under `dir` (CRIU writes without fsync).
+fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+    for entry in walkdir::WalkDir::new(dir).contents_first(true) {
+        let entry = entry.map_err(|e| StoreError::Io {
+            step: "walk",
+            path: dir.to_path_buf(),
+            source: e.into(),
+        })?;
+        if entry.file_type().is_file() || entry.file_type().is_dir() {
+            let p = entry.path();
+            File::open(p).and_then(|f| f.sync_all()).map_err(io_err("fsync", p))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn tmp(name: &str) -> PathBuf {
+        let p = std::env::temp_dir().join(format!("crik-store-{}-{}", name, std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        p
+    }
+
+    #[test]
+    fn ids_sort_by_time() {
+        let a = new_id(UNIX_EPOCH + Duration::from_millis(1_700_000_000_000));
+        let b = new_id(UNIX_EPOCH + Duration::from_millis(1_700_000_000_001));
+        let c = new_id(UNIX_EPOCH + Duration::from_millis(1_800_000_000_000));
+        assert!(a < b && b < c, "{a} {b} {c}");
+        assert_eq!(a, "20231114T221320.000Z");
+    }
+
+    #[test]
+    fn staged_checkpoint_is_invisible_until_published() {
+        let root = tmp("publish");
+        let store = Store::open(&root).unwrap();
+        assert!(store.latest().is_none());
+        let staged = store.stage().unwrap();
+        fs::write(staged.images_dir().join("x.img"), b"data").unwrap();
+        assert!(store.latest().is_none(), "a staged checkpoint must not be restorable");
+        let published = store.publish(&staged, &Manifest::for_tests()).unwrap();
+        assert_eq!(store.latest(), Some(published.clone()));
+        assert!(published.manifest_path().is_file());
+        assert!(!staged.dir.exists());
+        let md = fs::metadata(&root).unwrap();
+        assert_eq!(md.permissions().mode() & 0o777, 0o700);
+        drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn leftover_staging_is_discarded_and_previous_checkpoint_kept() {
+        let root = tmp("leftover");
+        let store = Store::open(&root).unwrap();
+        let first = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        let partial = store.stage().unwrap();
+        drop(store);
+        let store = Store::open(&root).unwrap();
+        assert!(!partial.dir.exists());
+        assert_eq!(store.latest(), Some(first));
+        drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn second_store_on_same_dir_is_refused() {
+        let root = tmp("lock");
+        let store = Store::open(&root).unwrap();
+        match Store::open(&root) {
+            Err(StoreError::Locked { .. }) => {}
+            other => panic!("expected Locked, got {:?}", other.err()),
+        }
+        drop(store);
+        assert!(Store::open(&root).is_ok());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn world_writable_dir_is_refused() {
+        let root = tmp("unsafe");
+        fs::create_dir_all(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        match Store::open(&root) {
+            Err(StoreError::Unsafe { why, .. }) => assert!(why.contains("write"), "{why}"),
+            other => panic!("expected Unsafe, got {:?}", other.err()),
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn retire_keeps_history_and_quarantine_hides() {
+        let root = tmp("retire");
+        let store = Store::open(&root).unwrap();
+        let a = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let b = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        assert_eq!(store.latest(), Some(b.clone()));
+        store.retire_all_but(&b, 1);
+        assert_eq!(store.retired().len(), 1);
+        assert_eq!(store.retired()[0].id, a.id);
+        store.retire(&b, 1).unwrap();
+        assert_eq!(store.retired().len(), 1);
+        assert_eq!(store.retired()[0].id, b.id);
+        assert!(store.latest().is_none());
+        let c = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        store.quarantine(&c).unwrap();
+        assert!(store.latest().is_none());
+        assert_eq!(store.quarantined().len(), 1);
+        drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
