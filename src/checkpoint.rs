@@ -92,7 +92,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
     let dump_started = Instant::now();
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::DUMP,
-        opts: criu::dump_opts(&dir, target.app),
+        opts: Some(criu::dump_opts(&dir, target.app)),
         inherit: Vec::new(),
         deadline: target.config.checkpoint_timeout,
     };

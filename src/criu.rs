@@ -34,8 +34,9 @@ pub enum CriuError {
     Protocol(String),
     #[error("CRIU did not finish within {0:?} and was killed")]
     Timeout(Duration),
-    #[error("CRIU {op} failed (errno {errno}: {errno_text}){msg}")]
-    Failed { op: &'static str, errno: i32, errno_text: String, msg: String },
+    /// `detail`: CRIU's errno and first error message, when it sent them.
+    #[error("CRIU {op} failed{detail}")]
+    Failed { op: &'static str, detail: String },
     #[error("CRIU exited without answering")]
     Vanished,
 }
@@ -55,7 +56,8 @@ pub struct InheritFd {
 /// One RPC exchange with a fresh `criu swrk`.
 pub struct Request {
     pub kind: rpc::Criu_req_type,
-    pub opts: rpc::Criu_opts,
+    /// Options; `None` for requests that take none (VERSION: its opts would lack required fields).
+    pub opts: Option<rpc::Criu_opts>,
     /// File descriptors CRIU must inherit (for `inherit_fd`).
     pub inherit: Vec<InheritFd>,
     pub deadline: Duration,
@@ -76,6 +78,7 @@ pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
     let mut opts = req.opts;
     let mut keep = vec![theirs.as_raw_fd()];
     for inh in &req.inherit {
+        let Some(opts) = opts.as_mut() else { break };
         keep.push(inh.fd.as_raw_fd());
         let mut i = rpc::Inherit_fd::new();
         i.set_key(inh.key.clone());
@@ -104,16 +107,14 @@ pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
     let _ = waitpid(pid, None);
     let resp = result?;
     if !resp.resp.success() {
-        let errno = resp.resp.cr_errno();
-        return Err(CriuError::Failed {
-            op,
-            errno,
-            errno_text: nix::errno::Errno::from_raw(errno).desc().to_string(),
-            msg: match resp.resp.cr_errmsg() {
-                "" => String::new(),
-                m => format!(": {m}"),
-            },
-        });
+        let mut detail = String::new();
+        if resp.resp.cr_errno() != 0 {
+            detail.push_str(&format!(" ({})", nix::errno::Errno::from_raw(resp.resp.cr_errno()).desc()));
+        }
+        if !resp.resp.cr_errmsg().is_empty() {
+            detail.push_str(&format!(": {}", resp.resp.cr_errmsg().trim()));
+        }
+        return Err(CriuError::Failed { op, detail });
     }
     Ok(resp)
 }
@@ -121,13 +122,13 @@ pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
 fn exchange(
     sock: &OwnedFd,
     kind: rpc::Criu_req_type,
-    opts: rpc::Criu_opts,
+    opts: Option<rpc::Criu_opts>,
     deadline: Duration,
 ) -> Result<Response, CriuError> {
     let started = Instant::now();
     let mut req = rpc::Criu_req::new();
     req.set_type(kind);
-    req.opts = protobuf::MessageField::some(opts);
+    req.opts = protobuf::MessageField::from_option(opts);
     send(sock, &req)?;
     let mut received_fds = Vec::new();
     loop {
@@ -229,7 +230,7 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
         signals,
         Request {
             kind: rpc::Criu_req_type::VERSION,
-            opts: rpc::Criu_opts::new(),
+            opts: None,
             inherit: Vec::new(),
             deadline: Duration::from_secs(30),
         },

@@ -66,7 +66,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     let dir = File::open(&images).map_err(|e| RestoreError::ImagesDir { path: images.clone(), source: e })?;
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::RESTORE,
-        opts: criu::restore_opts(&dir, established),
+        opts: Some(criu::restore_opts(&dir, established)),
         inherit,
         deadline: config.restore_timeout,
     };
@@ -87,13 +87,20 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
 }
 
 /// crik's own stdio, lent to CRIU under the keys the app's stdio had at checkpoint time, so the
-/// restored app writes to the new container's stdout/stderr. Only pipes and sockets need this:
-/// files such as /dev/null are reopened by path.
+/// restored app writes to the new container's stdout/stderr.
 fn stdio_inherit_fds(stdio: &[String; 3]) -> std::io::Result<Vec<InheritFd>> {
     let mut seen = HashSet::new();
     let mut v = Vec::new();
-    for (fd, key) in stdio.iter().enumerate() {
-        if !(key.starts_with("pipe:") || key.starts_with("socket:")) || !seen.insert(key.clone()) {
+    let mut reopened = supervisor::stdio_reopened_here();
+    for (fd, link) in stdio.iter().enumerate() {
+        let Some(key) = inherit_key(link) else { continue };
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        // Like a fresh start: a file crik got from outside its mount namespace is reopened here,
+        // or the restored app could never be checkpointed again.
+        if let Some(f) = reopened[fd].take() {
+            v.push(InheritFd { fd: f.into(), key });
             continue;
         }
         let ours = match fd {
@@ -102,13 +109,27 @@ fn stdio_inherit_fds(stdio: &[String; 3]) -> std::io::Result<Vec<InheritFd>> {
             _ => std::io::stderr().as_fd().try_clone_to_owned(),
         };
         match ours {
-            Ok(f) => v.push(InheritFd { fd: f, key: key.clone() }),
+            Ok(f) => v.push(InheritFd { fd: f, key }),
             // crik started without this fd: the app's end is simply not connected.
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
             Err(e) => return Err(e),
         }
     }
     Ok(v)
+}
+
+/// The key CRIU knows a stdio file by, for those crik lends its own fd for: pipes and
+/// sockets (`pipe:[123]`), and regular files (their path without the leading `/`). Devices
+/// (/dev/null, terminals) are reopened by CRIU itself: lending /dev/null would also rewire every
+/// other /dev/null the app opened.
+fn inherit_key(link: &str) -> Option<String> {
+    if link.starts_with("pipe:[") || link.starts_with("socket:[") {
+        Some(link.to_string())
+    } else if link.starts_with('/') && !link.starts_with("/dev/") {
+        Some(link.trim_start_matches('/').to_string())
+    } else {
+        None
+    }
 }
 
 /// Whether every address recorded at checkpoint time exists here too.
@@ -129,10 +150,14 @@ mod tests {
     }
 
     #[test]
-    fn only_pipes_and_sockets_are_lent_once_each() {
+    fn devices_are_not_lent_and_each_key_is_lent_once() {
         let stdio = ["/dev/null".to_string(), "pipe:[42]".to_string(), "pipe:[42]".to_string()];
         let v = stdio_inherit_fds(&stdio).unwrap();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].key, "pipe:[42]");
+        assert_eq!(inherit_key("/var/log/app.log").as_deref(), Some("var/log/app.log"));
+        assert_eq!(inherit_key("socket:[7]").as_deref(), Some("socket:[7]"));
+        assert_eq!(inherit_key("/dev/pts/0"), None);
+        assert_eq!(inherit_key("anon_inode:[eventfd]"), None);
     }
 }

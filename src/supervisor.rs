@@ -187,6 +187,16 @@ pub fn spawn_app(signals: &Signals, argv: &[OsString]) -> Result<Pid, SpawnError
     let name = argv[0].to_string_lossy().into_owned();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
+    let [stdin, stdout, stderr] = stdio_reopened_here();
+    if let Some(f) = stdin {
+        cmd.stdin(f);
+    }
+    if let Some(f) = stdout {
+        cmd.stdout(f);
+    }
+    if let Some(f) = stderr {
+        cmd.stderr(f);
+    }
     signals.prepare_child(&mut cmd, true, Vec::new());
     match cmd.spawn() {
         Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
@@ -195,6 +205,48 @@ pub fn spawn_app(signals: &Signals, argv: &[OsString]) -> Result<Pid, SpawnError
         Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => Err(SpawnError::NotExecutable(name)),
         Err(e) => Err(SpawnError::Other(name, e)),
     }
+}
+
+/// crik's stdin/stdout/stderr that are files on a mount outside this mount namespace (e.g.
+/// /dev/null opened by whoever started crik, before `unshare`), reopened here by path. CRIU
+/// cannot dump an fd whose mount it cannot see ("Can't lookup mount"), so the app must not
+/// inherit them. Pipes, sockets and files on visible mounts are passed through untouched.
+pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
+    let mounts: Vec<u64> = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect())
+        .unwrap_or_default();
+    [0, 1, 2].map(|fd| {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_owned));
+        let mnt_id: u64 = field("mnt_id:")?.parse().ok()?;
+        if mounts.contains(&mnt_id) {
+            return None;
+        }
+        let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+        if !path.is_absolute() {
+            return None; // pipe:[..], socket:[..], anon_inode:..: not tied to a mount we can reopen
+        }
+        let flags = i32::from_str_radix(&field("flags:")?, 8).ok()?;
+        let mut opts = std::fs::OpenOptions::new();
+        match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => opts.write(true),
+            libc::O_RDWR => opts.read(true).write(true),
+            _ => opts.read(true),
+        };
+        if flags & libc::O_APPEND != 0 {
+            opts.append(true);
+        }
+        match opts.open(&path) {
+            Ok(f) => {
+                log::debug!("fd {fd} ({}) is on a mount outside this namespace; the app gets it reopened", path.display());
+                Some(f)
+            }
+            Err(e) => {
+                log::warn!("fd {fd} ({}) is on a mount outside this namespace and cannot be reopened: {e}", path.display());
+                None
+            }
+        }
+    })
 }
 
 /// Exit code for a wait status: the code, or 128 + the signal number.
