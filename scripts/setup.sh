@@ -27,7 +27,7 @@ criu_ok || need+=(criu)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v tini >/dev/null 2>&1 || need+=(tini)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
+[ -x /usr/bin/python3 ] || need+=(python3)
 
 if [ ${#need[@]} -eq 0 ]; then
     log "everything present ($(criu --version | head -1))"
@@ -57,14 +57,24 @@ Pin-Priority: 50
 PIN
 fi
 
-apt-get update -qq
+aptlog=$(mktemp /tmp/crik-setup.XXXXXX.log)
+apt_quiet() {
+    if ! "$@" >>"$aptlog" 2>&1; then
+        tail -n 30 "$aptlog" >&2
+        echo "setup: '$*' failed (full log: $aptlog)" >&2
+        exit 1
+    fi
+}
+apt_quiet apt-get update
 others=()
 for p in "${need[@]}"; do [ "$p" = criu ] || others+=("$p"); done
 if [ ${#others[@]} -gt 0 ]; then
-    apt-get install -y -qq --no-install-recommends "${others[@]}"
+    apt_quiet apt-get install -y --no-install-recommends "${others[@]}"
 fi
 if [[ " ${need[*]} " == *" criu "* ]]; then
-    apt-get install -y -qq -t forky --no-install-recommends criu
+    # --no-install-recommends: otherwise apt also pulls a newer python3 from forky.
+    apt_quiet apt-get install -y -t forky --no-install-recommends criu
 fi
+rm -f "$aptlog"
 criu_ok || { echo "setup: CRIU 4.2 or newer could not be installed" >&2; exit 1; }
 log "done ($(criu --version | head -1))"

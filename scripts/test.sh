@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs all of crik's tests (unit and integration, with real CRIU) on this machine.
+# Installs what they need first (scripts/setup.sh). Must run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --locked --all-targets
+if cargo nextest --version >/dev/null 2>&1; then
+    # Per-test timeouts and serial execution come from .config/nextest.toml.
+    cargo nextest run --locked --no-fail-fast "$@"
+else
+    cargo test --locked --no-fail-fast -- --test-threads 1 "$@"
+fi

@@ -1,0 +1,271 @@
+//! Checkpoint on SIGTERM and restore on the next start, with real CRIU and real workloads.
+//! Each test proves that state survived, not merely that a process is alive.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+const COUNTER: [&str; 3] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done"];
+
+fn workload(name: &str) -> String {
+    format!("{}/tests/workloads/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn count_of(line: &str) -> Option<u64> {
+    line.strip_prefix("count ")?.parse().ok()
+}
+
+/// SIGTERM → crik must checkpoint and exit 0. Returns the stdout lines the app printed.
+fn checkpoint(c: &mut Container) -> Vec<String> {
+    c.signal(libc::SIGTERM);
+    let code = c.wait_code(LONG);
+    assert_eq!(code, 0, "checkpoint failed:\n{}", c.stderr());
+    assert!(c.stderr().contains("complete in"), "{}", c.stderr());
+    c.stdout_seen.clone()
+}
+
+fn last_count(lines: &[String]) -> u64 {
+    lines.iter().rev().find_map(|l| count_of(l)).expect("no count printed")
+}
+
+/// Restores in a fresh container and checks the counter carries on from `last`, exactly.
+fn restore_counter(cfg: &Path, last: u64) -> Container {
+    let mut c = Container::start(Spec::run(Some(cfg), &COUNTER));
+    let first = c.expect_line(LONG, "with a count", |l| count_of(l).is_some());
+    assert_eq!(count_of(&first), Some(last + 1), "counter must continue where it stopped\n{}", c.stderr());
+    assert!(c.stderr().contains("restored app as pid"), "{}", c.stderr());
+    c.expect_line(SHORT, "three more counts", |l| count_of(l) == Some(last + 4));
+    c
+}
+
+#[test]
+fn counter_continues_after_restore_and_output_reaches_the_new_stdout() {
+    let s = Scratch::new("counter");
+    let cfg = s.config("");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 5", |l| l == "count 5");
+    let last = last_count(&checkpoint(&mut c));
+    assert_eq!(s.checkpoints().len(), 1);
+
+    let mut c = restore_counter(&cfg, last);
+    // The used checkpoint is retired, so a crash now would not replay stale state.
+    assert!(s.checkpoints().is_empty(), "{:?}", s.checkpoints());
+    assert_eq!(s.area("retired").len(), 1);
+    // The restored app is supervised like a fresh one: its exit code is passed on.
+    c.signal(libc::SIGINT);
+    assert_eq!(c.wait_code(SHORT), 128 + libc::SIGINT);
+}
+
+#[test]
+fn three_full_cycles_in_a_row() {
+    let s = Scratch::new("cycles");
+    let cfg = s.config("");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let mut last = last_count(&checkpoint(&mut c));
+    for cycle in 1..=3 {
+        let mut c = restore_counter(&cfg, last);
+        last = last_count(&checkpoint(&mut c));
+        assert_eq!(s.checkpoints().len(), 1, "cycle {cycle}: {:?}", s.checkpoints());
+    }
+    let mut c = restore_counter(&cfg, last);
+    c.kill();
+}
+
+#[test]
+fn large_memory_program_gives_exactly_the_uninterrupted_output() {
+    let s = Scratch::new("memory");
+    let script = workload("memory.py");
+    let reference = std::process::Command::new(PYTHON).arg(&script).env("FAST", "1").output().unwrap();
+    assert!(reference.status.success());
+    let reference: Vec<String> = String::from_utf8(reference.stdout).unwrap().lines().map(String::from).collect();
+    assert_eq!(reference.len(), 42);
+
+    let cfg = s.config("");
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
+    c.expect_line(LONG, "step 8", |l| l.starts_with("step 8 "));
+    let before = checkpoint(&mut c);
+    let mut c = Container::start(Spec::run(Some(&cfg), &[]));
+    c.expect_line(LONG, "done", |l| l.starts_with("done "));
+    assert_eq!(c.wait_code(SHORT), 0);
+    let mut all = before;
+    all.extend(c.stdout_seen.clone());
+    assert_eq!(all, reference, "restored run differs from an uninterrupted one\n{}", c.stderr());
+}
+
+#[test]
+fn multi_process_tree_over_pipes_keeps_going() {
+    let s = Scratch::new("pipes");
+    let cfg = s.config("");
+    let script = workload("pipes.py");
+    let parse = |l: &str| -> Option<(u64, u64)> {
+        let f: Vec<u64> = l.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        (l.starts_with("round ") && f.len() == 2).then(|| (f[0], f[1]))
+    };
+    let expected_total = |n: u64| (1..=n).map(|k| (k + 1) * (k + 1)).sum::<u64>();
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
+    c.expect_line(SHORT, "round 5", |l| l.starts_with("round 5 "));
+    let before = checkpoint(&mut c);
+    let (last, total) = before.iter().rev().find_map(|l| parse(l)).unwrap();
+    assert_eq!(total, expected_total(last));
+
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
+    let first = c.expect_line(LONG, "a round", |l| parse(l).is_some());
+    assert_eq!(parse(&first), Some((last + 1, expected_total(last + 1))), "{}", c.stderr());
+    let later = c.expect_line(SHORT, "5 more rounds", |l| parse(l).map(|p| p.0) == Some(last + 5));
+    assert_eq!(parse(&later).unwrap().1, expected_total(last + 5));
+    assert_eq!(children_of(c.crik_pid()).len(), 1, "the restored tree hangs off crik");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Client {
+    w: TcpStream,
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let mut last = None;
+        for _ in 0..250 {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    return Client { r: BufReader::new(s.try_clone().unwrap()), w: s };
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cannot connect to 127.0.0.1:{port}: {last:?}");
+    }
+    fn ask(&mut self, line: &str) -> std::io::Result<String> {
+        self.w.write_all(format!("{line}\n").as_bytes())?;
+        let mut s = String::new();
+        if self.r.read_line(&mut s)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        Ok(s.trim_end().to_string())
+    }
+}
+
+fn tcp_server_keeps_its_data(name: &str, tcp_restore: &str) -> (Client, Container, Scratch) {
+    let s = Scratch::new(name);
+    let cfg = s.config(&format!("tcpRestore: {tcp_restore}\n"));
+    let port = free_port();
+    let script = workload("kvserver.py");
+    let cmd = [PYTHON, script.as_str(), &port.to_string()];
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    c.expect_line(SHORT, "listening", |l| l.starts_with("listening"));
+    let mut writer = Client::connect(port);
+    for i in 0..500 {
+        assert_eq!(writer.ask(&format!("SET key{i} value-{}", i * 7)).unwrap(), "OK");
+    }
+    drop(writer);
+    // A client stays connected across the checkpoint: it must not make the dump fail.
+    let mut idle = Client::connect(port);
+    assert_eq!(idle.ask("COUNT").unwrap(), "500");
+    checkpoint(&mut c);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "server should be gone");
+
+    let c = Container::start(Spec::run(Some(&cfg), &cmd));
+    let mut fresh = Client::connect(port);
+    assert_eq!(fresh.ask("COUNT").unwrap(), "500");
+    for i in 0..500 {
+        assert_eq!(fresh.ask(&format!("GET key{i}")).unwrap(), format!("value-{}", i * 7));
+    }
+    assert_eq!(fresh.ask("SET after restore").unwrap(), "OK");
+    let mut another = Client::connect(port);
+    assert_eq!(another.ask("GET after").unwrap(), "restore");
+    (idle, c, s)
+}
+
+#[test]
+fn tcp_server_keeps_data_and_connection_when_the_address_survived() {
+    let (mut idle, c, _s) = tcp_server_keeps_its_data("tcp-auto", "auto");
+    // Same host, same address: crik re-establishes the connection (tcpRestore: auto).
+    assert_eq!(idle.ask("GET key42").unwrap(), "value-294", "{}", c.stderr());
+    assert!(c.stderr().contains("re-established"), "{}", c.stderr());
+}
+
+#[test]
+fn tcp_connections_restored_closed_on_request() {
+    let (mut idle, c, _s) = tcp_server_keeps_its_data("tcp-close", "close");
+    // Restored closed: the old client sees the connection end, new ones work (checked above).
+    assert!(idle.ask("GET key42").is_err(), "old connection should be closed\n{}", c.stderr());
+}
+
+#[test]
+fn additional_paths_come_back_before_restore() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Scratch::new("files");
+    let data = s.path("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    std::fs::write(data.join("sub/settings"), "mode=fast\n").unwrap();
+    std::fs::set_permissions(data.join("sub/settings"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(data.join("sub/settings"), Some(1234), Some(4321)).unwrap();
+    std::os::unix::fs::symlink("sub/settings", data.join("current")).unwrap();
+    let watched = s.path("watched");
+    std::fs::create_dir_all(&watched).unwrap();
+    let cfg = s.config(&format!(
+        "additionalPaths: [{}]\ninotifyIncompatiblePaths: [{}]\n",
+        data.display(),
+        watched.display()
+    ));
+    let app = format!(
+        "i=0; while :; do i=$((i+1)); echo \"tick $i\" >> {log}; echo \"count $i\"; sleep 0.1; done",
+        log = data.join("log").display()
+    );
+    let cmd = ["sh", "-c", app.as_str()];
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    c.expect_line(SHORT, "count 5", |l| l == "count 5");
+    let last = last_count(&checkpoint(&mut c));
+    let log_at_checkpoint = std::fs::read_to_string(data.join("log")).unwrap();
+    assert!(!watched.exists(), "inotifyIncompatiblePaths must be deleted before the dump");
+
+    // The new node has none of it.
+    std::fs::remove_dir_all(&data).unwrap();
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.expect_line(SHORT, "count +3", |l| count_of(l) == Some(last + 3));
+    let settings = data.join("sub/settings");
+    assert_eq!(std::fs::read_to_string(&settings).unwrap(), "mode=fast\n");
+    let md = std::fs::metadata(&settings).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o640);
+    assert_eq!((md.uid(), md.gid()), (1234, 4321));
+    assert_eq!(std::fs::read_link(data.join("current")).unwrap(), Path::new("sub/settings"));
+    let log = std::fs::read_to_string(data.join("log")).unwrap();
+    assert!(log.starts_with(&log_at_checkpoint), "the log file must come back as it was");
+    assert!(log.contains(&format!("tick {}\n", last + 2)), "and the app keeps appending to it");
+}
+
+#[test]
+fn crik_restore_command_restores_in_the_foreground() {
+    let s = Scratch::new("restorecmd");
+    let cfg = s.config("");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 4", |l| l == "count 4");
+    let last = last_count(&checkpoint(&mut c));
+
+    let images = s.images();
+    let mut c = Container::start(Spec::args(&["restore", "--image-dir", images.to_str().unwrap()]));
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    assert!(c.stderr().contains("restore.log"), "must say where CRIU's log is: {}", c.stderr());
+    // Left in place for another debugging round.
+    assert_eq!(s.checkpoints().len(), 1);
+    // And SIGTERM checkpoints it again.
+    checkpoint(&mut c);
+    assert_eq!(s.checkpoints().len(), 1);
+    assert_eq!(s.area("retired").len(), 1);
+
+    let mut c = Container::start(Spec::args(&["restore", "--image-dir", s.path("nothing").to_str().unwrap()]));
+    assert_eq!(c.wait_code(SHORT), 1);
+    assert!(c.stderr().contains("crik: nothing to restore"), "{}", c.stderr());
+}

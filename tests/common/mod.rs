@@ -1,0 +1,330 @@
+//! Test harness: the real crik binary as PID 1 of a fresh PID namespace ("a container"),
+//! with every wait bounded and only the processes a test started cleaned up.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const CRIK: &str = env!("CARGO_BIN_EXE_crik");
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// Fails (never skips) when the machine lacks what the tests need: a skipped test would hide a
+/// broken install. `scripts/setup.sh` installs all of it.
+pub fn require_tools() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests must run as root (CRIU, namespaces)");
+    for tool in ["criu", "unshare", "nft"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        assert!(found, "{tool} is not installed: run scripts/setup.sh");
+    }
+    assert!(Path::new(PYTHON).is_file(), "{PYTHON} missing: run scripts/setup.sh");
+}
+
+/// A scratch directory for one test, removed on drop.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        require_tools();
+        let dir = std::env::temp_dir().join(format!("crik-it-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch { dir }
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+    pub fn images(&self) -> PathBuf {
+        self.dir.join("images")
+    }
+    /// Writes a config file with `imageDir` pointing into the scratch dir plus `extra` YAML.
+    pub fn config(&self, extra: &str) -> PathBuf {
+        let p = self.dir.join("config.yaml");
+        fs::write(&p, format!("imageDir: {}\n{extra}", self.images().display())).unwrap();
+        p
+    }
+    pub fn write_script(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        fs::write(&p, body).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+    /// Published checkpoints (ids).
+    pub fn checkpoints(&self) -> Vec<String> {
+        list(&self.images().join("checkpoints"))
+    }
+    pub fn area(&self, name: &str) -> Vec<String> {
+        list(&self.images().join(name))
+    }
+}
+
+fn list(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How a container is started.
+pub struct Spec {
+    /// Arguments to crik (`run --config X -- cmd`).
+    pub args: Vec<String>,
+    /// Run crik as PID 1 of fresh PID/mount/IPC/UTS namespaces (host network kept).
+    pub pid1: bool,
+    pub env: Vec<(String, String)>,
+    /// Extra inheritable fd given to crik (to prove the app does not inherit it).
+    pub stray_fd: bool,
+    pub stdin: Option<Vec<u8>>,
+}
+
+impl Spec {
+    pub fn run(config: Option<&Path>, cmd: &[&str]) -> Spec {
+        let mut args = vec!["run".to_string()];
+        if let Some(c) = config {
+            args.push("--config".into());
+            args.push(c.display().to_string());
+        }
+        if !cmd.is_empty() {
+            args.push("--".into());
+            args.extend(cmd.iter().map(|s| s.to_string()));
+        }
+        Spec { args, pid1: true, env: Vec::new(), stray_fd: false, stdin: None }
+    }
+    pub fn args(args: &[&str]) -> Spec {
+        Spec { args: args.iter().map(|s| s.to_string()).collect(), pid1: true, env: Vec::new(), stray_fd: false, stdin: None }
+    }
+}
+
+/// A running crik (in its own namespaces unless `pid1` is false).
+pub struct Container {
+    child: Child,
+    lines: Receiver<String>,
+    pub stdout_seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+    pid1: bool,
+    crik_pid: Option<i32>,
+}
+
+impl Container {
+    pub fn start(spec: Spec) -> Container {
+        let mut cmd = if spec.pid1 {
+            let mut c = Command::new("unshare");
+            c.args(["--pid", "--fork", "--mount-proc", "--ipc", "--uts", CRIK]);
+            c
+        } else {
+            Command::new(CRIK)
+        };
+        cmd.args(&spec.args);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if spec.stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.env_remove("CRIK_CONFIG");
+        for (k, v) in &spec.env {
+            cmd.env(k, v);
+        }
+        if spec.stray_fd {
+            let f = fs::File::open("/etc/hostname").unwrap();
+            use std::os::fd::IntoRawFd;
+            let raw = f.into_raw_fd();
+            use std::os::unix::process::CommandExt;
+            unsafe {
+                cmd.pre_exec(move || {
+                    // An inheritable fd 7, as a careless container runtime might leave.
+                    if libc::dup2(raw, 7) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start crik");
+        if let Some(input) = spec.stdin {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        let (tx, lines) = channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err_sink = stderr.clone();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match err.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let s = String::from_utf8_lossy(&buf[..n]);
+                        if std::env::var_os("CRIK_TEST_VERBOSE").is_some() {
+                            eprint!("{s}");
+                        }
+                        err_sink.lock().unwrap().push_str(&s);
+                    }
+                }
+            }
+        });
+        Container { child, lines, stdout_seen: Vec::new(), stderr, pid1: spec.pid1, crik_pid: None }
+    }
+
+    /// crik's PID as seen from the host.
+    pub fn crik_pid(&mut self) -> i32 {
+        if let Some(p) = self.crik_pid {
+            return p;
+        }
+        let outer = self.child.id() as i32;
+        if !self.pid1 {
+            self.crik_pid = Some(outer);
+            return outer;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let kids = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).unwrap_or_default();
+            if let Some(p) = kids.split_whitespace().next().and_then(|s| s.parse().ok()) {
+                self.crik_pid = Some(p);
+                return p;
+            }
+            assert!(Instant::now() < deadline, "crik did not start under unshare\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn signal(&mut self, sig: i32) {
+        let pid = self.crik_pid();
+        unsafe { libc::kill(pid, sig) };
+    }
+
+    /// The next stdout line, waiting at most `timeout`.
+    pub fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        match self.lines.recv_timeout(timeout) {
+            Ok(l) => {
+                self.stdout_seen.push(l.clone());
+                Some(l)
+            }
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Reads stdout until a line satisfies `pred`; panics (with crik's log) after `timeout`.
+    pub fn expect_line(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.next_line(left) {
+                Some(l) if pred(&l) => return l,
+                Some(_) => continue,
+                None => panic!(
+                    "no stdout line {what} within {timeout:?}\nstdout so far: {:?}\ncrik's stderr:\n{}",
+                    self.stdout_seen,
+                    self.stderr()
+                ),
+            }
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for crik to exit (panics after `timeout`), then collects the rest of stdout.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                // Drain what is left in the pipe (bounded: crik and its namespace are gone).
+                while let Some(_) = self.next_line(Duration::from_millis(500)) {}
+                // Give the stderr reader a moment to collect the last lines.
+                std::thread::sleep(Duration::from_millis(50));
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let log = self.stderr();
+                self.kill();
+                panic!("crik did not exit within {timeout:?}\ncrik's stderr:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Exit code of crik (as passed on by unshare).
+    pub fn wait_code(&mut self, timeout: Duration) -> i32 {
+        let st = self.wait(timeout);
+        st.code().unwrap_or_else(|| panic!("crik ended by a signal: {st:?}\n{}", self.stderr()))
+    }
+
+    /// SIGKILLs crik: as PID 1 that takes the whole namespace down with it.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(p) = self.crik_pid {
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Children of `pid` on the host, with their state letter.
+pub fn children_of(pid: i32) -> Vec<(i32, char, String)> {
+    let mut v = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some((head, rest)) = stat.rsplit_once(')') else { continue };
+        let name = head.split_once('(').map(|x| x.1).unwrap_or("").to_string();
+        let mut f = rest.split_whitespace();
+        let state = f.next().and_then(|s| s.chars().next()).unwrap_or('?');
+        let ppid: i32 = f.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if ppid == pid {
+            v.push((p, state, name));
+        }
+    }
+    v
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub const SHORT: Duration = Duration::from_secs(10);
+pub const LONG: Duration = Duration::from_secs(60);
