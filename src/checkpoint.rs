@@ -61,11 +61,11 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<C
             let published = store.publish(&staged, &manifest)?;
             store.retire_all_but(&published, target.config.keep_checkpoints);
             log::info!(
-                "checkpoint {} complete in {} ms (CRIU dump {} ms), {} MiB",
+                "checkpoint {} complete in {} ms (CRIU dump {} ms), {}",
                 published.dir.display(),
                 started.elapsed().as_millis(),
                 manifest.dump_millis,
-                dir_size(&published.dir) / (1024 * 1024)
+                human_size(dir_size(&published.dir))
             );
             Ok(published)
         }
@@ -156,7 +156,23 @@ pub fn kernel_release() -> String {
     nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-fn dir_size(dir: &std::path::Path) -> u64 {
+/// "1.5 MiB"-style sizes for logs.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn dir_size(dir: &std::path::Path) -> u64 {
     walkdir::WalkDir::new(dir)
         .into_iter()
         .filter_map(|e| e.ok())
@@ -164,4 +180,14 @@ fn dir_size(dir: &std::path::Path) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(super::human_size(512), "512 B");
+        assert_eq!(super::human_size(1536), "1.5 KiB");
+        assert_eq!(super::human_size(64 * 1024 * 1024), "64.0 MiB");
+    }
 }

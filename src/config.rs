@@ -247,7 +247,23 @@ pub fn parse(text: &str) -> Result<Config, String> {
         return Err("the top level must be a mapping of keys (imageDir: ..., ...)".into());
     }
     // Parse the text again (not the Value) so that errors keep their line and column.
-    serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    serde_yaml_ng::from_str(text).map_err(|e| with_line(e.to_string(), text))
+}
+
+/// The YAML parser omits the position of an error at the very start of the document (an
+/// unknown first key); find that key's line so every error says where it is.
+fn with_line(msg: String, text: &str) -> String {
+    if msg.contains(" line ") {
+        return msg;
+    }
+    let key = msg.split_once("unknown field `").and_then(|(_, rest)| rest.split_once('`')).map(|(k, _)| k);
+    let line = key.and_then(|k| {
+        text.lines().position(|l| l.trim_start().strip_prefix(k).is_some_and(|r| r.trim_start().starts_with(':')))
+    });
+    match line {
+        Some(n) => format!("{msg} at line {}", n + 1),
+        None => msg,
+    }
 }
 
 impl fmt::Display for AbsPath {
@@ -291,6 +307,8 @@ mod tests {
         let e = parse("imageDir: /x\nimageDri: /y\n").unwrap_err();
         assert!(e.contains("unknown field `imageDri`"), "{e}");
         assert!(e.contains("line 2"), "{e}");
+        let e = parse("imageDri: /y\n").unwrap_err();
+        assert!(e.contains("unknown field `imageDri`") && e.contains("line 1"), "{e}");
     }
 
     #[test]
@@ -350,5 +368,22 @@ mod tests {
         let named = ConfigSource { explicit: true, ..missing };
         let e = named.load().unwrap_err().to_string();
         assert!(e.contains("/nonexistent/crik.yaml"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    /// The commented sample in config/ must stay valid and name every key.
+    #[test]
+    fn sample_configuration_parses_and_names_every_key() {
+        let text = include_str!("../config/configuration.yaml");
+        let c = super::parse(text).unwrap();
+        assert!(c.image_dir.is_some());
+        for key in [
+            "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
+            "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
+        ] {
+            assert!(text.contains(&format!("{key}:")), "sample lacks {key}");
+        }
     }
 }

@@ -74,7 +74,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     match criu::call(signals, req) {
         Ok(r) => {
             let pid = Pid::from_raw(r.resp.restore.pid());
-            log::info!("restored app as pid {pid} (CRIU log: {})", log.display());
+            log::info!("restored app as pid {pid}");
             Ok(Restored { pid, manifest, keep_open: r.received_fds })
         }
         Err(e) => {

@@ -77,8 +77,9 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
             Ok(r) => {
                 // Retire it: if the restored app crashes later, the next start must not replay
                 // this (by then stale) state.
-                if let Err(e) = store.retire(&ckpt, config.keep_checkpoints) {
-                    log::warn!("cannot retire restored checkpoint: {e}");
+                match store.retire(&ckpt, config.keep_checkpoints) {
+                    Ok(r) => log::info!("checkpoint retired to {} (CRIU's log: {})", r.dir.display(), r.restore_log().display()),
+                    Err(e) => log::warn!("cannot retire restored checkpoint: {e}"),
                 }
                 Some(r)
             }
@@ -133,6 +134,7 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
         .latest()
         .ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
     let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
+    log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
     Ok(supervise(&signals, &config, Some(&store), r.pid, &r.manifest.command))
 }

@@ -67,6 +67,9 @@ impl Checkpoint {
     pub fn files_archive(&self) -> PathBuf {
         self.dir.join(FILES_ARCHIVE)
     }
+    pub fn restore_log(&self) -> PathBuf {
+        self.images_dir().join(crate::criu::RESTORE_LOG)
+    }
     pub fn manifest_path(&self) -> PathBuf {
         self.dir.join(MANIFEST_FILE)
     }

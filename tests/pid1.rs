@@ -191,6 +191,7 @@ fn bad_configuration_fails_before_the_app_starts() {
         let err = c.stderr();
         assert!(err.contains(&cfg.display().to_string()), "error must name the file: {err}");
         assert!(err.contains(expect), "{yaml:?}: expected {expect:?} in {err}");
+        assert!(err.contains(" line "), "error must give the line: {err}");
         assert!(err.starts_with("crik: "), "{err}");
         assert!(!marker.exists(), "the app must not start with a bad config");
     }

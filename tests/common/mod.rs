@@ -30,6 +30,21 @@ pub fn require_tools() {
 /// A scratch directory for one test, removed on drop.
 pub struct Scratch {
     pub dir: PathBuf,
+    /// CRIU's network-lock tables that existed before the test (tests run one at a time).
+    nft_before: Vec<String>,
+}
+
+/// CRIU leaves its nftables lock table behind after a dump (the restore removes it); on the
+/// host network of these tests, the tables of checkpoints never restored would pile up.
+fn criu_nft_tables() -> Vec<String> {
+    let out = Command::new("nft").args(["list", "tables"]).output();
+    let Ok(out) = out else { return Vec::new() };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table inet "))
+        .filter(|t| t.starts_with("CRIU-"))
+        .map(String::from)
+        .collect()
 }
 
 impl Scratch {
@@ -38,7 +53,7 @@ impl Scratch {
         let dir = std::env::temp_dir().join(format!("crik-it-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        Scratch { dir }
+        Scratch { dir, nft_before: criu_nft_tables() }
     }
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)
@@ -77,6 +92,11 @@ fn list(dir: &Path) -> Vec<String> {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        for t in criu_nft_tables() {
+            if !self.nft_before.contains(&t) {
+                let _ = Command::new("nft").args(["delete", "table", "inet", &t]).status();
+            }
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -279,7 +299,12 @@ impl Container {
     /// SIGKILLs crik: as PID 1 that takes the whole namespace down with it.
     pub fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            if let Some(p) = self.crik_pid {
+            let outer = self.child.id();
+            let crik = self.crik_pid.or_else(|| {
+                let kids = fs::read_to_string(format!("/proc/{outer}/task/{outer}/children")).ok()?;
+                kids.split_whitespace().next()?.parse().ok()
+            });
+            if let (Some(p), true) = (crik, self.pid1) {
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
             let _ = self.child.kill();
