@@ -58,7 +58,7 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<C
     log::info!("checkpointing app (pid {}) into {}", target.app, staged.dir.display());
     match dump_into(signals, &staged, target) {
         Ok(manifest) => {
-            let published = store.publish(&staged, &manifest)?;
+            let published = store.publish(&staged, manifest.clone())?;
             store.retire_all_but(&published, target.config.keep_checkpoints);
             log::info!(
                 "checkpoint {} complete in {} ms (CRIU dump {} ms), {}",
@@ -97,7 +97,11 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         deadline: target.config.checkpoint_timeout,
     };
     if let Err(e) = criu::call(signals, req) {
-        let log_lines = criu::log_errors(&images.join(criu::DUMP_LOG), 8);
+        let mut log_lines = criu::log_errors(&images.join(criu::DUMP_LOG), 8);
+        if let Some(full) = volume_full(&images) {
+            // CRIU cannot even write its log then: say it ourselves.
+            log_lines.push(full);
+        }
         return Err(CheckpointError::Criu { source: e, log_lines });
     }
     Ok(Manifest {
@@ -112,6 +116,16 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         criu_version,
         kernel: kernel_release(),
         dump_millis: dump_started.elapsed().as_millis() as u64,
+        files: Vec::new(), // filled in by the store when it publishes
+    })
+}
+
+/// "No space left on device" when the image dir's filesystem is (nearly) full.
+fn volume_full(dir: &std::path::Path) -> Option<String> {
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    (free < 1024 * 1024).then(|| {
+        format!("No space left on device: the image dir's filesystem has {} free", human_size(free))
     })
 }
 

@@ -111,7 +111,7 @@ pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
         if resp.resp.cr_errno() != 0 {
             detail.push_str(&format!(" ({})", nix::errno::Errno::from_raw(resp.resp.cr_errno()).desc()));
         }
-        if !resp.resp.cr_errmsg().is_empty() {
+        if !resp.resp.cr_errmsg().is_empty() && !resp.resp.cr_errmsg().contains(HARMLESS) {
             detail.push_str(&format!(": {}", resp.resp.cr_errmsg().trim()));
         }
         return Err(CriuError::Failed { op, detail });
@@ -326,10 +326,15 @@ pub fn log_errors(log: &Path, max: usize) -> Vec<String> {
     error_lines(&text, max)
 }
 
+/// CRIU logs this as an error whenever it lacks CAP_SYS_RESOURCE, and carries on: it is never
+/// the reason a dump or restore failed, and showing it first would mislead.
+const HARMLESS: &str = "Can't setup RLIMIT_NOFILE";
+
 fn error_lines(text: &str, max: usize) -> Vec<String> {
     let errs: Vec<String> = text
         .lines()
         .filter(|l| l.contains("Error (") || l.trim_start().starts_with("Error") || l.contains("): Error"))
+        .filter(|l| !l.contains(HARMLESS))
         .map(|l| l.trim().to_string())
         .collect();
     let skip = errs.len().saturating_sub(max);
@@ -347,7 +352,8 @@ mod tests {
 
     #[test]
     fn error_lines_are_picked_from_a_criu_log() {
-        let log = "(00.001) Dumping task 9001\n(00.002) Error (criu/files.c:123): Can't lookup mount=55 for fd=3\n\
+        let log = "(00.000) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+                   (00.001) Dumping task 9001\n(00.002) Error (criu/files.c:123): Can't lookup mount=55 for fd=3\n\
                    (00.003) unrelated\n(00.004) Error (criu/cr-dump.c:2093): Dumping FAILED.\n";
         let e = error_lines(log, 5);
         assert_eq!(e.len(), 2);

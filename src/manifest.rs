@@ -35,6 +35,17 @@ pub struct Manifest {
     /// How long the CRIU dump took, in milliseconds.
     #[serde(default)]
     pub dump_millis: u64,
+    /// Every file of the checkpoint (relative path, size, CRC-32), recorded at publish time and
+    /// verified before a restore: CRIU can spin for ever on a truncated image.
+    #[serde(default)]
+    pub files: Vec<FileSum>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSum {
+    pub path: String,
+    pub size: u64,
+    pub crc32: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +96,7 @@ impl Manifest {
             criu_version: "4.2.1".into(),
             kernel: "6.18".into(),
             dump_millis: 1,
+            files: vec![],
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::config::{Config, TcpRestore};
 use crate::criu::{self, CriuError, InheritFd};
 use crate::files::{self, FilesError};
 use crate::manifest::{Manifest, ManifestError};
-use crate::store::Checkpoint;
+use crate::store::{self, Checkpoint, StoreError};
 use crate::supervisor::{self, Signals};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,8 @@ pub enum RestoreError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
     #[error("cannot lend stdio to CRIU: {0}")]
@@ -42,6 +44,7 @@ pub struct Restored {
 
 pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
     let manifest = Manifest::load(&ckpt.manifest_path())?;
+    store::verify(ckpt, &manifest)?;
     log::info!(
         "restoring checkpoint {} (taken {}, command {:?})",
         ckpt.dir.display(),

@@ -23,7 +23,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::manifest::{Manifest, MANIFEST_FILE};
+use crate::manifest::{FileSum, Manifest, MANIFEST_FILE};
 
 pub const IMAGES_DIR: &str = "images";
 pub const FILES_ARCHIVE: &str = "files.tar";
@@ -41,6 +41,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("image dir {path} is unsafe: {why} (a forged checkpoint would run as crik's user)")]
     Unsafe { path: PathBuf, why: String },
+    #[error("checkpoint {path} is damaged: {why}")]
+    Damaged { path: PathBuf, why: String },
 }
 
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -135,10 +137,10 @@ impl Store {
         Ok(Checkpoint { id, dir })
     }
 
-    /// Makes a staged checkpoint durable and publishes it with one rename. The manifest is
-    /// written last: a published checkpoint always has one.
-    pub fn publish(&self, staged: &Checkpoint, manifest: &Manifest) -> Result<Checkpoint, StoreError> {
-        sync_tree(&staged.dir)?;
+    /// Makes a staged checkpoint durable and publishes it with one rename. The manifest, with
+    /// the size and checksum of every file, is written last: a published checkpoint always has one.
+    pub fn publish(&self, staged: &Checkpoint, mut manifest: Manifest) -> Result<Checkpoint, StoreError> {
+        manifest.files = seal_tree(&staged.dir)?;
         write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
         let target = self.root.join(PUBLISHED).join(&staged.id);
         fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
@@ -276,17 +278,71 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("fsync", dir))
 }
 
-/// fsyncs every file and directory under `dir` (CRIU writes without fsync).
-fn sync_tree(dir: &Path) -> Result<(), StoreError> {
+/// Seals a staged checkpoint: every file made 0600 and every directory 0700 (CRIU creates
+/// images 0644; they hold the app's secrets), each file checksummed, everything fsynced
+/// (CRIU writes without fsync). Returns the files' sums, sorted by path.
+fn seal_tree(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
+    let mut sums = Vec::new();
     for entry in walkdir::WalkDir::new(dir).contents_first(true) {
-        let entry = entry.map_err(|e| StoreError::Io {
-            step: "walk",
-            path: dir.to_path_buf(),
-            source: e.into(),
-        })?;
-        if entry.file_type().is_file() || entry.file_type().is_dir() {
-            let p = entry.path();
+        let entry = entry.map_err(|e| StoreError::Io { step: "walk", path: dir.to_path_buf(), source: e.into() })?;
+        let p = entry.path();
+        if entry.file_type().is_file() {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", p))?;
+            let (size, crc32) = checksum(p)?;
+            let f = File::open(p).map_err(io_err("open", p))?;
+            f.sync_all().map_err(io_err("fsync", p))?;
+            let rel = p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
+            sums.push(FileSum { path: rel, size, crc32 });
+        } else if entry.file_type().is_dir() {
+            fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", p))?;
             File::open(p).and_then(|f| f.sync_all()).map_err(io_err("fsync", p))?;
+        }
+    }
+    sums.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(sums)
+}
+
+/// Size and CRC-32 of a file.
+fn checksum(p: &Path) -> Result<(u64, u32), StoreError> {
+    use std::io::Read;
+    let mut f = File::open(p).map_err(io_err("open", p))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io_err("read", p))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((size, h.finalize()))
+}
+
+/// Checks that every file the manifest lists is there, with its size and checksum. A damaged
+/// checkpoint must never reach CRIU.
+pub fn verify(ckpt: &Checkpoint, manifest: &Manifest) -> Result<(), StoreError> {
+    let damaged = |why: String| StoreError::Damaged { path: ckpt.dir.clone(), why };
+    if manifest.files.is_empty() {
+        return Err(damaged("its manifest lists no files".into()));
+    }
+    for f in &manifest.files {
+        let p = ckpt.dir.join(&f.path);
+        if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(damaged(format!("manifest names an unsafe path {:?}", f.path)));
+        }
+        let md = match fs::metadata(&p) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(damaged(format!("{} is missing", f.path))),
+            Err(e) => return Err(StoreError::Io { step: "stat", path: p, source: e }),
+        };
+        if md.len() != f.size {
+            return Err(damaged(format!("{} has {} bytes, {} were written", f.path, md.len(), f.size)));
+        }
+        let (_, crc) = checksum(&p)?;
+        if crc != f.crc32 {
+            return Err(damaged(format!("{} has checksum {crc:08x}, {:08x} was written", f.path, f.crc32)));
         }
     }
     Ok(())
@@ -321,7 +377,7 @@ mod tests {
         let staged = store.stage().unwrap();
         fs::write(staged.images_dir().join("x.img"), b"data").unwrap();
         assert!(store.latest().is_none(), "a staged checkpoint must not be restorable");
-        let published = store.publish(&staged, &Manifest::for_tests()).unwrap();
+        let published = store.publish(&staged, Manifest::for_tests()).unwrap();
         assert_eq!(store.latest(), Some(published.clone()));
         assert!(published.manifest_path().is_file());
         assert!(!staged.dir.exists());
@@ -332,10 +388,44 @@ mod tests {
     }
 
     #[test]
+    fn published_files_are_private_and_verified() {
+        let root = tmp("verify");
+        let store = Store::open(&root).unwrap();
+        let staged = store.stage().unwrap();
+        fs::write(staged.images_dir().join("pages-1.img"), vec![7u8; 10_000]).unwrap();
+        fs::write(staged.images_dir().join("core-1.img"), b"core").unwrap();
+        let c = store.publish(&staged, Manifest::for_tests()).unwrap();
+        let m = Manifest::load(&c.manifest_path()).unwrap();
+        assert_eq!(m.files.len(), 2);
+        assert_eq!(m.files[1].path, "images/pages-1.img");
+        assert_eq!(m.files[1].size, 10_000);
+        for f in &m.files {
+            let mode = fs::metadata(c.dir.join(&f.path)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.path);
+        }
+        verify(&c, &m).unwrap();
+
+        // Truncated, flipped, missing: each refused with a reason.
+        let pages = c.images_dir().join("pages-1.img");
+        fs::write(&pages, vec![7u8; 5_000]).unwrap();
+        assert!(verify(&c, &m).unwrap_err().to_string().contains("5000 bytes"));
+        let mut flipped = vec![7u8; 10_000];
+        flipped[1234] = 8;
+        fs::write(&pages, flipped).unwrap();
+        assert!(verify(&c, &m).unwrap_err().to_string().contains("checksum"));
+        fs::remove_file(&pages).unwrap();
+        assert!(verify(&c, &m).unwrap_err().to_string().contains("missing"));
+        let no_files = Manifest { files: vec![], ..m };
+        assert!(verify(&c, &no_files).is_err());
+        drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn leftover_staging_is_discarded_and_previous_checkpoint_kept() {
         let root = tmp("leftover");
         let store = Store::open(&root).unwrap();
-        let first = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        let first = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
         let partial = store.stage().unwrap();
         drop(store);
         let store = Store::open(&root).unwrap();
@@ -374,9 +464,9 @@ mod tests {
     fn retire_keeps_history_and_quarantine_hides() {
         let root = tmp("retire");
         let store = Store::open(&root).unwrap();
-        let a = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        let a = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
         std::thread::sleep(Duration::from_millis(2));
-        let b = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        let b = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
         assert_eq!(store.latest(), Some(b.clone()));
         store.retire_all_but(&b, 1);
         assert_eq!(store.retired().len(), 1);
@@ -385,7 +475,7 @@ mod tests {
         assert_eq!(store.retired().len(), 1);
         assert_eq!(store.retired()[0].id, b.id);
         assert!(store.latest().is_none());
-        let c = store.publish(&store.stage().unwrap(), &Manifest::for_tests()).unwrap();
+        let c = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
         store.quarantine(&c).unwrap();
         assert!(store.latest().is_none());
         assert_eq!(store.quarantined().len(), 1);

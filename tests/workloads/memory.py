@@ -15,7 +15,8 @@ STEPS = int(os.environ.get("STEPS", "40"))
 fast = os.environ.get("FAST") == "1"
 
 rng = random.Random(42)
-blob = bytearray(rng.randbytes(MIB * 1024 * 1024))  # incompressible, deterministic
+# Incompressible and deterministic, made 1 MiB at a time (randbytes caps a single call).
+blob = bytearray(b"".join(rng.randbytes(1 << 20) for _ in range(MIB)))
 table = {i: rng.getrandbits(64) for i in range(200_000)}
 h = hashlib.sha256()
 print(f"ready {MIB} MiB", flush=True)

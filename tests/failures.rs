@@ -1,0 +1,335 @@
+//! Crash safety: every way a checkpoint or a restore can go wrong, and in each case proof that
+//! nothing that should survive was lost.
+
+mod common;
+use common::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const COUNTER: [&str; 3] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done"];
+
+fn count_of(line: &str) -> Option<u64> {
+    line.strip_prefix("count ")?.parse().ok()
+}
+
+fn checkpoint(c: &mut Container) -> u64 {
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_code(LONG), 0, "checkpoint failed:\n{}", c.stderr());
+    c.stdout_seen.iter().rev().find_map(|l| count_of(l)).expect("no count")
+}
+
+/// A published checkpoint of the counter, stopped at the returned count.
+fn counter_checkpoint(s: &Scratch, cfg: &Path) -> u64 {
+    let mut c = Container::start(Spec::run(Some(cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let last = checkpoint(&mut c);
+    assert_eq!(s.checkpoints().len(), 1);
+    last
+}
+
+fn images_of(s: &Scratch, area: &str) -> PathBuf {
+    let ids = s.area(area);
+    assert_eq!(ids.len(), 1, "{area}: {ids:?}");
+    s.images().join(area).join(&ids[0]).join("images")
+}
+
+fn largest_pages_image(images: &Path) -> PathBuf {
+    std::fs::read_dir(images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("pages-"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("no pages image")
+}
+
+/// A tmpfs mounted over a directory for one test (unmounted on drop).
+struct Tmpfs(PathBuf);
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn full_disk_dump_fails_app_shuts_down_gracefully_previous_checkpoint_kept() {
+    let s = Scratch::new("enospc");
+    let _fs = Tmpfs::mount(&s.images(), "8m");
+    let cfg = s.config("");
+    let last = counter_checkpoint(&s, &cfg);
+
+    // Restore it for debugging (`crik restore` leaves it published), then fill the volume.
+    let images = s.images();
+    let mut c = Container::start(Spec::args(&["restore", "--image-dir", images.to_str().unwrap()]));
+    c.expect_line(LONG, "restored count", |l| count_of(l) == Some(last + 2));
+    let filler = images.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M", "count=64"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    c.signal(libc::SIGTERM);
+    // The dump fails; the app keeps running until crik passes SIGTERM on (sh dies of it).
+    let code = c.wait_code(LONG);
+    let log = c.stderr();
+    assert_eq!(code, 128 + libc::SIGTERM, "{log}");
+    assert!(log.contains("checkpoint failed"), "{log}");
+    assert!(log.contains("No space left on device") || log.contains("CRIU's log says"), "must say why: {log}");
+    assert!(log.contains("passing SIGTERM on"), "{log}");
+    assert!(s.area("staging").is_empty(), "staging must be cleaned: {:?}", s.area("staging"));
+
+    // The previous good checkpoint is intact and still restores.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(s.checkpoints().len(), 1);
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+}
+
+#[test]
+fn failed_dump_with_app_exiting_zero_still_exits_non_zero() {
+    let s = Scratch::new("dumpfail");
+    let _fs = Tmpfs::mount(&s.images(), "1m");
+    let cfg = s.config("");
+    let app = format!(
+        "import signal, sys, time\n\
+         def bye(*_):\n    print('graceful shutdown', flush=True)\n    sys.exit(0)\n\
+         signal.signal(signal.SIGTERM, bye)\n\
+         data = bytearray(range(256)) * (16 * 4096)\n\
+         print('ready', flush=True)\n\
+         while True:\n    time.sleep(0.05)\n"
+    );
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, "-c", &app]));
+    c.expect_line(SHORT, "ready", |l| l == "ready");
+    c.signal(libc::SIGTERM);
+    c.expect_line(LONG, "graceful shutdown", |l| l == "graceful shutdown");
+    assert_eq!(c.wait_code(LONG), 1, "state was not saved: crik must not exit 0\n{}", c.stderr());
+    assert!(s.checkpoints().is_empty() && s.area("staging").is_empty());
+}
+
+#[test]
+fn crik_killed_mid_dump_never_restores_the_partial_checkpoint() {
+    let s = Scratch::new("midkill");
+    let cfg = s.config("");
+    let script = format!("{}/tests/workloads/memory.py", env!("CARGO_MANIFEST_DIR"));
+    let mut spec = Spec::run(Some(&cfg), &[PYTHON, &script]);
+    spec.env.push(("MIB".into(), "256".into()));
+    spec.env.push(("STEPS".into(), "1000".into()));
+    let mut c = Container::start(spec);
+    c.expect_line(LONG, "step 2", |l| l.starts_with("step 2 "));
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_code(LONG), 0, "{}", c.stderr());
+    let good = s.checkpoints();
+
+    // Restore the good one (left published by `crik restore`), then kill crik while it dumps.
+    let images = s.images();
+    let mut c = Container::start(Spec::args(&["restore", "--image-dir", images.to_str().unwrap()]));
+    let first_after_good = c.expect_line(LONG, "a step", |l| l.starts_with("step "));
+    c.expect_line(LONG, "two more steps", |l| l.starts_with("step 5 "));
+    c.signal(libc::SIGTERM);
+    let staging = images.join("staging");
+    let caught = eventually(LONG, || {
+        std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| std::fs::read_dir(e.path().join("images")).map(|mut d| d.next().is_some()).unwrap_or(false))
+    });
+    c.kill();
+    assert!(caught, "never saw the dump in progress\n{}", c.stderr());
+    assert!(!s.area("staging").is_empty(), "the kill must leave a partial checkpoint behind");
+    assert_eq!(s.checkpoints(), good, "a partial checkpoint must never be published");
+
+    // Next start: the partial one is discarded, the previous good one restored.
+    let mut c = Container::start(Spec::run(Some(&cfg), &[]));
+    let first = c.expect_line(LONG, "a step", |l| l.starts_with("step "));
+    assert_eq!(first, first_after_good, "must restore the previous good checkpoint\n{}", c.stderr());
+    assert!(c.stderr().contains("discarding unfinished checkpoint"), "{}", c.stderr());
+    assert!(s.area("staging").is_empty());
+}
+
+/// Damages the published checkpoint, then starts again: it must be quarantined (never
+/// retried) and the app started fresh.
+fn damaged_checkpoint_is_quarantined(name: &str, damage: impl FnOnce(&Path)) {
+    let s = Scratch::new(name);
+    let cfg = s.config("");
+    counter_checkpoint(&s, &cfg);
+    damage(&images_of(&s, "checkpoints"));
+
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(first, "count 1", "must start fresh\n{}", c.stderr());
+    let log = c.stderr();
+    assert!(log.contains("is damaged"), "{log}");
+    assert!(log.contains("quarantine"), "{log}");
+    assert_eq!(s.area("quarantine").len(), 1);
+    assert!(s.checkpoints().is_empty());
+    drop(c);
+
+    // A restarting pod does not retry it.
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    assert_eq!(c.expect_line(LONG, "a count", |l| count_of(l).is_some()), "count 1");
+    assert!(!c.stderr().contains("restoring"), "{}", c.stderr());
+    assert_eq!(s.area("quarantine").len(), 1, "the bad checkpoint is kept for inspection");
+}
+
+#[test]
+fn truncated_pages_image_is_quarantined_and_app_starts_fresh() {
+    damaged_checkpoint_is_quarantined("truncated", |images| {
+        let p = largest_pages_image(images);
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(len / 2).unwrap();
+    });
+}
+
+#[test]
+fn deleted_image_file_is_quarantined_and_app_starts_fresh() {
+    damaged_checkpoint_is_quarantined("deleted", |images| {
+        std::fs::remove_file(images.join("pstree.img")).unwrap();
+    });
+}
+
+#[test]
+fn on_restore_failure_fail_exits_without_starting_the_app() {
+    let s = Scratch::new("failmode");
+    let cfg = s.config("onRestoreFailure: fail\n");
+    counter_checkpoint(&s, &cfg);
+    std::fs::remove_file(images_of(&s, "checkpoints").join("pstree.img")).unwrap();
+    let marker = s.path("started");
+    let app = format!("touch {}", marker.display());
+    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", &app]));
+    assert_eq!(c.wait_code(LONG), 1);
+    assert!(c.stderr().contains("crik: restore failed"), "{}", c.stderr());
+    assert!(!marker.exists(), "the app must not start");
+    assert_eq!(s.area("quarantine").len(), 1);
+}
+
+#[test]
+fn criu_restore_that_hangs_is_killed_at_the_deadline() {
+    let s = Scratch::new("hang");
+    let cfg = s.config("restoreTimeout: 3\n");
+    counter_checkpoint(&s, &cfg);
+    // Damage the checksums cannot see (the manifest is rewritten to match): CRIU then meets a
+    // truncated pages image, on which it spins for ever.
+    let ckpt = images_of(&s, "checkpoints").parent().unwrap().to_path_buf();
+    let pages = largest_pages_image(&ckpt.join("images"));
+    let len = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&pages).unwrap().set_len(len / 2).unwrap();
+    let manifest_path = ckpt.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let rel = format!("images/{}", pages.file_name().unwrap().to_string_lossy());
+    let bytes = std::fs::read(&pages).unwrap();
+    for f in m["files"].as_array_mut().unwrap() {
+        if f["path"] == rel.as_str() {
+            f["size"] = (bytes.len() as u64).into();
+            f["crc32"] = crc32(&bytes).into();
+        }
+    }
+    std::fs::write(&manifest_path, serde_json::to_string(&m).unwrap()).unwrap();
+
+    let t = Instant::now();
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(first, "count 1", "{}", c.stderr());
+    assert!(t.elapsed() < Duration::from_secs(30), "took {:?}", t.elapsed());
+    assert!(c.stderr().contains("did not finish within"), "{}", c.stderr());
+    assert_eq!(s.area("quarantine").len(), 1);
+    // Nothing of CRIU or the half-restored tree is left: crik's only child is the fresh app.
+    let crik = c.crik_pid();
+    assert!(eventually(SHORT, || children_of(crik).len() == 1), "{:?}", children_of(crik));
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    // Plain bitwise CRC-32 (IEEE), independent of crik's implementation.
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn checkpoint_files_are_private() {
+    let s = Scratch::new("modes");
+    let cfg = s.config("");
+    counter_checkpoint(&s, &cfg);
+    assert_eq!(std::fs::metadata(s.images()).unwrap().permissions().mode() & 0o777, 0o700);
+    let ckpt = s.images().join("checkpoints").join(&s.checkpoints()[0]);
+    for e in walk(&ckpt) {
+        let md = std::fs::symlink_metadata(&e).unwrap();
+        let mode = md.permissions().mode() & 0o777;
+        if md.is_dir() {
+            assert_eq!(mode, 0o700, "{}", e.display());
+        } else {
+            assert_eq!(mode, 0o600, "{}", e.display());
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut v = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            v.extend(walk(&e.path()));
+        } else {
+            v.push(e.path());
+        }
+    }
+    v
+}
+
+#[test]
+fn unsafe_image_dir_is_refused_before_the_app_starts() {
+    let s = Scratch::new("unsafe");
+    let cfg = s.config("");
+    let marker = s.path("started");
+    let app = format!("touch {}", marker.display());
+    std::fs::create_dir_all(s.images()).unwrap();
+    for (why, prep) in [
+        ("write", Box::new(|p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap()) as Box<dyn Fn(&Path)>),
+        ("owned by uid 1234", Box::new(|p: &Path| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+            std::os::unix::fs::chown(p, Some(1234), None).unwrap();
+        })),
+    ] {
+        prep(&s.images());
+        let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", &app]));
+        assert_eq!(c.wait_code(SHORT), 1);
+        let log = c.stderr();
+        assert!(log.contains("crik: cannot use image dir") && log.contains("unsafe") && log.contains(why), "{log}");
+        assert!(!marker.exists());
+    }
+    assert_eq!(std::fs::metadata(s.images()).unwrap().uid(), 1234, "crik must not touch a foreign dir");
+}
+
+#[test]
+fn second_crik_on_the_same_image_dir_fails_clearly_and_harms_nothing() {
+    let s = Scratch::new("lock");
+    let cfg = s.config("");
+    let mut first = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    first.expect_line(SHORT, "count 2", |l| l == "count 2");
+    let mut second = Container::start(Spec::run(Some(&cfg), &["sh", "-c", "echo second-started"]));
+    assert_eq!(second.wait_code(SHORT), 1);
+    assert!(second.stderr().contains("in use by another crik"), "{}", second.stderr());
+    assert!(second.stdout_seen.is_empty(), "the second app must not start");
+    // The first one is unaffected: it still checkpoints and restores.
+    let last = checkpoint(&mut first);
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    let l = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(count_of(&l), Some(last + 1), "{}", c.stderr());
+}
