@@ -68,6 +68,54 @@ pub struct Config {
     /// How established TCP connections are restored.
     #[serde(default)]
     pub tcp_restore: TcpRestore,
+    /// Where to ask, on SIGTERM, whether the node is going away (long form of
+    /// `nodeStateServerURL`, with cloud preemption notices as sources).
+    #[serde(default)]
+    pub node_state: Option<NodeStateConfig>,
+    /// What to do when the node state cannot be learned.
+    #[serde(default)]
+    pub on_node_state_error: OnNodeStateError,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeStateConfig {
+    pub source: NodeStateSource,
+    /// Overrides the source's default endpoint (tests, proxies). Required for `server`
+    /// unless `nodeStateServerURL` is set.
+    #[serde(default)]
+    pub endpoint: Option<HttpUrl>,
+    /// Upper bound for the whole query, in seconds.
+    #[serde(default = "default_node_state_timeout", deserialize_with = "seconds")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum NodeStateSource {
+    /// crik's (or the Go original's) node-state server.
+    Server,
+    /// AWS EC2 spot interruption notice (IMDSv2).
+    Aws,
+    /// GCP preemption flag on the metadata server.
+    Gcp,
+    /// Azure Scheduled Events (`Preempt`).
+    Azure,
+}
+
+/// What to do on SIGTERM when the node state cannot be learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum OnNodeStateError {
+    /// Checkpoint anyway: losing state is worse than an unneeded checkpoint.
+    #[default]
+    Checkpoint,
+    /// Pass SIGTERM on without a checkpoint.
+    Skip,
+}
+
+fn default_node_state_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 
 impl Default for Config {
@@ -82,6 +130,8 @@ impl Default for Config {
             checkpoint_timeout: default_checkpoint_timeout(),
             restore_timeout: default_restore_timeout(),
             tcp_restore: TcpRestore::default(),
+            node_state: None,
+            on_node_state_error: OnNodeStateError::default(),
         }
     }
 }
@@ -190,6 +240,9 @@ impl HttpUrl {
     pub fn as_str(&self) -> &str {
         self.0.as_str()
     }
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
 }
 
 impl<'de> Deserialize<'de> for HttpUrl {
@@ -296,6 +349,22 @@ mod tests {
     }
 
     #[test]
+    fn node_state_section_parses() {
+        let c = parse("nodeState:\n  source: aws\n  endpoint: http://127.0.0.1:9/\n  timeout: 0.5\nonNodeStateError: skip\n").unwrap();
+        let ns = c.node_state.unwrap();
+        assert_eq!(ns.source, NodeStateSource::Aws);
+        assert_eq!(ns.endpoint.unwrap().as_str(), "http://127.0.0.1:9/");
+        assert_eq!(ns.timeout, Duration::from_millis(500));
+        assert_eq!(c.on_node_state_error, OnNodeStateError::Skip);
+        let c = parse("nodeState: {source: gcp}\n").unwrap();
+        assert_eq!(c.node_state.unwrap().timeout, Duration::from_secs(3));
+        let e = parse("nodeState:\n  source: ibm\n").unwrap_err();
+        assert!(e.contains("nodeState.source") && e.contains("line 2"), "{e}");
+        let e = parse("nodeState:\n  source: aws\n  endpont: http://x/\n").unwrap_err();
+        assert!(e.contains("unknown field `endpont`"), "{e}");
+    }
+
+    #[test]
     fn empty_and_comment_only_files_are_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("# nothing yet\n").unwrap(), Config::default());
@@ -382,8 +451,9 @@ mod sample_tests {
         for key in [
             "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
             "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
+            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError",
         ] {
-            assert!(text.contains(&format!("{key}:")), "sample lacks {key}");
+            assert!(text.contains(&format!("{}:", key.trim_end_matches(':'))), "sample lacks {key}");
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod criu;
 pub mod files;
 pub mod manifest;
+pub mod nodestate;
 pub mod restore;
 pub mod run;
 pub mod store;

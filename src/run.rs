@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Target};
 use crate::cli::{RestoreArgs, RunArgs};
-use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnRestoreFailure};
+use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
+use crate::nodestate::{self, Answer, Query};
 use crate::restore::{self, Restored};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{self, Signals, SpawnError, TermAction};
@@ -16,6 +17,8 @@ use crate::supervisor::{self, Signals, SpawnError, TermAction};
 pub enum Fatal {
     #[error("{0}")]
     Usage(String),
+    #[error("invalid node-state configuration: {0}")]
+    NodeState(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -27,7 +30,7 @@ pub enum Fatal {
 impl Fatal {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Fatal::Usage(_) | Fatal::Config(_) => 2,
+            Fatal::Usage(_) | Fatal::Config(_) | Fatal::NodeState(_) => 2,
             Fatal::Spawn(e) => e.exit_code(),
             Fatal::Failed { .. } => 1,
         }
@@ -64,8 +67,22 @@ fn setup_process() -> Result<Signals, Fatal> {
     Ok(signals)
 }
 
+/// The node-state query, checked at start so misconfiguration never waits for a SIGTERM.
+fn node_state_query(config: &Config) -> Result<Option<Query>, Fatal> {
+    let q = Query::from_config(config, std::env::var(nodestate::NODE_NAME_ENV).ok()).map_err(Fatal::NodeState)?;
+    if let Some(q) = &q {
+        if config.image_dir.is_none() {
+            log::warn!("a node-state source is configured but imageDir is not: checkpointing is off");
+        } else {
+            log::info!("on SIGTERM, crik will ask {} whether the node is going away", q.endpoint);
+        }
+    }
+    Ok(q)
+}
+
 pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     let config = load_config(args.config)?;
+    let node_state = node_state_query(&config)?;
     let signals = setup_process()?;
     let store = match &config.image_dir {
         Some(dir) => Some(open_store(dir.as_path())?),
@@ -117,7 +134,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
             (pid, to_strings(&args.command), Vec::new())
         }
     };
-    Ok(supervise(&signals, &config, store.as_ref(), app, &command))
+    Ok(supervise(&signals, &config, store.as_ref(), node_state.as_ref(), app, &command))
 }
 
 pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
@@ -128,6 +145,7 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
         (None, None) => return Err(Fatal::Usage("no image dir: pass --image-dir or set imageDir in the configuration".into())),
     };
     let config = Config { image_dir: Some(dir.clone()), ..config };
+    let node_state = node_state_query(&config)?;
     let signals = setup_process()?;
     let store = open_store(dir.as_path())?;
     let ckpt = store
@@ -136,17 +154,60 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
-    Ok(supervise(&signals, &config, Some(&store), r.pid, &r.manifest.command))
+    Ok(supervise(&signals, &config, Some(&store), node_state.as_ref(), r.pid, &r.manifest.command))
+}
+
+/// Whether this SIGTERM should checkpoint: only when the node is going away (as far as a
+/// configured source knows), else the app simply shuts down.
+fn node_is_going_away(query: Option<&Query>, on_error: OnNodeStateError) -> bool {
+    let Some(q) = query else {
+        log::info!("SIGTERM: no node-state source configured, checkpointing");
+        return true;
+    };
+    let started = std::time::Instant::now();
+    match q.ask() {
+        Ok(Answer::ShuttingDown(why)) => {
+            log::info!("SIGTERM: {why} (asked {} in {} ms): checkpointing", q.endpoint, started.elapsed().as_millis());
+            true
+        }
+        Ok(Answer::Staying(why)) => {
+            log::info!(
+                "SIGTERM: {why} (asked {} in {} ms): not going away, passing SIGTERM on",
+                q.endpoint,
+                started.elapsed().as_millis()
+            );
+            false
+        }
+        Err(e) => {
+            let checkpoint = on_error == OnNodeStateError::Checkpoint;
+            log::warn!(
+                "SIGTERM: cannot learn the node state after {} ms: {e}; onNodeStateError is {}",
+                started.elapsed().as_millis(),
+                if checkpoint { "checkpoint: checkpointing" } else { "skip: passing SIGTERM on" }
+            );
+            checkpoint
+        }
+    }
 }
 
 /// Supervises until the app exits or a SIGTERM checkpoint completes.
-fn supervise(signals: &Signals, config: &Config, store: Option<&Store>, app: nix::unistd::Pid, command: &[String]) -> i32 {
+fn supervise(
+    signals: &Signals,
+    config: &Config,
+    store: Option<&Store>,
+    node_state: Option<&Query>,
+    app: nix::unistd::Pid,
+    command: &[String],
+) -> i32 {
     let mut checkpoint_failed = false;
     let mut on_term = |pid| {
         let Some(store) = store else {
             log::info!("SIGTERM: checkpointing is off, passing it on to the app");
             return TermAction::Forward;
         };
+        if !node_is_going_away(node_state, config.on_node_state_error) {
+            return TermAction::Forward;
+        }
         let target = Target { config, app: pid, command };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => TermAction::Exit(0),
