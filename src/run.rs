@@ -219,6 +219,7 @@ fn supervise(
             }
         }
     };
+    supervisor::release_startup_text();
     let code = supervisor::supervise(signals, app, &mut on_term);
     if checkpoint_failed && code == 0 {
         // The app shut down cleanly, but its state was not saved: say so in the exit status.

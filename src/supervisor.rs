@@ -141,6 +141,30 @@ pub fn become_subreaper() -> io::Result<()> {
     Ok(())
 }
 
+/// Drops crik's mappings of its own program text once start-up is over. Argument parsing,
+/// configuration and logging set-up touch (and the kernel's fault-around maps) most of the
+/// binary, yet the idle supervision loop runs a few pages of it. The pages stay in the page
+/// cache; whatever crik runs later (a checkpoint) is mapped back in on demand. Only executable
+/// mappings are dropped: they are never written, so nothing is lost (the relocated read-only
+/// data is left alone).
+pub fn release_startup_text() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        let path = f.nth(3).unwrap_or("");
+        if perms != "r-xp" || std::path::Path::new(path) != exe {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else { continue };
+        // SAFETY: a private, never-written file mapping of our own text: dropping its pages
+        // only makes the next execution of that code fault them back in from the page cache.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    }
+}
+
 /// Pushes the namespace's next PID up to `APP_PID_BASE` when possible (only PID 1 of a fresh
 /// PID namespace, or root on a host, can write it). Returns whether it was written.
 pub fn reserve_low_pids() -> bool {
