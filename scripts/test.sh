@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --locked --all-targets
+cargo build --locked --workspace --all-targets
 if cargo nextest --version >/dev/null 2>&1; then
     # Per-test timeouts and serial execution come from .config/nextest.toml.
-    cargo nextest run --locked --no-fail-fast "$@"
+    cargo nextest run --locked --workspace --no-fail-fast "$@"
 else
-    cargo test --locked --no-fail-fast -- --test-threads 1 "$@"
+    cargo test --locked --workspace --no-fail-fast -- --test-threads 1 "$@"
 fi
