@@ -165,22 +165,47 @@ pub fn release_startup_text() {
     }
 }
 
-/// Pushes the namespace's next PID up to `APP_PID_BASE` when possible (only PID 1 of a fresh
-/// PID namespace, or root on a host, can write it). Returns whether it was written.
-pub fn reserve_low_pids() -> bool {
+/// Pushes the namespace's next PID up to `APP_PID_BASE`, so the app's PIDs are free again at
+/// restore time. Writing `ns_last_pid` needs a writable /proc/sys (privileged containers); where
+/// it is read-only and crik is PID 1 of its own namespace, crik instead burns through the low
+/// PIDs with short-lived children (under a second, once per container start). Elsewhere it
+/// leaves the PIDs alone.
+pub fn reserve_low_pids() {
     let path = "/proc/sys/kernel/ns_last_pid";
     let current: u32 = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
     if current >= APP_PID_BASE {
-        return false;
+        return;
     }
     match std::fs::write(path, APP_PID_BASE.to_string()) {
-        Ok(()) => {
-            log::debug!("set {path} to {APP_PID_BASE}");
-            true
+        Ok(()) => log::debug!("set {path} to {APP_PID_BASE}"),
+        Err(e) if std::process::id() == 1 => {
+            let started = std::time::Instant::now();
+            let reached = burn_pids(APP_PID_BASE);
+            log::info!(
+                "{path} is not writable ({e}): advanced PIDs to {reached} with throwaway children in {} ms",
+                started.elapsed().as_millis()
+            );
         }
-        Err(e) => {
-            log::debug!("not setting {path}: {e}");
-            false
+        Err(e) => log::debug!("not setting {path}: {e}"),
+    }
+}
+
+/// Forks and reaps children that exit at once until the kernel hands out a PID >= `target`.
+fn burn_pids(target: u32) -> u32 {
+    loop {
+        // SAFETY: the vfork child shares our memory and only calls _exit, which is allowed;
+        // vfork skips copying page tables, which makes this four times faster than fork.
+        #[allow(deprecated)]
+        let pid = unsafe { libc::vfork() };
+        match pid {
+            0 => unsafe { libc::_exit(0) },
+            p if p < 0 => return 0,
+            p => {
+                let _ = waitpid(Pid::from_raw(p), None);
+                if p as u32 >= target {
+                    return p as u32;
+                }
+            }
         }
     }
 }

@@ -221,3 +221,17 @@ fn version_and_help_are_written_for_people() {
     let out = std::process::Command::new(CRIK).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn app_pids_start_high_even_with_a_read_only_proc_sys() {
+    let _s = Scratch::new("rosys");
+    let mut spec = Spec::run(None, &["sh", "-c", "echo pid $$"]);
+    // As in an unprivileged container: ns_last_pid cannot be written.
+    spec.setup = Some("mount --bind -o ro /proc/sys /proc/sys && mount -o remount,ro,bind /proc/sys".into());
+    let mut c = Container::start(spec);
+    let line = c.expect_line(SHORT, "pid", |l| l.starts_with("pid "));
+    let pid: u32 = line[4..].parse().unwrap();
+    assert!(pid > 9000, "app got pid {pid}\n{}", c.stderr());
+    assert!(c.stderr().contains("not writable"), "{}", c.stderr());
+    assert_eq!(c.wait_code(SHORT), 0);
+}

@@ -111,6 +111,9 @@ pub struct Spec {
     /// Extra inheritable fd given to crik (to prove the app does not inherit it).
     pub stray_fd: bool,
     pub stdin: Option<Vec<u8>>,
+    /// Shell commands run inside the fresh namespaces just before crik is exec'ed as PID 1
+    /// (e.g. to make /proc/sys read-only as in an unprivileged container).
+    pub setup: Option<String>,
 }
 
 impl Spec {
@@ -124,10 +127,17 @@ impl Spec {
             args.push("--".into());
             args.extend(cmd.iter().map(|s| s.to_string()));
         }
-        Spec { args, pid1: true, env: Vec::new(), stray_fd: false, stdin: None }
+        Spec { args, pid1: true, env: Vec::new(), stray_fd: false, stdin: None, setup: None }
     }
     pub fn args(args: &[&str]) -> Spec {
-        Spec { args: args.iter().map(|s| s.to_string()).collect(), pid1: true, env: Vec::new(), stray_fd: false, stdin: None }
+        Spec {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            pid1: true,
+            env: Vec::new(),
+            stray_fd: false,
+            stdin: None,
+            setup: None,
+        }
     }
 }
 
@@ -145,7 +155,12 @@ impl Container {
     pub fn start(spec: Spec) -> Container {
         let mut cmd = if spec.pid1 {
             let mut c = Command::new("unshare");
-            c.args(["--pid", "--fork", "--mount-proc", "--ipc", "--uts", CRIK]);
+            c.args(["--pid", "--fork", "--mount-proc", "--ipc", "--uts"]);
+            if let Some(setup) = &spec.setup {
+                c.args(["sh", "-c", &format!("{setup}\nexec \"$0\" \"$@\""), CRIK]);
+            } else {
+                c.arg(CRIK);
+            }
             c
         } else {
             Command::new(CRIK)
