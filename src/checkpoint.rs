@@ -55,17 +55,19 @@ pub struct Target<'a> {
 pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<Checkpoint, CheckpointError> {
     let started = Instant::now();
     let staged = store.stage()?;
-    log::info!("checkpointing app (pid {}) into {}", target.app, staged.dir.display());
+    log::info!(event = "checkpoint_started", pid = target.app.as_raw(); "checkpointing app (pid {}) into {}", target.app, staged.dir.display());
     match dump_into(signals, &staged, target) {
         Ok(manifest) => {
             let published = store.publish(&staged, manifest.clone())?;
             store.retire_all_but(&published, target.config.keep_checkpoints);
+            let (ms, size) = (started.elapsed().as_millis() as u64, dir_size(&published.dir));
             log::info!(
-                "checkpoint {} complete in {} ms (CRIU dump {} ms), {}",
+                event = "checkpoint_finished", id = published.id.as_str(), duration_ms = ms,
+                dump_ms = manifest.dump_millis, size_bytes = size;
+                "checkpoint {} complete in {ms} ms (CRIU dump {} ms), {}",
                 published.dir.display(),
-                started.elapsed().as_millis(),
                 manifest.dump_millis,
-                human_size(dir_size(&published.dir))
+                human_size(size)
             );
             Ok(published)
         }

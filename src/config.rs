@@ -75,6 +75,9 @@ pub struct Config {
     /// What to do when the node state cannot be learned.
     #[serde(default)]
     pub on_node_state_error: OnNodeStateError,
+    /// crik's own log lines: `text` or `json`.
+    #[serde(default)]
+    pub log_format: crate::logging::LogFormat,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -132,6 +135,7 @@ impl Default for Config {
             tcp_restore: TcpRestore::default(),
             node_state: None,
             on_node_state_error: OnNodeStateError::default(),
+            log_format: crate::logging::LogFormat::default(),
         }
     }
 }
@@ -451,7 +455,7 @@ mod sample_tests {
         for key in [
             "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
             "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
-            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError",
+            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat",
         ] {
             assert!(text.contains(&format!("{}:", key.trim_end_matches(':'))), "sample lacks {key}");
         }

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod criu;
 pub mod files;
+pub mod logging;
 pub mod manifest;
 pub mod nodestate;
 pub mod restore;

@@ -43,6 +43,7 @@ pub struct Restored {
 }
 
 pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
+    let started = std::time::Instant::now();
     let manifest = Manifest::load(&ckpt.manifest_path())?;
     store::verify(ckpt, &manifest)?;
     log::info!(
@@ -77,7 +78,11 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     match criu::call(signals, req) {
         Ok(r) => {
             let pid = Pid::from_raw(r.resp.restore.pid());
-            log::info!("restored app as pid {pid}");
+            log::info!(
+                event = "restore_finished", id = ckpt.id.as_str(), pid = pid.as_raw(),
+                duration_ms = started.elapsed().as_millis() as u64;
+                "restored app as pid {pid} in {} ms", started.elapsed().as_millis()
+            );
             Ok(Restored { pid, manifest, keep_open: r.received_fds })
         }
         Err(e) => {

@@ -40,18 +40,17 @@ impl Fatal {
     }
 }
 
+/// Reads the configuration, then starts logging in the format it asks for.
 fn load_config(flag: Option<PathBuf>) -> Result<Config, Fatal> {
     let source = ConfigSource::resolve(flag, std::env::var_os("CRIK_CONFIG"));
-    match source.load()? {
-        Some(c) => {
-            log::debug!("configuration read from {}", source.path.display());
-            Ok(c)
-        }
-        None => {
-            log::debug!("no configuration at {}: checkpointing is off", source.path.display());
-            Ok(Config::default())
-        }
+    let loaded = source.load()?;
+    let config = loaded.clone().unwrap_or_default();
+    crate::logging::init(config.log_format);
+    match loaded {
+        Some(_) => log::debug!("configuration read from {}", source.path.display()),
+        None => log::debug!("no configuration at {}: checkpointing is off", source.path.display()),
     }
+    Ok(config)
 }
 
 fn open_store(dir: &Path) -> Result<Store, Fatal> {
@@ -101,7 +100,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                 Some(r)
             }
             Err(e) => {
-                log::error!("restore of {} failed: {e}", ckpt.dir.display());
+                log::error!(event = "restore_failed", id = ckpt.id.as_str(); "restore of {} failed: {e}", ckpt.dir.display());
                 match store.quarantine(&ckpt) {
                     Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
                     Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
@@ -165,24 +164,24 @@ fn node_is_going_away(query: Option<&Query>, on_error: OnNodeStateError) -> bool
         return true;
     };
     let started = std::time::Instant::now();
-    match q.ask() {
+    let answer = q.ask();
+    let ms = started.elapsed().as_millis() as u64;
+    let endpoint = q.endpoint.as_str();
+    match answer {
         Ok(Answer::ShuttingDown(why)) => {
-            log::info!("SIGTERM: {why} (asked {} in {} ms): checkpointing", q.endpoint, started.elapsed().as_millis());
+            log::info!(event = "node_state", answer = "shutting-down", endpoint, duration_ms = ms;
+                "SIGTERM: {why} (asked {endpoint} in {ms} ms): checkpointing");
             true
         }
         Ok(Answer::Staying(why)) => {
-            log::info!(
-                "SIGTERM: {why} (asked {} in {} ms): not going away, passing SIGTERM on",
-                q.endpoint,
-                started.elapsed().as_millis()
-            );
+            log::info!(event = "node_state", answer = "staying", endpoint, duration_ms = ms;
+                "SIGTERM: {why} (asked {endpoint} in {ms} ms): not going away, passing SIGTERM on");
             false
         }
         Err(e) => {
             let checkpoint = on_error == OnNodeStateError::Checkpoint;
-            log::warn!(
-                "SIGTERM: cannot learn the node state after {} ms: {e}; onNodeStateError is {}",
-                started.elapsed().as_millis(),
+            log::warn!(event = "node_state", answer = "error", endpoint, duration_ms = ms;
+                "SIGTERM: cannot learn the node state after {ms} ms: {e}; onNodeStateError is {}",
                 if checkpoint { "checkpoint: checkpointing" } else { "skip: passing SIGTERM on" }
             );
             checkpoint
@@ -212,7 +211,7 @@ fn supervise(
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => TermAction::Exit(0),
             Err(e) => {
-                log::error!("checkpoint failed: {e}");
+                log::error!(event = "checkpoint_failed"; "checkpoint failed: {e}");
                 log::warn!("the app keeps running; passing SIGTERM on so it can shut down cleanly");
                 checkpoint_failed = true;
                 TermAction::Forward

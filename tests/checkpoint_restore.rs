@@ -269,3 +269,31 @@ fn crik_restore_command_restores_in_the_foreground() {
     assert_eq!(c.wait_code(SHORT), 1);
     assert!(c.stderr().contains("crik: nothing to restore"), "{}", c.stderr());
 }
+
+/// Parses crik's stderr as JSON lines; every line must be one object.
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect()
+}
+
+#[test]
+fn json_logs_carry_checkpoint_and_restore_events() {
+    let s = Scratch::new("jsonlog");
+    let cfg = s.config("logFormat: json\n");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let last = last_count(&checkpoint(&mut c));
+    let lines = json_lines(&c.stderr());
+    let done = lines.iter().find(|l| l["event"] == "checkpoint_finished").expect("checkpoint_finished event");
+    assert!(done["duration_ms"].is_u64() && done["size_bytes"].as_u64().unwrap() > 0, "{done}");
+    assert_eq!(done["level"], "info");
+    assert!(lines.iter().any(|l| l["event"] == "checkpoint_started"));
+
+    let mut c = restore_counter(&cfg, last);
+    c.kill();
+    let lines = json_lines(&c.stderr());
+    let restored = lines.iter().find(|l| l["event"] == "restore_finished").expect("restore_finished event");
+    assert!(restored["pid"].as_u64().unwrap() > 9000, "{restored}");
+}
