@@ -48,6 +48,9 @@ pub struct Target<'a> {
     pub config: &'a Config,
     pub app: Pid,
     pub command: &'a [String],
+    /// A periodic checkpoint: the app keeps running afterwards, and nothing of it is deleted
+    /// (inotifyIncompatiblePaths are only removed before the final checkpoint).
+    pub leave_running: bool,
 }
 
 /// Checkpoints the app's whole tree and publishes it. CRIU stops the tree when the dump
@@ -55,16 +58,18 @@ pub struct Target<'a> {
 pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<Checkpoint, CheckpointError> {
     let started = Instant::now();
     let staged = store.stage()?;
-    log::info!(event = "checkpoint_started", pid = target.app.as_raw(); "checkpointing app (pid {}) into {}", target.app, staged.dir.display());
+    let kind = if target.leave_running { "periodic" } else { "final" };
+    log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
+        "{kind} checkpoint of app (pid {}) into {}", target.app, staged.dir.display());
     match dump_into(signals, &staged, target) {
         Ok(manifest) => {
             let published = store.publish(&staged, manifest.clone())?;
             store.retire_all_but(&published, target.config.keep_checkpoints);
             let (ms, size) = (started.elapsed().as_millis() as u64, dir_size(&published.dir));
             log::info!(
-                event = "checkpoint_finished", id = published.id.as_str(), duration_ms = ms,
+                event = "checkpoint_finished", kind, id = published.id.as_str(), duration_ms = ms,
                 dump_ms = manifest.dump_millis, size_bytes = size;
-                "checkpoint {} complete in {ms} ms (CRIU dump {} ms), {}",
+                "{kind} checkpoint {} complete in {ms} ms (CRIU dump {} ms), {}",
                 published.dir.display(),
                 manifest.dump_millis,
                 human_size(size)
@@ -80,7 +85,9 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<C
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
     let stdio = stdio_links(target.app)?;
-    files::delete_paths(&target.config.inotify_incompatible_paths)?;
+    if !target.leave_running {
+        files::delete_paths(&target.config.inotify_incompatible_paths)?;
+    }
     let has_files_archive = if target.config.additional_paths.is_empty() {
         false
     } else {
@@ -94,7 +101,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
     let dump_started = Instant::now();
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::DUMP,
-        opts: Some(criu::dump_opts(&dir, target.app)),
+        opts: Some(criu::dump_opts(&dir, target.app, target.leave_running)),
         inherit: Vec::new(),
         deadline: target.config.checkpoint_timeout,
     };

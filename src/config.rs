@@ -75,6 +75,10 @@ pub struct Config {
     /// What to do when the node state cannot be learned.
     #[serde(default)]
     pub on_node_state_error: OnNodeStateError,
+    /// Take a leave-running checkpoint this often (seconds), so that even a hard kill with no
+    /// SIGTERM restores recent state. Unset: only the final checkpoint on SIGTERM.
+    #[serde(default, deserialize_with = "some_seconds")]
+    pub checkpoint_interval: Option<Duration>,
     /// crik's own log lines: `text` or `json`.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
@@ -136,6 +140,7 @@ impl Default for Config {
             node_state: None,
             on_node_state_error: OnNodeStateError::default(),
             log_format: crate::logging::LogFormat::default(),
+            checkpoint_interval: None,
         }
     }
 }
@@ -156,6 +161,10 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Scalar::Num(secs) => Err(format!("must be a number of seconds between 0 and 86400, got {secs}")),
         Scalar::Str(s) => Err(format!("must be a number of seconds, got {s:?}")),
     }))
+}
+
+fn some_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    seconds(d).map(Some)
 }
 
 /// A scalar as the YAML parser saw it.
@@ -338,7 +347,8 @@ mod tests {
         let c = parse(
             "imageDir: /var/crik\nnodeStateServerURL: http://crik.kube-system.svc:9376\n\
              additionalPaths: [/data, /home/app/.cache]\ninotifyIncompatiblePaths:\n  - /tmp/watched\n\
-             onRestoreFailure: fail\nkeepCheckpoints: 3\ncheckpointTimeout: 20\nrestoreTimeout: 1.5\ntcpRestore: close\n",
+             onRestoreFailure: fail\nkeepCheckpoints: 3\ncheckpointTimeout: 20\nrestoreTimeout: 1.5\ntcpRestore: close\n\
+             checkpointInterval: 600\n",
         )
         .unwrap();
         assert_eq!(c.image_dir.unwrap().as_path(), Path::new("/var/crik"));
@@ -350,6 +360,7 @@ mod tests {
         assert_eq!(c.checkpoint_timeout, Duration::from_secs(20));
         assert_eq!(c.restore_timeout, Duration::from_millis(1500));
         assert_eq!(c.tcp_restore, TcpRestore::Close);
+        assert_eq!(c.checkpoint_interval, Some(Duration::from_secs(600)));
     }
 
     #[test]
@@ -455,7 +466,7 @@ mod sample_tests {
         for key in [
             "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
             "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
-            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat",
+            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval",
         ] {
             assert!(text.contains(&format!("{}:", key.trim_end_matches(':'))), "sample lacks {key}");
         }

@@ -274,11 +274,11 @@ fn common_opts(images_dir: &File, log_file: &str) -> rpc::Criu_opts {
     o
 }
 
-/// Dump options for the tree rooted at `pid`.
-pub fn dump_opts(images_dir: &File, pid: Pid) -> rpc::Criu_opts {
+/// Dump options for the tree rooted at `pid`; `leave_running` for periodic checkpoints.
+pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool) -> rpc::Criu_opts {
     let mut o = common_opts(images_dir, DUMP_LOG);
     o.set_pid(pid.as_raw());
-    o.set_leave_running(false);
+    o.set_leave_running(leave_running);
     // A connected client must never make the checkpoint fail.
     o.set_tcp_established(true);
     o.set_ext_unix_sk(true);
@@ -371,7 +371,7 @@ mod tests {
         assert!(!o.tcp_close() && o.tcp_established());
         assert_eq!(o.ext_mnt.len(), EXTERNAL_MOUNTS.len());
         assert_eq!(o.ext_mnt[0].key(), "null");
-        let d = dump_opts(&f, Pid::from_raw(7));
+        let d = dump_opts(&f, Pid::from_raw(7), false);
         assert_eq!(d.ext_mnt[0].key(), "/dev/null");
         assert_eq!(d.pid(), 7);
     }

@@ -10,7 +10,7 @@ use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError
 use crate::nodestate::{self, Answer, Query};
 use crate::restore::{self, Restored};
 use crate::store::{Store, StoreError};
-use crate::supervisor::{self, Signals, SpawnError, TermAction};
+use crate::supervisor::{self, Periodic, Signals, SpawnError, TermAction};
 
 /// Why crik gave up; each kind has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +199,7 @@ fn supervise(
     command: &[String],
 ) -> i32 {
     let mut checkpoint_failed = false;
+    let mut checkpointed = false;
     let mut on_term = |pid| {
         let Some(store) = store else {
             log::info!("SIGTERM: checkpointing is off, passing it on to the app");
@@ -207,9 +208,12 @@ fn supervise(
         if !node_is_going_away(node_state, config.on_node_state_error) {
             return TermAction::Forward;
         }
-        let target = Target { config, app: pid, command };
+        let target = Target { config, app: pid, command, leave_running: false };
         match checkpoint::checkpoint(signals, store, &target) {
-            Ok(_) => TermAction::Exit(0),
+            Ok(_) => {
+                checkpointed = true;
+                TermAction::Exit(0)
+            }
             Err(e) => {
                 log::error!(event = "checkpoint_failed"; "checkpoint failed: {e}");
                 log::warn!("the app keeps running; passing SIGTERM on so it can shut down cleanly");
@@ -218,8 +222,30 @@ fn supervise(
             }
         }
     };
+    let mut periodic_run = |pid| {
+        let Some(store) = store else { return };
+        let target = Target { config, app: pid, command, leave_running: true };
+        if let Err(e) = checkpoint::checkpoint(signals, store, &target) {
+            log::error!(event = "checkpoint_failed", kind = "periodic"; "periodic checkpoint failed (the app keeps running): {e}");
+        }
+    };
+    let periodic = match (store, config.checkpoint_interval) {
+        (Some(_), Some(every)) => {
+            log::info!("periodic checkpoints every {} s", every.as_secs_f64());
+            Some(Periodic { every, run: &mut periodic_run })
+        }
+        _ => None,
+    };
     supervisor::release_startup_text();
-    let code = supervisor::supervise(signals, app, &mut on_term);
+    let code = supervisor::supervise(signals, app, &mut on_term, periodic);
+    if let (Some(store), false) = (store, checkpointed) {
+        // The app ended on its own: its state ended with it. A periodic checkpoint left behind
+        // would replay stale state at the next start (a finished job run again, a crash repeated).
+        let stale = store.retire_published(config.keep_checkpoints);
+        if stale > 0 {
+            log::info!("the app exited: retired {stale} periodic checkpoint(s), the next start is fresh");
+        }
+    }
     if checkpoint_failed && code == 0 {
         // The app shut down cleanly, but its state was not saved: say so in the exit status.
         return 1;

@@ -171,6 +171,18 @@ impl Store {
         self.prune(RETIRED, history);
     }
 
+    /// Retires every published checkpoint; returns how many there were.
+    pub fn retire_published(&self, history: usize) -> usize {
+        let all = self.list(PUBLISHED);
+        for c in &all {
+            if let Err(e) = self.move_to(c, RETIRED) {
+                log::warn!("cannot retire {}: {e}", c.dir.display());
+            }
+        }
+        self.prune(RETIRED, history);
+        all.len()
+    }
+
     /// Moves a checkpoint that was restored into retired/, keeping `history` of them.
     pub fn retire(&self, c: &Checkpoint, history: usize) -> Result<Checkpoint, StoreError> {
         let moved = self.move_to(c, RETIRED)?;

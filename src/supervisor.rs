@@ -375,12 +375,34 @@ pub enum TermAction {
 }
 
 /// Supervises the app until it exits (returns its exit code) or a SIGTERM handler asks to exit.
-pub fn supervise(signals: &Signals, main: Pid, on_term: &mut dyn FnMut(Pid) -> TermAction) -> i32 {
+/// Something to run every `every` while the app runs (periodic checkpoints).
+pub struct Periodic<'a> {
+    pub every: Duration,
+    pub run: &'a mut dyn FnMut(Pid),
+}
+
+pub fn supervise(
+    signals: &Signals,
+    main: Pid,
+    on_term: &mut dyn FnMut(Pid) -> TermAction,
+    mut periodic: Option<Periodic>,
+) -> i32 {
+    let mut next_due = periodic.as_ref().map(|p| std::time::Instant::now() + p.every);
     // The app may have exited before the loop started; its SIGCHLD is pending then.
     loop {
-        let sig = match signals.wait(None) {
+        let timeout = next_due.map(|t| t.saturating_duration_since(std::time::Instant::now()));
+        let sig = match signals.wait(timeout) {
             Ok(Some(sig)) => sig,
-            Ok(None) => continue,
+            Ok(None) => {
+                if let (Some(p), Some(due)) = (periodic.as_mut(), next_due.as_mut()) {
+                    if std::time::Instant::now() >= *due {
+                        (p.run)(main);
+                        // Measured from the end of this run: a slow checkpoint never stacks up.
+                        *due = std::time::Instant::now() + p.every;
+                    }
+                }
+                continue;
+            }
             Err(e) => {
                 log::error!("waiting for signals failed: {e}");
                 continue;

@@ -297,3 +297,44 @@ fn json_logs_carry_checkpoint_and_restore_events() {
     let restored = lines.iter().find(|l| l["event"] == "restore_finished").expect("restore_finished event");
     assert!(restored["pid"].as_u64().unwrap() > 9000, "{restored}");
 }
+
+#[test]
+fn hard_kill_after_a_periodic_checkpoint_restores_from_it() {
+    let s = Scratch::new("periodic");
+    let cfg = s.config("checkpointInterval: 0.5\n");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    // Wait for a periodic checkpoint, and see the app keep running after it.
+    assert!(eventually(SHORT, || c.stderr().contains("periodic checkpoint /")), "{}", c.stderr());
+    let published = s.checkpoints();
+    assert_eq!(published.len(), 1, "{published:?}");
+    let seen_at_checkpoint = c.stdout_seen.len();
+    c.expect_line(SHORT, "more counts after the checkpoint", |l| count_of(l).is_some());
+    assert!(c.stdout_seen.len() > seen_at_checkpoint);
+    // A host crash: no SIGTERM, crik and the app die at once.
+    c.kill();
+    c.wait(SHORT); // collects what the app printed before it died
+    let last_seen = last_count(&c.stdout_seen);
+    assert!(!s.checkpoints().is_empty());
+
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    let first = count_of(&c.expect_line(LONG, "a count", |l| count_of(l).is_some())).unwrap();
+    assert!(first > 1 && first <= last_seen + 1, "restored {first}, last seen {last_seen}\n{}", c.stderr());
+    let next = count_of(&c.expect_line(SHORT, "the next count", |l| count_of(l).is_some())).unwrap();
+    assert_eq!(next, first + 1);
+    assert!(c.stderr().contains("restored app as pid"), "{}", c.stderr());
+}
+
+#[test]
+fn app_exiting_on_its_own_retires_periodic_checkpoints() {
+    let s = Scratch::new("periodic-exit");
+    let cfg = s.config("checkpointInterval: 0.3\n");
+    let app = "i=0; while [ $i -lt 15 ]; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done; exit 3";
+    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", app]));
+    assert_eq!(c.wait_code(LONG), 3);
+    assert!(c.stderr().contains("periodic checkpoint /"), "{}", c.stderr());
+    assert!(s.checkpoints().is_empty(), "a finished app must not be restored: {:?}", s.checkpoints());
+    // So the next start runs the command fresh.
+    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", app]));
+    assert_eq!(c.expect_line(SHORT, "count 1", |l| count_of(l).is_some()), "count 1");
+}
