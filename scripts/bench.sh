@@ -34,3 +34,4 @@ printf '%-38s %7s KiB\n' "tini idle RSS (supervising sleep)" "$tini_rss"
 printf '%-38s %10s\n' "crik / tini RSS" "$(awk -v a="$crik_rss" -v b="$tini_rss" 'BEGIN {printf "%.2fx", a/b}')"
 printf '%-38s %7s KiB\n' "crik release binary size" "$(( size / 1024 ))"
 printf '%-38s %10s\n' "goal: crik idle RSS <= 2048 KiB" "$([ "$crik_rss" -le 2048 ] && echo met || echo MISSED)"
+python3 scripts/bench.py

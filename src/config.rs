@@ -79,6 +79,9 @@ pub struct Config {
     /// SIGTERM restores recent state. Unset: only the final checkpoint on SIGTERM.
     #[serde(default, deserialize_with = "some_seconds")]
     pub checkpoint_interval: Option<Duration>,
+    /// Restore with CRIU's lazy-pages daemon: the app runs before all its memory is read back.
+    #[serde(default)]
+    pub lazy_pages: bool,
     /// crik's own log lines: `text` or `json`.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
@@ -141,6 +144,7 @@ impl Default for Config {
             on_node_state_error: OnNodeStateError::default(),
             log_format: crate::logging::LogFormat::default(),
             checkpoint_interval: None,
+            lazy_pages: false,
         }
     }
 }
@@ -466,7 +470,7 @@ mod sample_tests {
         for key in [
             "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
             "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
-            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval",
+            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval", "lazyPages",
         ] {
             assert!(text.contains(&format!("{}:", key.trim_end_matches(':'))), "sample lacks {key}");
         }

@@ -292,8 +292,11 @@ pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool) -> rpc::Criu_
 }
 
 /// Restore options; the tree becomes a child of the caller (restore-sibling mode).
-pub fn restore_opts(images_dir: &File, tcp_established: bool) -> rpc::Criu_opts {
+pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool) -> rpc::Criu_opts {
     let mut o = common_opts(images_dir, RESTORE_LOG);
+    if lazy_pages {
+        o.set_lazy_pages(true);
+    }
     o.set_rst_sibling(true);
     o.set_orphan_pts_master(true);
     o.set_ext_unix_sk(true);
@@ -313,6 +316,36 @@ pub fn restore_opts(images_dir: &File, tcp_established: bool) -> rpc::Criu_opts 
     o
 }
 
+/// Starts CRIU's lazy-pages daemon for a lazy restore from `images`, and returns its PID once
+/// it listens. It serves the restored app's page faults from the images (userfaultfd), then
+/// copies the rest in the background and exits; crik reaps it like any other child.
+pub fn start_lazy_pages(signals: &Signals, images: &Path, wait: Duration) -> Result<Pid, CriuError> {
+    let socket = images.join(LAZY_PAGES_SOCKET);
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = Command::new(CRIU_BIN);
+    cmd.arg("lazy-pages").arg("--images-dir").arg(images).args(["-o", LAZY_PAGES_LOG, "-v4"]);
+    cmd.stdin(Stdio::null()).stdout(io::stderr()).stderr(Stdio::inherit());
+    cmd.process_group(0);
+    signals.prepare_child(&mut cmd, false, Vec::new());
+    let mut child = cmd.spawn().map_err(|e| CriuError::Spawn { bin: CRIU_BIN.into(), source: e })?;
+    let pid = Pid::from_raw(child.id() as i32);
+    let started = Instant::now();
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CriuError::Protocol(format!("the lazy-pages daemon exited at start ({status})")));
+        }
+        if started.elapsed() > wait {
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = child.wait();
+            return Err(CriuError::Timeout(wait));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(pid)
+}
+
+pub const LAZY_PAGES_SOCKET: &str = "lazy-pages.socket";
+pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
 pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
 
@@ -365,9 +398,9 @@ mod tests {
     #[test]
     fn restore_sets_exactly_one_tcp_mode() {
         let f = File::open("/").unwrap();
-        let o = restore_opts(&f, false);
+        let o = restore_opts(&f, false, false);
         assert!(o.tcp_close() && !o.tcp_established());
-        let o = restore_opts(&f, true);
+        let o = restore_opts(&f, true, false);
         assert!(!o.tcp_close() && o.tcp_established());
         assert_eq!(o.ext_mnt.len(), EXTERNAL_MOUNTS.len());
         assert_eq!(o.ext_mnt[0].key(), "null");

@@ -45,7 +45,9 @@ pub struct Restored {
 pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
     let started = std::time::Instant::now();
     let manifest = Manifest::load(&ckpt.manifest_path())?;
-    store::verify(ckpt, &manifest)?;
+    // A lazy restore exists to answer before all memory is read back: page images are then
+    // checked by size only (CRIU's own reads stay bounded by restoreTimeout).
+    store::verify(ckpt, &manifest, !config.lazy_pages)?;
     log::info!(
         "restoring checkpoint {} (taken {}, command {:?})",
         ckpt.dir.display(),
@@ -68,9 +70,20 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     );
     let images = ckpt.images_dir();
     let dir = File::open(&images).map_err(|e| RestoreError::ImagesDir { path: images.clone(), source: e })?;
+    let lazy_daemon = if config.lazy_pages {
+        let pid = criu::start_lazy_pages(signals, &images, config.restore_timeout).map_err(|e| RestoreError::Criu {
+            log_lines: criu::log_errors(&images.join(criu::LAZY_PAGES_LOG), 8),
+            source: e,
+            log: images.join(criu::LAZY_PAGES_LOG),
+        })?;
+        log::info!("lazy restore: CRIU's lazy-pages daemon (pid {pid}) serves the app's memory on demand");
+        Some(pid)
+    } else {
+        None
+    };
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::RESTORE,
-        opts: Some(criu::restore_opts(&dir, established)),
+        opts: Some(criu::restore_opts(&dir, established, lazy_daemon.is_some())),
         inherit,
         deadline: config.restore_timeout,
     };

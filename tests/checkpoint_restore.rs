@@ -338,3 +338,27 @@ fn app_exiting_on_its_own_retires_periodic_checkpoints() {
     let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", app]));
     assert_eq!(c.expect_line(SHORT, "count 1", |l| count_of(l).is_some()), "count 1");
 }
+
+fn ask_tcp(port: u16, what: &str) -> String {
+    let mut c = Client::connect(port);
+    c.ask(what).unwrap()
+}
+
+#[test]
+fn lazily_restored_app_has_its_memory_intact() {
+    let s = Scratch::new("lazy");
+    let cfg = s.config("lazyPages: true\n");
+    let port = free_port();
+    let app = workload("bench_app.py");
+    let cmd = [PYTHON, app.as_str(), &port.to_string(), "96", "1"];
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    c.expect_line(LONG, "ready", |l| l == "ready");
+    let before = ask_tcp(port, "CHECK");
+    assert_eq!(before.len(), 64, "{before}");
+    checkpoint(&mut c);
+
+    let c = Container::start(Spec::run(Some(&cfg), &cmd));
+    assert_eq!(ask_tcp(port, "PING"), "PONG", "{}", c.stderr());
+    assert_eq!(ask_tcp(port, "CHECK"), before, "memory differs after a lazy restore\n{}", c.stderr());
+    assert!(c.stderr().contains("lazy-pages daemon"), "{}", c.stderr());
+}
