@@ -51,6 +51,35 @@ pub enum Command {
     /// Restore the newest checkpoint in the foreground (for debugging a checkpoint)
     #[command(after_help = RESTORE_AFTER)]
     Restore(RestoreArgs),
+    /// Show what the checkpoints in an image dir hold (read-only)
+    #[command(after_help = INSPECT_AFTER)]
+    Inspect(InspectArgs),
+}
+
+const INSPECT_AFTER: &str = "\
+Lists every checkpoint in the image dir (complete, retired, quarantined or partial) and shows one
+in detail: its manifest (command, stdio, crik/CRIU/kernel versions, time), whether its files are
+intact (sizes and checksums), the process tree with command lines, open files and sockets per
+process, and memory and image sizes. CRIU's image files are decoded by crik itself.
+
+Examples:
+  crik inspect --image-dir /var/lib/crik/images
+  crik inspect --image-dir /var/lib/crik/images --checkpoint 20261125T152416.123Z --json";
+
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// Configuration file (default: $CRIK_CONFIG, else /etc/crik/config.yaml)
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Image directory (default: imageDir from the configuration)
+    #[arg(long, value_name = "DIR")]
+    pub image_dir: Option<PathBuf>,
+    /// Checkpoint to show in detail (default: the newest complete one)
+    #[arg(long, value_name = "ID")]
+    pub checkpoint: Option<String>,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod criu;
 pub mod files;
+pub mod images;
+pub mod inspect;
 pub mod logging;
 pub mod manifest;
 pub mod nodestate;

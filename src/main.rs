@@ -8,6 +8,7 @@ fn main() {
     let result = match cli.command {
         Command::Run(args) => crik::run::run(args),
         Command::Restore(args) => crik::run::restore_cmd(args),
+        Command::Inspect(args) => crik::run::inspect_cmd(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{self, Target};
-use crate::cli::{RestoreArgs, RunArgs};
+use crate::cli::{InspectArgs, RestoreArgs, RunArgs};
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
 use crate::nodestate::{self, Answer, Query};
 use crate::restore::{self, Restored};
@@ -136,13 +136,31 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     Ok(supervise(&signals, &config, store.as_ref(), node_state.as_ref(), app, &command))
 }
 
+/// `--image-dir`, else imageDir from the configuration.
+fn image_dir_arg(flag: &Option<PathBuf>, config: &Config) -> Result<AbsPath, Fatal> {
+    match (flag, &config.image_dir) {
+        (Some(d), _) => AbsPath::new(std::path::absolute(d).unwrap_or_else(|_| d.clone())).map_err(Fatal::Usage),
+        (None, Some(d)) => Ok(d.clone()),
+        (None, None) => Err(Fatal::Usage("no image dir: pass --image-dir or set imageDir in the configuration".into())),
+    }
+}
+
+pub fn inspect_cmd(args: InspectArgs) -> Result<i32, Fatal> {
+    let config = load_config(args.config)?;
+    let dir = image_dir_arg(&args.image_dir, &config)?;
+    let report = crate::inspect::inspect(dir.as_path(), args.checkpoint.as_deref())
+        .map_err(|e| Fatal::failed("cannot inspect", e))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else {
+        print!("{}", crate::inspect::render(&report));
+    }
+    Ok(0)
+}
+
 pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let config = load_config(args.config)?;
-    let dir = match (&args.image_dir, &config.image_dir) {
-        (Some(d), _) => AbsPath::new(std::path::absolute(d).unwrap_or_else(|_| d.clone())).map_err(Fatal::Usage)?,
-        (None, Some(d)) => d.clone(),
-        (None, None) => return Err(Fatal::Usage("no image dir: pass --image-dir or set imageDir in the configuration".into())),
-    };
+    let dir = image_dir_arg(&args.image_dir, &config)?;
     let config = Config { image_dir: Some(dir.clone()), ..config };
     let node_state = node_state_query(&config)?;
     let signals = setup_process()?;

@@ -241,6 +241,41 @@ impl Store {
     }
 }
 
+/// Where a checkpoint is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Partial,
+    Complete,
+    Retired,
+    Quarantined,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Partial => "partial",
+            State::Complete => "complete",
+            State::Retired => "retired",
+            State::Quarantined => "quarantined",
+        }
+    }
+}
+
+/// Every checkpoint under an image dir with its state, oldest first. Read-only (no lock):
+/// for `crik inspect`.
+pub fn list_all(root: &Path) -> Vec<(State, Checkpoint)> {
+    let mut v = Vec::new();
+    for (area, state) in [(STAGING, State::Partial), (PUBLISHED, State::Complete), (RETIRED, State::Retired), (QUARANTINE, State::Quarantined)] {
+        if let Ok(rd) = fs::read_dir(root.join(area)) {
+            for e in rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)) {
+                v.push((state, Checkpoint { id: e.file_name().to_string_lossy().into_owned(), dir: e.path() }));
+            }
+        }
+    }
+    v.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+    v
+}
+
 /// A checkpoint id: its UTC creation time, which sorts in time order ("20261125T152416.123Z").
 pub fn new_id(t: SystemTime) -> String {
     let s = humantime::format_rfc3339_millis(t).to_string();

@@ -1,0 +1,144 @@
+//! `crik inspect`: what the checkpoints in an image dir hold, for the person debugging a
+//! restore. Read-only: it neither locks nor moves anything.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::checkpoint::{dir_size, human_size};
+use crate::images::{self, Process};
+use crate::manifest::Manifest;
+use crate::store::{self, Checkpoint, State};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub image_dir: PathBuf,
+    /// Every checkpoint in the dir, oldest first.
+    pub checkpoints: Vec<Summary>,
+    /// The one looked at in detail (the newest complete one unless asked otherwise).
+    pub detail: Option<Detail>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub id: String,
+    /// complete, retired, quarantined or partial.
+    pub state: &'static str,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Detail {
+    pub id: String,
+    pub state: &'static str,
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    pub manifest: Option<Manifest>,
+    /// "intact", or what is wrong (sizes and checksums checked against the manifest).
+    pub integrity: String,
+    pub processes: Vec<Process>,
+    pub memory_bytes: u64,
+    /// Why the process tree could not be read, if it could not.
+    pub images_error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("cannot read image dir {0}: {1}")]
+    Dir(PathBuf, std::io::Error),
+    #[error("no checkpoint {0} in {1}")]
+    NoSuchCheckpoint(String, PathBuf),
+}
+
+pub fn inspect(image_dir: &Path, wanted: Option<&str>) -> Result<Report, InspectError> {
+    std::fs::read_dir(image_dir).map_err(|e| InspectError::Dir(image_dir.into(), e))?;
+    let all = store::list_all(image_dir);
+    let checkpoints = all
+        .iter()
+        .map(|(state, c)| Summary { id: c.id.clone(), state: state.as_str(), size_bytes: dir_size(&c.dir) })
+        .collect();
+    let chosen = match wanted {
+        Some(id) => Some(
+            all.iter()
+                .find(|(_, c)| c.id == id)
+                .ok_or_else(|| InspectError::NoSuchCheckpoint(id.into(), image_dir.into()))?,
+        ),
+        None => all
+            .iter()
+            .rev()
+            .find(|(s, _)| *s == State::Complete)
+            .or_else(|| all.iter().rev().find(|(s, _)| *s != State::Partial)),
+    };
+    let detail = chosen.map(|(state, c)| detail(*state, c));
+    Ok(Report { image_dir: image_dir.into(), checkpoints, detail })
+}
+
+fn detail(state: State, c: &Checkpoint) -> Detail {
+    let manifest = Manifest::load(&c.manifest_path());
+    let integrity = match &manifest {
+        Ok(m) => match store::verify(c, m, true) {
+            Ok(()) => "intact".to_string(),
+            Err(e) => e.to_string(),
+        },
+        Err(e) => format!("no usable manifest: {e}"),
+    };
+    let (processes, images_error) = match images::processes(&c.images_dir()) {
+        Ok(p) => (p, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    Detail {
+        id: c.id.clone(),
+        state: state.as_str(),
+        path: c.dir.clone(),
+        size_bytes: dir_size(&c.dir),
+        manifest: manifest.ok(),
+        integrity,
+        memory_bytes: processes.iter().map(|p| p.memory_bytes).sum(),
+        processes,
+        images_error,
+    }
+}
+
+/// The report for a person.
+pub fn render(r: &Report) -> String {
+    let mut s = format!("image dir {}\n", r.image_dir.display());
+    if r.checkpoints.is_empty() {
+        s.push_str("  no checkpoints\n");
+    }
+    for c in &r.checkpoints {
+        s.push_str(&format!("  {:<24} {:<12} {}\n", c.id, c.state, human_size(c.size_bytes)));
+    }
+    let Some(d) = &r.detail else { return s };
+    s.push_str(&format!("\ncheckpoint {} ({})\n  path:       {}\n", d.id, d.state, d.path.display()));
+    s.push_str(&format!("  integrity:  {}\n  size:       {}\n", d.integrity, human_size(d.size_bytes)));
+    if let Some(m) = &d.manifest {
+        s.push_str(&format!("  taken:      {} (CRIU dump {} ms)\n", m.created, m.dump_millis));
+        s.push_str(&format!("  command:    {}\n", m.command.join(" ")));
+        s.push_str(&format!("  versions:   crik {}, CRIU {}, kernel {}\n", m.crik_version, m.criu_version, m.kernel));
+        s.push_str(&format!("  stdio:      stdin {}, stdout {}, stderr {}\n", m.stdio[0], m.stdio[1], m.stdio[2]));
+        s.push_str(&format!("  addresses:  {}\n", if m.addresses.is_empty() { "none".into() } else { m.addresses.join(", ") }));
+        s.push_str(&format!("  files.tar:  {}\n", if m.has_files_archive { "yes (additionalPaths)" } else { "no" }));
+    }
+    s.push_str(&format!("  memory:     {}\n", human_size(d.memory_bytes)));
+    if let Some(e) = &d.images_error {
+        s.push_str(&format!("  images:     cannot read the process tree: {e}\n"));
+    }
+    for p in &d.processes {
+        let cmd = p.cmdline.as_ref().map(|c| c.join(" ")).unwrap_or_else(|| format!("[{}]", p.comm));
+        s.push_str(&format!(
+            "\n  process {} (parent {}, pgid {}, sid {}, {} thread{}, {} memory)\n    {}\n",
+            p.pid,
+            p.ppid,
+            p.pgid,
+            p.sid,
+            p.threads,
+            if p.threads == 1 { "" } else { "s" },
+            human_size(p.memory_bytes),
+            cmd
+        ));
+        for f in &p.files {
+            s.push_str(&format!("    fd {:<3} {:<8} {}\n", f.fd, f.kind, f.what));
+        }
+    }
+    s
+}
