@@ -13,6 +13,7 @@ Goals: crik within 5% of raw CRIU on 1 GiB; checkpoint within 1.3x of the disk's
 import os
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
@@ -84,6 +85,7 @@ def bench_crik(work, port, mib, children, extra=""):
     cmd = [PY, APP, str(port), str(mib), str(children)]
     c = crik_container(cfg, cmd)
     ask(port)
+    os.sync()  # every timed step starts with no dirty pages of an earlier one
     t0 = time.monotonic()
     os.kill(child_of(c.pid), signal.SIGTERM)
     _, err = c.communicate()
@@ -107,17 +109,21 @@ def bench_raw(work, port, mib, children):
     # The same "container", the app a session leader with its PIDs above 9000, as under crik.
     holder = subprocess.Popen(
         [*NS, "sh", "-c", f"echo 9000 > /proc/sys/kernel/ns_last_pid; "
-                          f"setsid {PY} {APP} {port} {mib} {children} </dev/null >/dev/null 2>&1 & wait"],
+                          f"setsid {PY} {APP} {port} {mib} {children} </dev/null >/dev/null 2>&1 & "
+                          # The namespace's init outlives the app: its exit would kill CRIU too.
+                          f"while :; do sleep 1; done"],
         stdin=subprocess.DEVNULL)
     ask(port)
     init = child_of(holder.pid)
     app = int(subprocess.run(["sh", "-c", f"cat /proc/{init}/task/{init}/children"], capture_output=True,
                              text=True).stdout.split()[0])
     nspid = [l for l in open(f"/proc/{app}/status") if l.startswith("NSpid:")][0].split()[-1]
+    os.sync()
     t0 = time.monotonic()
     subprocess.run(["nsenter", "-t", str(init), "-p", "-m", "criu", "dump", "-t", nspid, "-D", images,
                     "-o", "dump.log", *CRIU_OPTS], check=True)
     ckpt = time.monotonic() - t0
+    os.kill(init, signal.SIGKILL)
     holder.wait()
     size = du(images)
     t0 = time.monotonic()
@@ -131,6 +137,7 @@ def bench_raw(work, port, mib, children):
 
 
 def disk_write(work, nbytes):
+    os.sync()
     t0 = time.monotonic()
     subprocess.run(["dd", "if=/dev/zero", f"of={work}/dd.tmp", "bs=1M", f"count={max(1, nbytes >> 20)}",
                     "conv=fsync"], check=True, stderr=subprocess.DEVNULL)
@@ -161,19 +168,24 @@ def main():
     rows = []
     workloads = [("64 MiB, 1 process", 64, 0), ("1 GiB, 1 process", 1024, 0), ("256 MiB, 5 processes", 256, 4)]
     base = os.environ.get("CRIK_BENCH_DIR", "/var/tmp")
+    reps = int(os.environ.get("CRIK_BENCH_REPS", "3"))
     for name, mib, children in workloads:
-        work = tempfile.mkdtemp(prefix="crik-bench-", dir=base)
-        try:
-            port = free_port()
-            ckpt, restore, size, _ = bench_crik(work, port, mib, children)
-            rckpt, rrestore, rsize = bench_raw(work, free_port(), mib, children)
-            dd = disk_write(work, size)
-            rows.append((name, ckpt, rckpt, restore, rrestore, size, dd))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        print(f"bench: {name} done", file=sys.stderr, flush=True)
+        runs = []
+        for _ in range(reps):
+            # crik, raw CRIU and dd alternate, so a slow spell of the disk hits all of them.
+            work = tempfile.mkdtemp(prefix="crik-bench-", dir=base)
+            try:
+                ckpt, restore, size, _ = bench_crik(work, free_port(), mib, children)
+                rckpt, rrestore, _ = bench_raw(work, free_port(), mib, children)
+                runs.append((ckpt, rckpt, restore, rrestore, size, disk_write(work, size)))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        med = [statistics.median(r[i] for r in runs) for i in range(6)]
+        rows.append((name, *med))
+        print(f"bench: {name} done ({reps} runs, medians shown)", file=sys.stderr, flush=True)
 
-    print(f"\nimage dir: {base} (set CRIK_BENCH_DIR to measure another volume)")
+    print(f"\nimage dir: {base} (set CRIK_BENCH_DIR to measure another volume); medians of {reps} runs")
+    print("crik's checkpoint is durable (fsynced, checksummed, published); raw `criu dump` is not fsynced.")
     print(f"{'workload':<22} {'ckpt crik':>9} {'raw':>7} {'x':>5} {'restore crik':>12} {'raw':>7} {'x':>5} "
           f"{'image':>9} {'dd+fsync':>8} {'ckpt/dd':>7}")
     for name, ckpt, rckpt, restore, rrestore, size, dd in rows:

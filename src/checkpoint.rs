@@ -104,6 +104,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         opts: Some(criu::dump_opts(&dir, target.app, target.leave_running)),
         inherit: Vec::new(),
         deadline: target.config.checkpoint_timeout,
+        writeback: Some(images.clone()),
     };
     if let Err(e) = criu::call(signals, req) {
         let mut log_lines = criu::log_errors(&images.join(criu::DUMP_LOG), 8);

@@ -61,6 +61,9 @@ pub struct Request {
     /// File descriptors CRIU must inherit (for `inherit_fd`).
     pub inherit: Vec<InheritFd>,
     pub deadline: Duration,
+    /// While CRIU writes images into this dir, start their writeback to disk every 100 ms, so
+    /// that the fsync after the dump has little left to wait for.
+    pub writeback: Option<PathBuf>,
 }
 
 /// CRIU's final answer and the fds it sent along (the orphan pts master).
@@ -98,7 +101,7 @@ pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
     drop(req.inherit);
     let pid = Pid::from_raw(child.id() as i32);
 
-    let result = exchange(&ours, req.kind, opts, req.deadline);
+    let result = exchange(&ours, req.kind, opts, req.deadline, req.writeback.as_deref());
     if result.is_err() {
         let _ = killpg(pid, Signal::SIGKILL);
     }
@@ -124,6 +127,7 @@ fn exchange(
     kind: rpc::Criu_req_type,
     opts: Option<rpc::Criu_opts>,
     deadline: Duration,
+    writeback: Option<&Path>,
 ) -> Result<Response, CriuError> {
     let started = Instant::now();
     let mut req = rpc::Criu_req::new();
@@ -133,11 +137,19 @@ fn exchange(
     let mut received_fds = Vec::new();
     loop {
         let left = deadline.checked_sub(started.elapsed()).ok_or(CriuError::Timeout(deadline))?;
-        let (bytes, fds) = recv(sock, left).map_err(|e| match e {
-            RecvError::Timeout => CriuError::Timeout(deadline),
-            RecvError::Closed => CriuError::Vanished,
-            RecvError::Io(e) => CriuError::Io(e),
-        })?;
+        let wait = if writeback.is_some() { left.min(WRITEBACK_TICK) } else { left };
+        let (bytes, fds) = match recv(sock, wait) {
+            Ok(r) => r,
+            Err(RecvError::Timeout) if started.elapsed() < deadline => {
+                if let Some(dir) = writeback {
+                    start_writeback(dir);
+                }
+                continue;
+            }
+            Err(RecvError::Timeout) => return Err(CriuError::Timeout(deadline)),
+            Err(RecvError::Closed) => return Err(CriuError::Vanished),
+            Err(RecvError::Io(e)) => return Err(CriuError::Io(e)),
+        };
         received_fds.extend(fds);
         let resp = rpc::Criu_resp::parse_from_bytes(&bytes)?;
         if resp.type_() == rpc::Criu_req_type::NOTIFY && resp.success() {
@@ -152,6 +164,19 @@ fn exchange(
             return Err(CriuError::Protocol(format!("expected a {:?} answer, got {:?}", kind, resp.type_())));
         }
         return Ok(Response { resp, received_fds });
+    }
+}
+
+const WRITEBACK_TICK: Duration = Duration::from_millis(100);
+
+/// Asks the kernel to start writing the dir's dirty pages to disk, without waiting for it.
+fn start_writeback(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if let Ok(f) = File::open(e.path()) {
+            // SAFETY: a valid fd; SYNC_FILE_RANGE_WRITE only initiates writeback.
+            unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+        }
     }
 }
 
@@ -233,6 +258,7 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
             opts: None,
             inherit: Vec::new(),
             deadline: Duration::from_secs(30),
+            writeback: None,
         },
     )?;
     let v = &r.resp.version;

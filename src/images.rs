@@ -341,9 +341,10 @@ fn memory(dir: &Path, pid: u32) -> Result<(u64, Option<Vec<String>>), ImageError
             let m = Msg::parse(&mm).ok()?;
             let (start, end) = (m.u64(8)?, m.u64(9)?);
             let &(vaddr, _, off) = runs.iter().find(|(v, n, _)| start >= *v && end <= v + n)?;
-            let pages = fs::read(dir.join(format!("pages-{pages_id}.img"))).ok()?;
-            let from = (off + start - vaddr) as usize;
-            let bytes = pages.get(from..from + (end - start) as usize)?;
+            use std::os::unix::fs::FileExt;
+            let pages = fs::File::open(dir.join(format!("pages-{pages_id}.img"))).ok()?;
+            let mut bytes = vec![0u8; usize::try_from(end - start).ok().filter(|n| *n <= 1 << 20)?];
+            pages.read_exact_at(&mut bytes, off + start - vaddr).ok()?;
             Some(
                 bytes
                     .split(|b| *b == 0)

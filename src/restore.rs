@@ -86,6 +86,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         opts: Some(criu::restore_opts(&dir, established, lazy_daemon.is_some())),
         inherit,
         deadline: config.restore_timeout,
+        writeback: None,
     };
     let log = images.join(criu::RESTORE_LOG);
     match criu::call(signals, req) {

@@ -349,22 +349,19 @@ fn seal_tree(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
     Ok(sums)
 }
 
-/// Size and CRC-32 of a file.
+/// Size and CRC-32 of a file. Mapped rather than read: no copy through a buffer, several
+/// times faster on a GiB of pages (this runs on every checkpoint and restore).
 fn checksum(p: &Path) -> Result<(u64, u32), StoreError> {
-    use std::io::Read;
-    let mut f = File::open(p).map_err(io_err("open", p))?;
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(io_err("read", p))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        size += n as u64;
+    let f = File::open(p).map_err(io_err("open", p))?;
+    let size = f.metadata().map_err(io_err("stat", p))?.len();
+    if size == 0 {
+        return Ok((0, crc32fast::hash(&[])));
     }
-    Ok((size, h.finalize()))
+    // SAFETY: checkpoint files are not modified while crik holds the image dir's lock (CRIU is
+    // done with them); a file truncated behind our back would raise SIGBUS, not corrupt data.
+    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err("map", p))?;
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok((size, crc32fast::hash(&map)))
 }
 
 /// Checks that every file the manifest lists is there, with its size and checksum (page images
