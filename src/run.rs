@@ -240,11 +240,14 @@ fn supervise(
             }
         }
     };
+    let mut periodic_taken: Vec<String> = Vec::new();
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
         let target = Target { config, app: pid, command, leave_running: true };
-        if let Err(e) = checkpoint::checkpoint(signals, store, &target) {
-            log::error!(event = "checkpoint_failed", kind = "periodic"; "periodic checkpoint failed (the app keeps running): {e}");
+        match checkpoint::checkpoint(signals, store, &target) {
+            Ok(c) => periodic_taken.push(c.id),
+            Err(e) => log::error!(event = "checkpoint_failed", kind = "periodic";
+                "periodic checkpoint failed (the app keeps running): {e}"),
         }
     };
     let periodic = match (store, config.checkpoint_interval) {
@@ -256,12 +259,14 @@ fn supervise(
     };
     supervisor::release_startup_text();
     let code = supervisor::supervise(signals, app, &mut on_term, periodic);
-    if let (Some(store), false) = (store, checkpointed) {
-        // The app ended on its own: its state ended with it. A periodic checkpoint left behind
-        // would replay stale state at the next start (a finished job run again, a crash repeated).
-        let stale = store.retire_published(config.keep_checkpoints);
+    if let (Some(store), false, false) = (store, checkpointed, checkpoint_failed) {
+        // The app ended on its own: its state ended with it. A periodic checkpoint of this run
+        // left behind would replay stale state at the next start (a finished job run again, a
+        // crash repeated). Older checkpoints, and any after a failed final checkpoint, are kept:
+        // they may be the only saved state.
+        let stale = store.retire_ids(&periodic_taken, config.keep_checkpoints);
         if stale > 0 {
-            log::info!("the app exited: retired {stale} periodic checkpoint(s), the next start is fresh");
+            log::info!("the app exited: retired {stale} periodic checkpoint(s) of this run, the next start is fresh");
         }
     }
     if checkpoint_failed && code == 0 {

@@ -171,16 +171,17 @@ impl Store {
         self.prune(RETIRED, history);
     }
 
-    /// Retires every published checkpoint; returns how many there were.
-    pub fn retire_published(&self, history: usize) -> usize {
-        let all = self.list(PUBLISHED);
-        for c in &all {
-            if let Err(e) = self.move_to(c, RETIRED) {
-                log::warn!("cannot retire {}: {e}", c.dir.display());
+    /// Retires the published checkpoints with these ids; returns how many were still published.
+    pub fn retire_ids(&self, ids: &[String], history: usize) -> usize {
+        let mut n = 0;
+        for c in self.list(PUBLISHED).iter().filter(|c| ids.contains(&c.id)) {
+            match self.move_to(c, RETIRED) {
+                Ok(_) => n += 1,
+                Err(e) => log::warn!("cannot retire {}: {e}", c.dir.display()),
             }
         }
         self.prune(RETIRED, history);
-        all.len()
+        n
     }
 
     /// Moves a checkpoint that was restored into retired/, keeping `history` of them.

@@ -333,3 +333,28 @@ fn second_crik_on_the_same_image_dir_fails_clearly_and_harms_nothing() {
     let l = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
     assert_eq!(count_of(&l), Some(last + 1), "{}", c.stderr());
 }
+
+#[test]
+fn failed_final_checkpoint_keeps_the_periodic_one() {
+    let s = Scratch::new("periodic-enospc");
+    let _fs = Tmpfs::mount(&s.images(), "8m");
+    let cfg = s.config("checkpointInterval: 0.5\n");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    assert!(eventually(SHORT, || s.checkpoints().len() == 1), "no periodic checkpoint\n{}", c.stderr());
+    let filler = s.images().join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M", "count=64"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_code(LONG), 128 + libc::SIGTERM, "{}", c.stderr());
+    assert!(c.stderr().contains("checkpoint failed"), "{}", c.stderr());
+    // The periodic checkpoint is now the only saved state: it must survive.
+    assert_eq!(s.checkpoints().len(), 1, "{}", c.stderr());
+    let last = c.stdout_seen.iter().rev().find_map(|l| count_of(l)).unwrap();
+    std::fs::remove_file(&filler).unwrap();
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    let first = count_of(&c.expect_line(LONG, "a count", |l| count_of(l).is_some())).unwrap();
+    assert!(first > 1 && first <= last, "restored {first} (last seen {last})\n{}", c.stderr());
+}
