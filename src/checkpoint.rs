@@ -101,7 +101,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
     let dump_started = Instant::now();
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::DUMP,
-        opts: Some(criu::dump_opts(&dir, target.app, target.leave_running)),
+        opts: Some(criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts)),
         inherit: Vec::new(),
         deadline: target.config.checkpoint_timeout,
         writeback: Some(images.clone()),
@@ -121,6 +121,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         root_pid: target.app.as_raw(),
         stdio,
         addresses: local_addresses(),
+        cgroups: crate::remap::own_cgroup_dirs(),
         has_files_archive,
         crik_version: env!("CARGO_PKG_VERSION").to_string(),
         criu_version,

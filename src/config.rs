@@ -50,6 +50,10 @@ pub struct Config {
     /// Files and directories archived into the checkpoint and put back before restore.
     #[serde(default)]
     pub additional_paths: Vec<AbsPath>,
+    /// Mounts the runtime provides (secret and configmap volumes, ...), added to crik's defaults:
+    /// open files on them point to the new container's copy after a restore.
+    #[serde(default)]
+    pub external_mounts: Vec<AbsPath>,
     /// Paths deleted before the dump (things CRIU cannot checkpoint, such as inotify targets).
     #[serde(default)]
     pub inotify_incompatible_paths: Vec<AbsPath>,
@@ -135,6 +139,7 @@ impl Default for Config {
             node_state_server_url: None,
             additional_paths: Vec::new(),
             inotify_incompatible_paths: Vec::new(),
+            external_mounts: Vec::new(),
             on_restore_failure: OnRestoreFailure::default(),
             keep_checkpoints: default_keep_checkpoints(),
             checkpoint_timeout: default_checkpoint_timeout(),
@@ -470,7 +475,7 @@ mod sample_tests {
         for key in [
             "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
             "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
-            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval", "lazyPages",
+            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval", "lazyPages", "externalMounts",
         ] {
             assert!(text.contains(&format!("{}:", key.trim_end_matches(':'))), "sample lacks {key}");
         }

@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 use protobuf::Message;
 pub use rust_criu::rust_criu_protobuf::rpc;
 
+use crate::config::AbsPath;
 use crate::supervisor::Signals;
 
 pub const CRIU_BIN: &str = "criu";
@@ -300,25 +301,38 @@ fn common_opts(images_dir: &File, log_file: &str) -> rpc::Criu_opts {
     o
 }
 
+/// CRIU's name for an external mount: the default seven, then the configured ones.
+fn external_mounts(extra: &[AbsPath]) -> Vec<(String, String)> {
+    EXTERNAL_MOUNTS
+        .iter()
+        .map(|(p, n)| (p.to_string(), n.to_string()))
+        .chain(extra.iter().map(|p| {
+            let path = p.as_path().to_string_lossy().into_owned();
+            let name = path.trim_start_matches('/').replace('/', "-");
+            (path, name)
+        }))
+        .collect()
+}
+
 /// Dump options for the tree rooted at `pid`; `leave_running` for periodic checkpoints.
-pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool) -> rpc::Criu_opts {
+pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool, extra_mounts: &[AbsPath]) -> rpc::Criu_opts {
     let mut o = common_opts(images_dir, DUMP_LOG);
     o.set_pid(pid.as_raw());
     o.set_leave_running(leave_running);
     // A connected client must never make the checkpoint fail.
     o.set_tcp_established(true);
     o.set_ext_unix_sk(true);
-    for (path, name) in EXTERNAL_MOUNTS {
+    for (path, name) in external_mounts(extra_mounts) {
         let mut m = rpc::Ext_mount_map::new();
-        m.set_key(path.into());
-        m.set_val(name.into());
+        m.set_key(path);
+        m.set_val(name);
         o.ext_mnt.push(m);
     }
     o
 }
 
 /// Restore options; the tree becomes a child of the caller (restore-sibling mode).
-pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool) -> rpc::Criu_opts {
+pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool, extra_mounts: &[AbsPath]) -> rpc::Criu_opts {
     let mut o = common_opts(images_dir, RESTORE_LOG);
     if lazy_pages {
         o.set_lazy_pages(true);
@@ -333,10 +347,10 @@ pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool) 
     } else {
         o.set_tcp_close(true);
     }
-    for (path, name) in EXTERNAL_MOUNTS {
+    for (path, name) in external_mounts(extra_mounts) {
         let mut m = rpc::Ext_mount_map::new();
-        m.set_key(name.into());
-        m.set_val(path.into());
+        m.set_key(name);
+        m.set_val(path);
         o.ext_mnt.push(m);
     }
     o
@@ -424,13 +438,14 @@ mod tests {
     #[test]
     fn restore_sets_exactly_one_tcp_mode() {
         let f = File::open("/").unwrap();
-        let o = restore_opts(&f, false, false);
+        let o = restore_opts(&f, false, false, &[]);
         assert!(o.tcp_close() && !o.tcp_established());
-        let o = restore_opts(&f, true, false);
+        let o = restore_opts(&f, true, false, &[AbsPath::new("/var/run/secrets").unwrap()]);
         assert!(!o.tcp_close() && o.tcp_established());
-        assert_eq!(o.ext_mnt.len(), EXTERNAL_MOUNTS.len());
+        assert_eq!(o.ext_mnt.len(), EXTERNAL_MOUNTS.len() + 1);
         assert_eq!(o.ext_mnt[0].key(), "null");
-        let d = dump_opts(&f, Pid::from_raw(7), false);
+        assert_eq!((o.ext_mnt[7].key(), o.ext_mnt[7].val()), ("var-run-secrets", "/var/run/secrets"));
+        let d = dump_opts(&f, Pid::from_raw(7), false, &[]);
         assert_eq!(d.ext_mnt[0].key(), "/dev/null");
         assert_eq!(d.pid(), 7);
     }

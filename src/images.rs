@@ -174,6 +174,32 @@ pub struct OpenFile {
     pub what: String,
 }
 
+/// A regular file some process of the checkpoint had open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegFile {
+    /// Absolute path, as CRIU recorded it.
+    pub path: String,
+    /// open(2) flags.
+    pub flags: u32,
+}
+
+/// Every regular file in the checkpoint's file table (files.img).
+pub fn regular_files(dir: &Path) -> Result<Vec<RegFile>, ImageError> {
+    let path = dir.join("files.img");
+    let mut out = Vec::new();
+    for e in entries(&path)? {
+        let m = parse_entry(&path, &e)?;
+        if m.u64(1) == Some(1) {
+            if let Some(reg) = m.msg(3) {
+                let name = reg.str(6).unwrap_or_default();
+                let path = if name.starts_with('/') { name } else { format!("/{name}") };
+                out.push(RegFile { path, flags: reg.u64(2).unwrap_or(0) as u32 });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The process tree of a checkpoint's images dir, with each process's files and memory.
 pub fn processes(dir: &Path) -> Result<Vec<Process>, ImageError> {
     let files = file_table(dir)?;

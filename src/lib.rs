@@ -13,6 +13,7 @@ pub mod inspect;
 pub mod logging;
 pub mod manifest;
 pub mod nodestate;
+pub mod remap;
 pub mod restore;
 pub mod run;
 pub mod store;

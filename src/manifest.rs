@@ -26,6 +26,10 @@ pub struct Manifest {
     /// re-established at restore.
     #[serde(default)]
     pub addresses: Vec<String>,
+    /// The container's own cgroup directories: open files under them are re-pointed to the new
+    /// container's at restore.
+    #[serde(default)]
+    pub cgroups: Vec<crate::remap::CgroupDir>,
     /// Whether `files.tar` (additionalPaths) is part of the checkpoint.
     #[serde(default)]
     pub has_files_archive: bool,
@@ -91,6 +95,7 @@ impl Manifest {
             root_pid: 9001,
             stdio: ["/dev/null".into(), "pipe:[1]".into(), "pipe:[1]".into()],
             addresses: vec![],
+            cgroups: vec![],
             has_files_archive: false,
             crik_version: env!("CARGO_PKG_VERSION").into(),
             criu_version: "4.2.1".into(),

@@ -28,7 +28,7 @@ pub enum RestoreError {
     Store(#[from] StoreError),
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
-    #[error("cannot lend stdio to CRIU: {0}")]
+    #[error("cannot lend stdio or re-pointed files to CRIU: {0}")]
     Stdio(std::io::Error),
     #[error("{source}{}\nfull CRIU log: {log}", format_log(log_lines))]
     Criu { source: CriuError, log_lines: Vec<String>, log: PathBuf },
@@ -58,7 +58,16 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         files::extract(&ckpt.files_archive(), Path::new("/"))?;
         log::info!("additionalPaths put back from {}", ckpt.files_archive().display());
     }
-    let inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
+    let mut inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
+    let open_files = crate::images::regular_files(&ckpt.images_dir())
+        .map_err(|e| RestoreError::Store(StoreError::Damaged { path: ckpt.dir.clone(), why: e.to_string() }))?;
+    for f in crate::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups)
+        .map_err(RestoreError::Stdio)?
+    {
+        if !inherit.iter().any(|i| i.key == f.key) {
+            inherit.push(f);
+        }
+    }
     let established = match config.tcp_restore {
         TcpRestore::Established => true,
         TcpRestore::Close => false,
@@ -83,7 +92,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     };
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::RESTORE,
-        opts: Some(criu::restore_opts(&dir, established, lazy_daemon.is_some())),
+        opts: Some(criu::restore_opts(&dir, established, lazy_daemon.is_some(), &config.external_mounts)),
         inherit,
         deadline: config.restore_timeout,
         writeback: None,

@@ -1,0 +1,157 @@
+//! Open files that must point at the new container's copy after a restore.
+//!
+//! Files on mounts the runtime provides (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
+//! secret and configmap volumes: `externalMounts`) exist again in the new pod, but with other
+//! contents and sizes, and CRIU refuses a file whose size changed. Files under the container's
+//! own cgroup directory (`/sys/fs/cgroup/kubepods.slice/.../<old pod>/...`) exist in the new pod
+//! under another path. For each such file the app had open, crik opens the new one and lends it
+//! to CRIU under the old file's key (CRIU's inherit-fd), which CRIU uses instead of the path.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::AbsPath;
+use crate::criu::InheritFd;
+use crate::images::RegFile;
+
+/// Runtime-provided bind mounts of every Kubernetes pod.
+pub const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
+/// One of the container's cgroup directories: the hierarchy it belongs to (`0::` for cgroup v2,
+/// `N:controllers` for v1) and where it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupDir {
+    pub hierarchy: String,
+    pub dir: PathBuf,
+}
+
+/// The calling process's cgroup directories, resolved through the mounted cgroup filesystems.
+pub fn own_cgroup_dirs() -> Vec<CgroupDir> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    cgroup_dirs(&cgroups, &mountinfo)
+}
+
+fn cgroup_dirs(cgroups: &str, mountinfo: &str) -> Vec<CgroupDir> {
+    // (fstype, super options, mount root, mount point) of cgroup mounts.
+    let mounts: Vec<(&str, &str, &str, &str)> = mountinfo
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let f: Vec<&str> = pre.split_whitespace().collect();
+            let p: Vec<&str> = post.split_whitespace().collect();
+            (f.len() >= 5 && p.len() >= 3 && p[0].starts_with("cgroup")).then(|| (p[0], p[2], f[3], f[4]))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let mount = mounts.iter().find(|(fstype, opts, _, _)| {
+            if controllers.is_empty() {
+                *fstype == "cgroup2"
+            } else {
+                *fstype == "cgroup" && controllers.split(',').all(|c| opts.split(',').any(|o| o == c))
+            }
+        });
+        let Some((_, _, root, point)) = mount else { continue };
+        let Ok(rel) = Path::new(path).strip_prefix(root) else { continue };
+        if rel.as_os_str().is_empty() {
+            continue; // the hierarchy's root: not the container's own directory
+        }
+        out.push(CgroupDir { hierarchy: format!("{id}:{controllers}"), dir: Path::new(point).join(rel) });
+    }
+    out
+}
+
+/// Where an open file of the checkpointed app should point in this container, if elsewhere
+/// than its old path or on a runtime-provided mount.
+fn new_path(old: &Path, external: &[PathBuf], old_cg: &[CgroupDir], new_cg: &[CgroupDir]) -> Option<PathBuf> {
+    for o in old_cg {
+        if let Ok(rest) = old.strip_prefix(&o.dir) {
+            let n = new_cg.iter().find(|n| n.hierarchy == o.hierarchy)?;
+            return Some(n.dir.join(rest));
+        }
+    }
+    external.iter().any(|e| old.starts_with(e)).then(|| old.to_path_buf())
+}
+
+/// Files to lend to CRIU for a restore: (fd opened here, key of the old file).
+pub fn remapped_files(
+    files: &[RegFile],
+    external_mounts: &[AbsPath],
+    old_cg: &[CgroupDir],
+) -> std::io::Result<Vec<InheritFd>> {
+    let external: Vec<PathBuf> = RUNTIME_FILES
+        .iter()
+        .map(PathBuf::from)
+        .chain(external_mounts.iter().map(|p| p.as_path().to_path_buf()))
+        .collect();
+    let new_cg = own_cgroup_dirs();
+    let mut out: Vec<InheritFd> = Vec::new();
+    for f in files {
+        let old = Path::new(&f.path);
+        let Some(path) = new_path(old, &external, old_cg, &new_cg) else { continue };
+        let key = f.path.trim_start_matches('/').to_string();
+        if out.iter().any(|i| i.key == key) {
+            continue;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        match f.flags as i32 & libc::O_ACCMODE {
+            libc::O_WRONLY => opts.write(true),
+            libc::O_RDWR => opts.read(true).write(true),
+            _ => opts.read(true),
+        };
+        match opts.open(&path) {
+            Ok(file) => {
+                log::info!("open file {} of the app now points to {}", f.path, path.display());
+                out.push(InheritFd { fd: file.into(), key });
+            }
+            // Not there: CRIU then reports the file by name, which says more than we could.
+            Err(e) => log::warn!("cannot open {} for the restored app's {}: {e}", path.display(), f.path),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+32 25 0:28 /kubepods /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn cgroup_dirs_follow_mounts_and_roots() {
+        let dirs = cgroup_dirs("0::/kubepods.slice/pod-a/ctr\n4:memory:/kube/ctr\n5:pids:/kubepods/x\n6:cpu:/y\n", MOUNTINFO);
+        assert_eq!(
+            dirs,
+            vec![
+                CgroupDir { hierarchy: "0:".into(), dir: "/sys/fs/cgroup/kubepods.slice/pod-a/ctr".into() },
+                CgroupDir { hierarchy: "4:memory".into(), dir: "/sys/fs/cgroup/memory/kube/ctr".into() },
+                CgroupDir { hierarchy: "5:pids".into(), dir: "/sys/fs/cgroup/pids/x".into() },
+            ]
+        );
+        assert!(cgroup_dirs("0::/\n", MOUNTINFO).is_empty(), "the root is nobody's own directory");
+    }
+
+    #[test]
+    fn files_under_the_old_cgroup_move_to_the_new_one_and_runtime_files_stay() {
+        let old = vec![CgroupDir { hierarchy: "0:".into(), dir: "/sys/fs/cgroup/pod-a/ctr".into() }];
+        let new = vec![CgroupDir { hierarchy: "0:".into(), dir: "/sys/fs/cgroup/pod-b/ctr".into() }];
+        let ext = vec![PathBuf::from("/etc/hosts"), PathBuf::from("/var/run/secrets")];
+        assert_eq!(
+            new_path(Path::new("/sys/fs/cgroup/pod-a/ctr/memory.max"), &ext, &old, &new),
+            Some("/sys/fs/cgroup/pod-b/ctr/memory.max".into())
+        );
+        assert_eq!(new_path(Path::new("/etc/hosts"), &ext, &old, &new), Some("/etc/hosts".into()));
+        assert_eq!(
+            new_path(Path::new("/var/run/secrets/token"), &ext, &old, &new),
+            Some("/var/run/secrets/token".into())
+        );
+        assert_eq!(new_path(Path::new("/data/file"), &ext, &old, &new), None);
+        assert_eq!(new_path(Path::new("/etc/hostsx"), &ext, &old, &new), None);
+    }
+}

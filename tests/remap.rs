@@ -1,0 +1,126 @@
+//! Files the app holds open on runtime-provided mounts and in its own cgroup point at the new
+//! container's copies after a restore.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+const LOOP: &str = "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done";
+
+fn count_of(line: &str) -> Option<u64> {
+    line.strip_prefix("count ")?.parse().ok()
+}
+
+/// The app's host PID (crik's only child).
+fn app_pid(c: &mut Container) -> i32 {
+    let crik = c.crik_pid();
+    assert!(eventually(SHORT, || children_of(crik).len() == 1), "{:?}", children_of(crik));
+    children_of(crik)[0].0
+}
+
+fn checkpoint(c: &mut Container) {
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_code(LONG), 0, "{}", c.stderr());
+}
+
+#[test]
+fn runtime_files_and_configured_mounts_point_to_the_new_pods_copies() {
+    let s = Scratch::new("extmounts");
+    // What the "runtime" mounts into each pod: /etc/hosts and a secret volume, with other
+    // contents (and sizes) in the second pod.
+    for (pod, hosts, token) in [("a", "10.0.0.1 pod-a\n", "token-a"), ("b", "10.0.0.2 pod-b.namespace.svc\n", "a-longer-token-b")] {
+        std::fs::create_dir_all(s.path(&format!("secrets-{pod}"))).unwrap();
+        std::fs::write(s.path(&format!("secrets-{pod}/token")), token).unwrap();
+        std::fs::write(s.path(&format!("hosts-{pod}")), hosts).unwrap();
+    }
+    let mnt = s.path("mnt/secrets");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let setup = |pod: &str| {
+        format!(
+            "mount --bind {d}/hosts-{pod} /etc/hosts && mount --bind {d}/secrets-{pod} {m}",
+            d = s.dir.display(),
+            m = mnt.display()
+        )
+    };
+    let app = format!("exec 3</etc/hosts 4<{}/token; {LOOP}", mnt.display());
+    let run = |cfg: &Path, pod: &str| {
+        let mut spec = Spec::run(Some(cfg), &["sh", "-c", &app]);
+        spec.setup = Some(setup(pod));
+        Container::start(spec)
+    };
+
+    // Without externalMounts, the secret's new size makes CRIU refuse the restore (control).
+    let plain = s.config("");
+    let mut c = run(&plain, "a");
+    c.expect_line(SHORT, "count 2", |l| l == "count 2");
+    checkpoint(&mut c);
+    let mut c = run(&plain, "b");
+    assert_eq!(c.expect_line(LONG, "a count", |l| count_of(l).is_some()), "count 1", "expected a cold start");
+    assert!(c.stderr().contains("bad size"), "{}", c.stderr());
+    drop(c);
+
+    // With it, both files follow the pod.
+    let cfg = s.path("with-mounts.yaml");
+    std::fs::write(&cfg, format!("imageDir: {}/images2\nexternalMounts: [{}]\n", s.dir.display(), mnt.display())).unwrap();
+    let mut c = run(&cfg, "a");
+    c.expect_line(SHORT, "count 2", |l| l == "count 2");
+    checkpoint(&mut c);
+    let last = c.stdout_seen.iter().rev().find_map(|l| count_of(l)).unwrap();
+    let mut c = run(&cfg, "b");
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    let app = app_pid(&mut c);
+    assert_eq!(std::fs::read_to_string(format!("/proc/{app}/fd/3")).unwrap(), "10.0.0.2 pod-b.namespace.svc\n");
+    assert_eq!(std::fs::read_to_string(format!("/proc/{app}/fd/4")).unwrap(), "a-longer-token-b");
+}
+
+/// The cgroup v2 mount point of this machine.
+fn cgroup2_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mi.lines().find(|l| l.contains(" - cgroup2 ")).expect("cgroup v2 is mounted");
+    PathBuf::from(line.split_whitespace().nth(4).unwrap())
+}
+
+/// A cgroup made for the test, removed (once empty) on drop.
+struct Cgroup(PathBuf);
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn open_files_in_the_containers_cgroup_follow_it_to_the_new_cgroup() {
+    let s = Scratch::new("cgroup");
+    let root = cgroup2_root();
+    let cg_a = Cgroup(root.join(format!("crik-test-{}-a", std::process::id())));
+    let cg_b = Cgroup(root.join(format!("crik-test-{}-b", std::process::id())));
+    std::fs::create_dir_all(&cg_a.0).unwrap();
+    std::fs::create_dir_all(&cg_b.0).unwrap();
+    let cfg = s.config("");
+    // The app holds a file of its own cgroup open, as apps that watch their memory limit do.
+    let app = format!("cg=$(sed -n 's/^0:://p' /proc/self/cgroup); exec 3<{}$cg/cgroup.procs; {LOOP}", root.display());
+    let run = |cg: &Path| {
+        let mut spec = Spec::run(Some(&cfg), &["sh", "-c", &app]);
+        spec.setup = Some(format!("echo $$ > {}/cgroup.procs", cg.display()));
+        Container::start(spec)
+    };
+    let mut c = run(&cg_a.0);
+    c.expect_line(SHORT, "count 2", |l| l == "count 2");
+    let app_a = app_pid(&mut c);
+    assert_eq!(std::fs::read_link(format!("/proc/{app_a}/fd/3")).unwrap(), cg_a.0.join("cgroup.procs"));
+    checkpoint(&mut c);
+    drop(cg_a); // the old pod's cgroup is gone
+
+    let mut c = run(&cg_b.0);
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_ne!(first, "count 1", "must restore, not start fresh\n{}", c.stderr());
+    let app_b = app_pid(&mut c);
+    assert_eq!(std::fs::read_link(format!("/proc/{app_b}/fd/3")).unwrap(), cg_b.0.join("cgroup.procs"));
+    c.kill();
+}
