@@ -22,6 +22,8 @@ pub enum CheckpointError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Files(#[from] FilesError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("cannot read the app's stdio links in /proc/{pid}/fd: {source}")]
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
@@ -51,6 +53,8 @@ pub struct Target<'a> {
     /// A periodic checkpoint: the app keeps running afterwards, and nothing of it is deleted
     /// (inotifyIncompatiblePaths are only removed before the final checkpoint).
     pub leave_running: bool,
+    /// The overlay upper dir of `/`, when `captureRootfsDiff` is on (found at start).
+    pub rootfs_upper: Option<&'a std::path::Path>,
 }
 
 /// Checkpoints the app's whole tree and publishes it. CRIU stops the tree when the dump
@@ -94,6 +98,20 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         files::archive_paths(&target.config.additional_paths, &staged.files_archive())?;
         true
     };
+    let rootfs = match target.rootfs_upper {
+        Some(upper) => {
+            let skip: Vec<&std::path::Path> = target.config.image_dir.iter().map(|d| d.as_path()).collect();
+            let diff = crate::rootfs::capture(upper, &staged.dir.join(crate::rootfs::ROOTFS_ARCHIVE), &skip)?;
+            log::info!(
+                "container's writable layer: {} entries archived, {} deletions, {} replaced dirs",
+                diff.archived,
+                diff.deleted.len(),
+                diff.opaque.len()
+            );
+            Some(diff)
+        }
+        None => None,
+    };
     let images = staged.images_dir();
     let dir = File::open(&images).map_err(|e| CheckpointError::ImagesDir { path: images.clone(), source: e })?;
     let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
@@ -122,6 +140,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         stdio,
         addresses: local_addresses(),
         cgroups: crate::remap::own_cgroup_dirs(),
+        rootfs,
         has_files_archive,
         crik_version: env!("CARGO_PKG_VERSION").to_string(),
         criu_version,

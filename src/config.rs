@@ -54,6 +54,10 @@ pub struct Config {
     /// open files on them point to the new container's copy after a restore.
     #[serde(default)]
     pub external_mounts: Vec<AbsPath>,
+    /// Archive the container's writable layer (overlay upper dir of `/`) into each checkpoint
+    /// and put it back before a restore.
+    #[serde(default)]
+    pub capture_rootfs_diff: bool,
     /// Paths deleted before the dump (things CRIU cannot checkpoint, such as inotify targets).
     #[serde(default)]
     pub inotify_incompatible_paths: Vec<AbsPath>,
@@ -140,6 +144,7 @@ impl Default for Config {
             additional_paths: Vec::new(),
             inotify_incompatible_paths: Vec::new(),
             external_mounts: Vec::new(),
+            capture_rootfs_diff: false,
             on_restore_failure: OnRestoreFailure::default(),
             keep_checkpoints: default_keep_checkpoints(),
             checkpoint_timeout: default_checkpoint_timeout(),
@@ -475,7 +480,7 @@ mod sample_tests {
         for key in [
             "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
             "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
-            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval", "lazyPages", "externalMounts",
+            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval", "lazyPages", "externalMounts", "captureRootfsDiff",
         ] {
             assert!(text.contains(&format!("{}:", key.trim_end_matches(':'))), "sample lacks {key}");
         }

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod nodestate;
 pub mod remap;
 pub mod restore;
+pub mod rootfs;
 pub mod run;
 pub mod store;
 pub mod supervisor;

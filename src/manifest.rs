@@ -30,6 +30,9 @@ pub struct Manifest {
     /// container's at restore.
     #[serde(default)]
     pub cgroups: Vec<crate::remap::CgroupDir>,
+    /// The container's writable layer, when captured (`rootfs.tar` holds its files).
+    #[serde(default)]
+    pub rootfs: Option<crate::rootfs::RootfsDiff>,
     /// Whether `files.tar` (additionalPaths) is part of the checkpoint.
     #[serde(default)]
     pub has_files_archive: bool,
@@ -96,6 +99,7 @@ impl Manifest {
             stdio: ["/dev/null".into(), "pipe:[1]".into(), "pipe:[1]".into()],
             addresses: vec![],
             cgroups: vec![],
+            rootfs: None,
             has_files_archive: false,
             crik_version: env!("CARGO_PKG_VERSION").into(),
             criu_version: "4.2.1".into(),

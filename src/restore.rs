@@ -26,6 +26,8 @@ pub enum RestoreError {
     Files(#[from] FilesError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
     #[error("cannot lend stdio or re-pointed files to CRIU: {0}")]
@@ -54,6 +56,9 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         manifest.created,
         manifest.command
     );
+    if let Some(diff) = &manifest.rootfs {
+        crate::rootfs::apply(diff, &ckpt.dir.join(crate::rootfs::ROOTFS_ARCHIVE))?;
+    }
     if manifest.has_files_archive {
         files::extract(&ckpt.files_archive(), Path::new("/"))?;
         log::info!("additionalPaths put back from {}", ckpt.files_archive().display());

@@ -19,6 +19,8 @@ pub enum Fatal {
     Usage(String),
     #[error("invalid node-state configuration: {0}")]
     NodeState(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -30,7 +32,7 @@ pub enum Fatal {
 impl Fatal {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Fatal::Usage(_) | Fatal::Config(_) | Fatal::NodeState(_) => 2,
+            Fatal::Usage(_) | Fatal::Config(_) | Fatal::NodeState(_) | Fatal::Invalid(_) => 2,
             Fatal::Spawn(e) => e.exit_code(),
             Fatal::Failed { .. } => 1,
         }
@@ -79,9 +81,20 @@ fn node_state_query(config: &Config) -> Result<Option<Query>, Fatal> {
     Ok(q)
 }
 
+/// The overlay upper dir of `/` when `captureRootfsDiff` is on; checked at start.
+fn rootfs_upper(config: &Config) -> Result<Option<PathBuf>, Fatal> {
+    if !config.capture_rootfs_diff {
+        return Ok(None);
+    }
+    let upper = crate::rootfs::upper_dir().map_err(|e| Fatal::Invalid(e.to_string()))?;
+    log::info!("the container's writable layer ({}) goes into every checkpoint", upper.display());
+    Ok(Some(upper))
+}
+
 pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     let config = load_config(args.config)?;
     let node_state = node_state_query(&config)?;
+    let rootfs_upper = rootfs_upper(&config)?;
     let signals = setup_process()?;
     let store = match &config.image_dir {
         Some(dir) => Some(open_store(dir.as_path())?),
@@ -133,7 +146,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
             (pid, to_strings(&args.command), Vec::new())
         }
     };
-    Ok(supervise(&signals, &config, store.as_ref(), node_state.as_ref(), app, &command))
+    Ok(supervise(&signals, &config, store.as_ref(), node_state.as_ref(), rootfs_upper.as_deref(), app, &command))
 }
 
 /// `--image-dir`, else imageDir from the configuration.
@@ -163,6 +176,7 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let dir = image_dir_arg(&args.image_dir, &config)?;
     let config = Config { image_dir: Some(dir.clone()), ..config };
     let node_state = node_state_query(&config)?;
+    let rootfs_upper = rootfs_upper(&config)?;
     let signals = setup_process()?;
     let store = open_store(dir.as_path())?;
     let ckpt = store
@@ -171,7 +185,7 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
-    Ok(supervise(&signals, &config, Some(&store), node_state.as_ref(), r.pid, &r.manifest.command))
+    Ok(supervise(&signals, &config, Some(&store), node_state.as_ref(), rootfs_upper.as_deref(), r.pid, &r.manifest.command))
 }
 
 /// Whether this SIGTERM should checkpoint: only when the node is going away (as far as a
@@ -213,6 +227,7 @@ fn supervise(
     config: &Config,
     store: Option<&Store>,
     node_state: Option<&Query>,
+    rootfs_upper: Option<&Path>,
     app: nix::unistd::Pid,
     command: &[String],
 ) -> i32 {
@@ -226,7 +241,7 @@ fn supervise(
         if !node_is_going_away(node_state, config.on_node_state_error) {
             return TermAction::Forward;
         }
-        let target = Target { config, app: pid, command, leave_running: false };
+        let target = Target { config, app: pid, command, leave_running: false, rootfs_upper };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => {
                 checkpointed = true;
@@ -243,7 +258,7 @@ fn supervise(
     let mut periodic_taken: Vec<String> = Vec::new();
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
-        let target = Target { config, app: pid, command, leave_running: true };
+        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(c) => periodic_taken.push(c.id),
             Err(e) => log::error!(event = "checkpoint_failed", kind = "periodic";
