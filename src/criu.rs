@@ -322,13 +322,18 @@ pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool, extra_mounts:
     // A connected client must never make the checkpoint fail.
     o.set_tcp_established(true);
     o.set_ext_unix_sk(true);
-    for (path, name) in external_mounts(extra_mounts) {
+    // `mnt[PATH]:NAME` at dump.
+    push_ext_mounts(&mut o, external_mounts(extra_mounts));
+    o
+}
+
+fn push_ext_mounts(o: &mut rpc::Criu_opts, pairs: impl IntoIterator<Item = (String, String)>) {
+    for (key, val) in pairs {
         let mut m = rpc::Ext_mount_map::new();
-        m.set_key(path);
-        m.set_val(name);
+        m.set_key(key);
+        m.set_val(val);
         o.ext_mnt.push(m);
     }
-    o
 }
 
 /// Restore options; the tree becomes a child of the caller (restore-sibling mode).
@@ -347,12 +352,8 @@ pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool, 
     } else {
         o.set_tcp_close(true);
     }
-    for (path, name) in external_mounts(extra_mounts) {
-        let mut m = rpc::Ext_mount_map::new();
-        m.set_key(name);
-        m.set_val(path);
-        o.ext_mnt.push(m);
-    }
+    // `mnt[NAME]:PATH` at restore.
+    push_ext_mounts(&mut o, external_mounts(extra_mounts).into_iter().map(|(path, name)| (name, path)));
     o
 }
 

@@ -8,15 +8,11 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-const COUNTER: [&str; 3] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done"];
 
 fn workload(name: &str) -> String {
     format!("{}/tests/workloads/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn count_of(line: &str) -> Option<u64> {
-    line.strip_prefix("count ")?.parse().ok()
-}
 
 /// SIGTERM → crik must checkpoint and exit 0. Returns the stdout lines the app printed.
 fn checkpoint(c: &mut Container) -> Vec<String> {

@@ -7,11 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-const COUNTER: [&str; 3] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done"];
 
-fn count_of(line: &str) -> Option<u64> {
-    line.strip_prefix("count ")?.parse().ok()
-}
 
 fn checkpoint(c: &mut Container) -> u64 {
     c.signal(libc::SIGTERM);

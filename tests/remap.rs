@@ -7,9 +7,6 @@ use std::path::{Path, PathBuf};
 
 const LOOP: &str = "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done";
 
-fn count_of(line: &str) -> Option<u64> {
-    line.strip_prefix("count ")?.parse().ok()
-}
 
 /// The app's host PID (crik's only child).
 fn app_pid(c: &mut Container) -> i32 {

@@ -6,9 +6,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-fn count_of(line: &str) -> Option<u64> {
-    line.strip_prefix("count ")?.parse().ok()
-}
 
 /// Shell commands that give crik an overlay root; the scratch dir stays a "volume" at its path.
 fn overlay_root(s: &Scratch) -> String {

@@ -368,3 +368,11 @@ pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 
 pub const SHORT: Duration = Duration::from_secs(10);
 pub const LONG: Duration = Duration::from_secs(60);
+
+/// A shell loop counter: its state lives only in the shell's memory.
+pub const COUNTER: [&str; 3] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done"];
+
+/// The number in a "count N" line.
+pub fn count_of(line: &str) -> Option<u64> {
+    line.strip_prefix("count ")?.parse().ok()
+}
