@@ -7,6 +7,7 @@
 //! ├── checkpoints/<id>/           published, complete checkpoints (newest id wins)
 //! │   ├── images/                 CRIU's image files and its dump/restore logs
 //! │   ├── files.tar               additionalPaths, when configured
+//! │   ├── rootfs.tar              the container's writable layer (captureRootfsDiff)
 //! │   └── manifest.json           written last (fsynced); its presence marks completeness
 //! ├── retired/<id>/               checkpoints already restored once (history)
 //! └── quarantine/<id>/            checkpoints that failed to restore, with CRIU's log
