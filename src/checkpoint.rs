@@ -117,9 +117,15 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
     let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
 
     let dump_started = Instant::now();
+    let mut opts = criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts);
+    for tty in stdio.iter().filter(|s| s.starts_with("tty[")) {
+        if !opts.external.contains(tty) {
+            opts.external.push(tty.clone());
+        }
+    }
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::DUMP,
-        opts: Some(criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts)),
+        opts: Some(opts),
         inherit: Vec::new(),
         deadline: target.config.checkpoint_timeout,
         writeback: Some(images.clone()),
@@ -159,12 +165,20 @@ fn volume_full(dir: &std::path::Path) -> Option<String> {
     })
 }
 
-/// Where the app's fds 0-2 point (`pipe:[123]`, `/dev/null`, `socket:[9]`, `/dev/pts/0`).
+/// Where the app's fds 0-2 point (`pipe:[123]`, `/dev/null`, `socket:[9]`), and for a terminal
+/// (a container with `tty: true`) CRIU's key for it, `tty[rdev:dev]`: its master is outside the
+/// tree, so it is dumped as external and the new container's terminal is lent at restore.
 fn stdio_links(pid: Pid) -> Result<[String; 3], CheckpointError> {
-    let link = |fd: i32| {
-        std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| CheckpointError::Stdio { pid: pid.as_raw(), source: e })
+    let link = |fd: i32| -> Result<String, CheckpointError> {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let err = |e: std::io::Error| CheckpointError::Stdio { pid: pid.as_raw(), source: e };
+        let target = std::fs::read_link(&path).map_err(err)?.to_string_lossy().into_owned();
+        if target.starts_with("/dev/pts/") {
+            use std::os::unix::fs::MetadataExt;
+            let md = std::fs::metadata(&path).map_err(err)?;
+            return Ok(format!("tty[{:x}:{:x}]", md.rdev(), md.dev()));
+        }
+        Ok(target)
     };
     Ok([link(0)?, link(1)?, link(2)?])
 }

@@ -154,12 +154,12 @@ fn stdio_inherit_fds(stdio: &[String; 3]) -> std::io::Result<Vec<InheritFd>> {
     Ok(v)
 }
 
-/// The key CRIU knows a stdio file by, for those crik lends its own fd for: pipes and
-/// sockets (`pipe:[123]`), and regular files (their path without the leading `/`). Devices
+/// The key CRIU knows a stdio file by, for those crik lends its own fd for: pipes, sockets
+/// and terminals dumped as external (`pipe:[123]`, `tty[88:19]`), and regular files (their path without the leading `/`). Devices
 /// (/dev/null, terminals) are reopened by CRIU itself: lending /dev/null would also rewire every
 /// other /dev/null the app opened.
 fn inherit_key(link: &str) -> Option<String> {
-    if link.starts_with("pipe:[") || link.starts_with("socket:[") {
+    if link.starts_with("pipe:[") || link.starts_with("socket:[") || link.starts_with("tty[") {
         Some(link.to_string())
     } else if link.starts_with('/') && !link.starts_with("/dev/") {
         Some(link.trim_start_matches('/').to_string())
@@ -193,6 +193,7 @@ mod tests {
         assert_eq!(v[0].key, "pipe:[42]");
         assert_eq!(inherit_key("/var/log/app.log").as_deref(), Some("var/log/app.log"));
         assert_eq!(inherit_key("socket:[7]").as_deref(), Some("socket:[7]"));
+        assert_eq!(inherit_key("tty[8800:19]").as_deref(), Some("tty[8800:19]"));
         assert_eq!(inherit_key("/dev/pts/0"), None);
         assert_eq!(inherit_key("anon_inode:[eventfd]"), None);
     }

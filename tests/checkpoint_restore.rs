@@ -358,3 +358,36 @@ fn lazily_restored_app_has_its_memory_intact() {
     assert_eq!(ask_tcp(port, "CHECK"), before, "memory differs after a lazy restore\n{}", c.stderr());
     assert!(c.stderr().contains("lazy-pages daemon"), "{}", c.stderr());
 }
+
+#[test]
+fn app_on_a_terminal_is_checkpointed_and_restored_onto_the_new_terminal() {
+    // As in a container with `tty: true`: stdio is a pty whose master (here `script`) is outside
+    // the app's tree; CRIU dumps it as external and crik lends the new terminal at restore.
+    let s = Scratch::new("tty");
+    let cfg = s.config("");
+    let app = s.write_script("app.sh", "#!/bin/sh\ni=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done\n");
+    let cmd = [app.to_str().unwrap()];
+    let on_a_terminal = |with_cmd: bool| {
+        let mut spec = Spec::run(Some(&cfg), if with_cmd { &cmd[..] } else { &[] });
+        spec.setup = Some("exec script -qfec \"$0 $*\" /dev/null".into());
+        Container::start(spec)
+    };
+    let crik_under_script = |c: &mut Container| {
+        let script = c.crik_pid();
+        assert!(eventually(SHORT, || !children_of(script).is_empty()));
+        children_of(script)[0].0
+    };
+    let mut c = on_a_terminal(true);
+    c.expect_line(SHORT, "count 3", |l| l.trim_end() == "count 3");
+    unsafe { libc::kill(crik_under_script(&mut c), libc::SIGTERM) };
+    assert_eq!(c.wait_code(LONG), 0, "{:?}", c.stdout_seen);
+    let last = c.stdout_seen.iter().rev().find_map(|l| count_of(l.trim_end())).unwrap();
+
+    let mut c = on_a_terminal(false);
+    let first = c.expect_line(LONG, "a count", |l| count_of(l.trim_end()).is_some());
+    assert_eq!(count_of(first.trim_end()), Some(last + 1), "{:?}", c.stdout_seen);
+    c.expect_line(SHORT, "more counts on the new terminal", |l| count_of(l.trim_end()) == Some(last + 3));
+    // And it can be checkpointed again.
+    unsafe { libc::kill(crik_under_script(&mut c), libc::SIGTERM) };
+    assert_eq!(c.wait_code(LONG), 0, "{:?}", c.stdout_seen);
+}
