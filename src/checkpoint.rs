@@ -14,7 +14,7 @@ use crate::criu::{self, CriuError};
 use crate::files::{self, FilesError};
 use crate::manifest::{Manifest, FORMAT};
 use crate::store::{Checkpoint, Store, StoreError};
-use crate::supervisor::Signals;
+use crate::supervisor::{self, Signals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -24,7 +24,7 @@ pub enum CheckpointError {
     Files(#[from] FilesError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
-    #[error("cannot read the app's stdio links in /proc/{pid}/fd: {source}")]
+    #[error("cannot read the container's stdio links in /proc/{pid}/fd: {source}")]
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
@@ -88,36 +88,22 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<C
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
-    let stdio = stdio_links(target.app)?;
+    let stdio = stdio_links()?;
     if !target.leave_running {
         files::delete_paths(&target.config.inotify_incompatible_paths)?;
     }
-    let has_files_archive = if target.config.additional_paths.is_empty() {
-        false
-    } else {
-        files::archive_paths(&target.config.additional_paths, &staged.files_archive())?;
-        true
-    };
-    let rootfs = match target.rootfs_upper {
-        Some(upper) => {
-            let skip: Vec<&std::path::Path> = target.config.image_dir.iter().map(|d| d.as_path()).collect();
-            let diff = crate::rootfs::capture(upper, &staged.dir.join(crate::rootfs::ROOTFS_ARCHIVE), &skip)?;
-            log::info!(
-                "container's writable layer: {} entries archived, {} deletions, {} replaced dirs",
-                diff.archived,
-                diff.deleted.len(),
-                diff.opaque.len()
-            );
-            Some(diff)
-        }
-        None => None,
-    };
     let images = staged.images_dir();
     let dir = File::open(&images).map_err(|e| CheckpointError::ImagesDir { path: images.clone(), source: e })?;
     let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
 
     let dump_started = Instant::now();
     let mut opts = criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts);
+    if target.leave_running {
+        // Left stopped, not running: the files below are archived while the tree cannot
+        // change them, then it is resumed.
+        opts.set_leave_running(false);
+        opts.set_leave_stopped(true);
+    }
     for tty in stdio.iter().filter(|s| s.starts_with("tty[")) {
         if !opts.external.contains(tty) {
             opts.external.push(tty.clone());
@@ -138,6 +124,18 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         }
         return Err(CheckpointError::Criu { source: e, log_lines });
     }
+    let dump_millis = dump_started.elapsed().as_millis() as u64;
+
+    // Files are archived after the dump, while the app is stopped (periodic) or gone (final):
+    // a file it holds open then has exactly the size and contents the images expect; archived
+    // before, a file the app kept appending to would make CRIU refuse the restore.
+    let archived = archive_files(staged, target);
+    if target.leave_running {
+        supervisor::signal_descendants(nix::sys::signal::Signal::SIGCONT);
+    } else if archived.is_err() {
+        log::error!("the app was stopped by the dump, but its files could not be archived: its state is lost");
+    }
+    let (has_files_archive, rootfs) = archived?;
     Ok(Manifest {
         format: FORMAT,
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -151,9 +149,34 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         crik_version: env!("CARGO_PKG_VERSION").to_string(),
         criu_version,
         kernel: kernel_release(),
-        dump_millis: dump_started.elapsed().as_millis() as u64,
+        dump_millis,
         files: Vec::new(), // filled in by the store when it publishes
     })
+}
+
+/// additionalPaths into files.tar, and the writable layer into rootfs.tar when captured.
+fn archive_files(staged: &Checkpoint, target: &Target) -> Result<(bool, Option<crate::rootfs::RootfsDiff>), CheckpointError> {
+    let has_files_archive = if target.config.additional_paths.is_empty() {
+        false
+    } else {
+        files::archive_paths(&target.config.additional_paths, &staged.files_archive())?;
+        true
+    };
+    let rootfs = match target.rootfs_upper {
+        Some(upper) => {
+            let skip: Vec<&std::path::Path> = target.config.image_dir.iter().map(|d| d.as_path()).collect();
+            let diff = crate::rootfs::capture(upper, &staged.dir.join(crate::rootfs::ROOTFS_ARCHIVE), &skip)?;
+            log::info!(
+                "container's writable layer: {} entries archived, {} deletions, {} replaced dirs",
+                diff.archived,
+                diff.deleted.len(),
+                diff.opaque.len()
+            );
+            Some(diff)
+        }
+        None => None,
+    };
+    Ok((has_files_archive, rootfs))
 }
 
 /// "No space left on device" when the image dir's filesystem is (nearly) full.
@@ -165,14 +188,21 @@ fn volume_full(dir: &std::path::Path) -> Option<String> {
     })
 }
 
-/// Where the app's fds 0-2 point (`pipe:[123]`, `/dev/null`, `socket:[9]`), and for a terminal
-/// (a container with `tty: true`) CRIU's key for it, `tty[rdev:dev]`: its master is outside the
-/// tree, so it is dumped as external and the new container's terminal is lent at restore.
-fn stdio_links(pid: Pid) -> Result<[String; 3], CheckpointError> {
+/// Where the container's stdio — crik's own fds 0-2, which the app inherited — points
+/// (`pipe:[123]`, `/dev/null`, `socket:[9]`, a file), and for a terminal (`tty: true`) CRIU's
+/// key for it, `tty[rdev:dev]` (its master is outside the tree: dumped as external). Whatever
+/// fd of the app refers to one of these is re-wired to the new container's stdio at restore.
+/// crik's own fds, not the app's: the app may be in the middle of redirecting its stdout.
+fn stdio_links() -> Result<[String; 3], CheckpointError> {
     let link = |fd: i32| -> Result<String, CheckpointError> {
-        let path = format!("/proc/{pid}/fd/{fd}");
-        let err = |e: std::io::Error| CheckpointError::Stdio { pid: pid.as_raw(), source: e };
-        let target = std::fs::read_link(&path).map_err(err)?.to_string_lossy().into_owned();
+        let path = format!("/proc/self/fd/{fd}");
+        let err = |e: std::io::Error| CheckpointError::Stdio { pid: std::process::id() as i32, source: e };
+        let target = match std::fs::read_link(&path) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            // crik was started with this fd closed: nothing to re-wire.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(String::new()),
+            Err(e) => return Err(err(e)),
+        };
         if target.starts_with("/dev/pts/") {
             use std::os::unix::fs::MetadataExt;
             let md = std::fs::metadata(&path).map_err(err)?;

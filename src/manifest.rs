@@ -19,8 +19,8 @@ pub struct Manifest {
     pub command: Vec<String>,
     /// PID of the checkpointed tree's root.
     pub root_pid: i32,
-    /// Where the app's stdin, stdout and stderr pointed (`pipe:[123]`, `/dev/null`, ...):
-    /// restore hands crik's own stdio to CRIU under these keys.
+    /// Where the container's stdin, stdout and stderr pointed (`pipe:[123]`, `/dev/null`,
+    /// `tty[rdev:dev]`, ...): restore hands crik's own stdio to CRIU under these keys.
     pub stdio: [String; 3],
     /// Non-loopback IP addresses the container had; decides whether TCP connections can be
     /// re-established at restore.

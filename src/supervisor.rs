@@ -333,6 +333,16 @@ pub fn reap_all(main: Pid) -> Option<i32> {
 /// SIGKILLs every descendant of crik (used when a CRIU restore failed half-way: the partly
 /// restored tree hangs off crik, in process groups of its own).
 pub fn kill_descendants() {
+    signal_descendants(Signal::SIGKILL);
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Sends `sig` to every descendant of crik (the whole app tree, whatever its process groups).
+pub fn signal_descendants(sig: Signal) {
     let me = std::process::id() as i32;
     let mut parents: Vec<(i32, i32)> = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
@@ -348,21 +358,16 @@ pub fn kill_descendants() {
             }
         }
     }
-    let mut doomed = vec![me];
+    let mut tree = vec![me];
     let mut i = 0;
-    while i < doomed.len() {
-        let p = doomed[i];
-        doomed.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
         i += 1;
     }
-    for pid in doomed.into_iter().skip(1) {
-        log::debug!("killing leftover process {pid}");
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
+    for pid in tree.into_iter().skip(1) {
+        log::debug!("sending {sig} to {pid}");
+        let _ = kill(Pid::from_raw(pid), sig);
     }
 }
 

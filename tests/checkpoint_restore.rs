@@ -391,3 +391,37 @@ fn app_on_a_terminal_is_checkpointed_and_restored_onto_the_new_terminal() {
     unsafe { libc::kill(crik_under_script(&mut c), libc::SIGTERM) };
     assert_eq!(c.wait_code(LONG), 0, "{:?}", c.stdout_seen);
 }
+
+#[test]
+fn file_the_app_keeps_appending_to_is_archived_consistent_with_the_dump() {
+    // The app writes to an open file in additionalPaths as fast as it can: archived before the
+    // dump, the file would be shorter than the open fd's view and CRIU would refuse it.
+    let s = Scratch::new("appending");
+    let data = s.path("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let cfg = s.config(&format!("additionalPaths: [{}]\ncheckpointInterval: 0.3\n", data.display()));
+    let app = format!(
+        "exec 3>>{log}; i=0; while :; do i=$((i+1)); echo \"line $i\" >&3; \
+         if [ $((i % 200)) -eq 0 ]; then echo \"count $((i / 200))\"; fi; done",
+        log = data.join("log").display()
+    );
+    let cmd = ["sh", "-c", app.as_str()];
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    c.expect_line(LONG, "count 5", |l| l == "count 5");
+    // A periodic checkpoint happened meanwhile and the app went on writing after it.
+    assert!(eventually(SHORT, || c.stderr().contains("periodic checkpoint /")), "{}", c.stderr());
+    c.expect_line(LONG, "more counts", |l| count_of(l).is_some());
+    let last = last_count(&checkpoint(&mut c));
+    std::fs::remove_dir_all(&data).unwrap();
+
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.kill();
+    c.wait(SHORT);
+    // The log is whole: every line once, in order, from 1 on.
+    let log = std::fs::read_to_string(data.join("log")).unwrap();
+    for (n, line) in log.lines().enumerate() {
+        assert_eq!(line, format!("line {}", n + 1));
+    }
+}
