@@ -14,7 +14,7 @@ use crate::criu::{self, CriuError};
 use crate::files::{self, FilesError};
 use crate::manifest::{Manifest, FORMAT};
 use crate::store::{Checkpoint, Store, StoreError};
-use crate::supervisor::{self, Signals};
+use crate::supervisor::Signals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -24,6 +24,8 @@ pub enum CheckpointError {
     Files(#[from] FilesError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
+    #[error("CRIU finished the dump without its post-dump notification: files were not archived")]
+    NoPostDump,
     #[error("cannot read the container's stdio links in /proc/{pid}/fd: {source}")]
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
@@ -98,12 +100,21 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
 
     let dump_started = Instant::now();
     let mut opts = criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts);
-    if target.leave_running {
-        // Left stopped, not running: the files below are archived while the tree cannot
-        // change them, then it is resumed.
-        opts.set_leave_running(false);
-        opts.set_leave_stopped(true);
-    }
+    // Files are archived in CRIU's "post-dump" notification: the tree is dumped but still
+    // frozen, so a file it holds open matches exactly what CRIU recorded about it (archived
+    // before or after, a file the app keeps writing would differ, and CRIU would refuse the
+    // restore). If archiving fails, CRIU rolls back: the app keeps running.
+    opts.set_notify_scripts(true);
+    let mut archived = None;
+    let mut on_notify = |script: &str| {
+        if script != "post-dump" {
+            return true;
+        }
+        let r = archive_files(staged, target);
+        let ok = r.is_ok();
+        archived = Some(r);
+        ok
+    };
     for tty in stdio.iter().filter(|s| s.starts_with("tty[")) {
         if !opts.external.contains(tty) {
             opts.external.push(tty.clone());
@@ -115,8 +126,14 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         inherit: Vec::new(),
         deadline: target.config.checkpoint_timeout,
         writeback: Some(images.clone()),
+        on_notify: Some(&mut on_notify),
     };
-    if let Err(e) = criu::call(signals, req) {
+    let dumped = criu::call(signals, req);
+    // An archive failure is the reason, whatever CRIU answered after rolling back.
+    if let Some(Err(e)) = archived.take_if(|a| a.is_err()) {
+        return Err(e);
+    }
+    if let Err(e) = dumped {
         let mut log_lines = criu::log_errors(&images.join(criu::DUMP_LOG), 8);
         if let Some(full) = volume_full(&images) {
             // CRIU cannot even write its log then: say it ourselves.
@@ -125,17 +142,10 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         return Err(CheckpointError::Criu { source: e, log_lines });
     }
     let dump_millis = dump_started.elapsed().as_millis() as u64;
-
-    // Files are archived after the dump, while the app is stopped (periodic) or gone (final):
-    // a file it holds open then has exactly the size and contents the images expect; archived
-    // before, a file the app kept appending to would make CRIU refuse the restore.
-    let archived = archive_files(staged, target);
-    if target.leave_running {
-        supervisor::signal_descendants(nix::sys::signal::Signal::SIGCONT);
-    } else if archived.is_err() {
-        log::error!("the app was stopped by the dump, but its files could not be archived: its state is lost");
-    }
-    let (has_files_archive, rootfs) = archived?;
+    let (has_files_archive, rootfs) = match archived {
+        Some(r) => r?,
+        None => return Err(CheckpointError::NoPostDump),
+    };
     Ok(Manifest {
         format: FORMAT,
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),

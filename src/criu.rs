@@ -55,7 +55,7 @@ pub struct InheritFd {
 }
 
 /// One RPC exchange with a fresh `criu swrk`.
-pub struct Request {
+pub struct Request<'a> {
     pub kind: rpc::Criu_req_type,
     /// Options; `None` for requests that take none (VERSION: its opts would lack required fields).
     pub opts: Option<rpc::Criu_opts>,
@@ -65,6 +65,10 @@ pub struct Request {
     /// While CRIU writes images into this dir, start their writeback to disk every 100 ms, so
     /// that the fsync after the dump has little left to wait for.
     pub writeback: Option<PathBuf>,
+    /// Called for each of CRIU's notifications (with `notify_scripts` set), e.g. "post-dump",
+    /// sent while the dumped tree is still frozen; returning false makes CRIU roll back (the
+    /// tree is resumed, not killed).
+    pub on_notify: Option<&'a mut dyn FnMut(&str) -> bool>,
 }
 
 /// CRIU's final answer and the fds it sent along (the orphan pts master).
@@ -74,7 +78,7 @@ pub struct Response {
 }
 
 /// Runs one request. `on_spawn` learns CRIU's PID (so a caller can clean up what it started).
-pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
+pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> {
     let op = op_name(req.kind);
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
         .map_err(|e| CriuError::Io(e.into()))?;
@@ -102,7 +106,7 @@ pub fn call(signals: &Signals, req: Request) -> Result<Response, CriuError> {
     drop(req.inherit);
     let pid = Pid::from_raw(child.id() as i32);
 
-    let result = exchange(&ours, req.kind, opts, req.deadline, req.writeback.as_deref());
+    let result = exchange(&ours, req.kind, opts, req.deadline, req.writeback.as_deref(), req.on_notify.take());
     if result.is_err() {
         let _ = killpg(pid, Signal::SIGKILL);
     }
@@ -129,6 +133,7 @@ fn exchange(
     opts: Option<rpc::Criu_opts>,
     deadline: Duration,
     writeback: Option<&Path>,
+    mut on_notify: Option<&mut dyn FnMut(&str) -> bool>,
 ) -> Result<Response, CriuError> {
     let started = Instant::now();
     let mut req = rpc::Criu_req::new();
@@ -154,10 +159,12 @@ fn exchange(
         received_fds.extend(fds);
         let resp = rpc::Criu_resp::parse_from_bytes(&bytes)?;
         if resp.type_() == rpc::Criu_req_type::NOTIFY && resp.success() {
-            log::debug!("CRIU notify: {}", resp.notify.script());
+            let script = resp.notify.script();
+            log::debug!("CRIU notify: {script}");
+            let ok = on_notify.as_mut().map_or(true, |f| f(script));
             let mut ack = rpc::Criu_req::new();
             ack.set_type(rpc::Criu_req_type::NOTIFY);
-            ack.set_notify_success(true);
+            ack.set_notify_success(ok);
             send(sock, &ack)?;
             continue;
         }
@@ -260,6 +267,7 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
             inherit: Vec::new(),
             deadline: Duration::from_secs(30),
             writeback: None,
+            on_notify: None,
         },
     )?;
     let v = &r.resp.version;

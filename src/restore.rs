@@ -101,6 +101,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         inherit,
         deadline: config.restore_timeout,
         writeback: None,
+        on_notify: None,
     };
     let log = images.join(criu::RESTORE_LOG);
     match criu::call(signals, req) {

@@ -425,3 +425,22 @@ fn file_the_app_keeps_appending_to_is_archived_consistent_with_the_dump() {
         assert_eq!(line, format!("line {}", n + 1));
     }
 }
+
+#[test]
+fn established_connection_keeps_working_across_periodic_checkpoints() {
+    let s = Scratch::new("tcp-periodic");
+    let cfg = s.config("checkpointInterval: 0.3\n");
+    let port = free_port();
+    let script = workload("kvserver.py");
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, script.as_str(), &port.to_string()]));
+    c.expect_line(SHORT, "listening", |l| l.starts_with("listening"));
+    let mut client = Client::connect(port);
+    assert_eq!(client.ask("SET k v0").unwrap(), "OK");
+    for round in 1..=3 {
+        let before = c.stderr().matches("periodic checkpoint /").count();
+        assert!(eventually(SHORT, || c.stderr().matches("periodic checkpoint /").count() > before), "{}", c.stderr());
+        // The same connection, after the app was stopped, dumped and resumed.
+        assert_eq!(client.ask(&format!("SET k v{round}")).unwrap(), "OK", "{}", c.stderr());
+        assert_eq!(client.ask("GET k").unwrap(), format!("v{round}"));
+    }
+}
