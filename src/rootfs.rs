@@ -56,7 +56,7 @@ fn upper_dir_of(mountinfo: &str) -> Result<PathBuf, RootfsError> {
             let (fstype, opts) = (p.next()?, p.nth(1)?);
             (point == "/").then_some((fstype, opts))
         })
-        .last()
+        .next_back()
         .ok_or_else(|| RootfsError::Setup("no mount on / in mountinfo".into()))?;
     if root.0 != "overlay" {
         return Err(RootfsError::Setup(format!("the root filesystem is {}, not an overlay: there is no writable layer to capture", root.0)));

@@ -99,7 +99,7 @@ fn failed_dump_with_app_exiting_zero_still_exits_non_zero() {
     let s = Scratch::new("dumpfail");
     let _fs = Tmpfs::mount(&s.images(), "1m");
     let cfg = s.config("");
-    let app = format!(
+    let app = String::from(
         "import signal, sys, time\n\
          def bye(*_):\n    print('graceful shutdown', flush=True)\n    sys.exit(0)\n\
          signal.signal(signal.SIGTERM, bye)\n\

@@ -291,7 +291,7 @@ impl Container {
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 // Drain what is left in the pipe (bounded: crik and its namespace are gone).
-                while let Some(_) = self.next_line(Duration::from_millis(500)) {}
+                while self.next_line(Duration::from_millis(500)).is_some() {}
                 // Give the stderr reader a moment to collect the last lines.
                 std::thread::sleep(Duration::from_millis(50));
                 return st;
