@@ -50,6 +50,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     // A lazy restore exists to answer before all memory is read back: page images are then
     // checked by size only (CRIU's own reads stay bounded by restoreTimeout).
     store::verify(ckpt, &manifest, !config.lazy_pages)?;
+    let verify_ms = started.elapsed().as_millis() as u64;
     log::info!(
         "restoring checkpoint {} (taken {}, command {:?})",
         ckpt.dir.display(),
@@ -104,13 +105,15 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         on_notify: None,
     };
     let log = images.join(criu::RESTORE_LOG);
+    let criu_started = std::time::Instant::now();
     match criu::call(signals, req) {
         Ok(r) => {
             let pid = Pid::from_raw(r.resp.restore.pid());
+            let (ms, criu_ms) = (started.elapsed().as_millis() as u64, criu_started.elapsed().as_millis() as u64);
             log::info!(
                 event = "restore_finished", id = ckpt.id.as_str(), pid = pid.as_raw(),
-                duration_ms = started.elapsed().as_millis() as u64;
-                "restored app as pid {pid} in {} ms", started.elapsed().as_millis()
+                duration_ms = ms, verify_ms, criu_ms;
+                "restored app as pid {pid} in {ms} ms (verifying {verify_ms} ms, CRIU {criu_ms} ms)"
             );
             Ok(Restored { pid, manifest, keep_open: r.received_fds })
         }
