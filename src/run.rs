@@ -122,7 +122,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                     return Err(Fatal::failed("restore failed", "onRestoreFailure is fail"));
                 }
                 if args.command.is_empty() {
-                    return Err(Fatal::failed("restore failed", "and no command was given to start fresh"));
+                    return Err(Fatal::failed("restore failed", "no command was given to start fresh instead"));
                 }
                 log::warn!("starting the command fresh (onRestoreFailure: coldStart)");
                 None
