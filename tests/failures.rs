@@ -354,3 +354,17 @@ fn failed_final_checkpoint_keeps_the_periodic_one() {
     let first = count_of(&c.expect_line(LONG, "a count", |l| count_of(l).is_some())).unwrap();
     assert!(first > 1 && first <= last, "restored {first} (last seen {last})\n{}", c.stderr());
 }
+
+#[test]
+fn unusable_image_dir_is_a_clear_error_before_the_app_starts() {
+    let s = Scratch::new("unusable");
+    let not_a_dir = s.path("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let cfg = s.path("c.yaml");
+    std::fs::write(&cfg, format!("imageDir: {}\n", not_a_dir.display())).unwrap();
+    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", "echo started"]));
+    assert_eq!(c.wait_code(SHORT), 1);
+    let log = c.stderr();
+    assert!(log.starts_with("crik: cannot open image dir:") && log.contains(&not_a_dir.display().to_string()), "{log}");
+    assert!(c.stdout_seen.is_empty(), "the app must not start");
+}
