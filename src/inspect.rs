@@ -76,7 +76,7 @@ pub fn inspect(image_dir: &Path, wanted: Option<&str>) -> Result<Report, Inspect
 fn detail(state: State, c: &Checkpoint) -> Detail {
     let manifest = Manifest::load(&c.manifest_path());
     let integrity = match &manifest {
-        Ok(m) => match store::verify(c, m, true) {
+        Ok(m) => match store::verify(c, m, store::Scope::Everything) {
             Ok(()) => "intact".to_string(),
             Err(e) => e.to_string(),
         },

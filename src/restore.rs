@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::unistd::Pid;
 
@@ -47,10 +48,17 @@ pub struct Restored {
 pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
     let started = std::time::Instant::now();
     let manifest = Manifest::load(&ckpt.manifest_path())?;
-    // A lazy restore exists to answer before all memory is read back: page images are then
-    // checked by size only (CRIU's own reads stay bounded by restoreTimeout).
-    store::verify(ckpt, &manifest, !config.lazy_pages)?;
-    let verify_ms = started.elapsed().as_millis() as u64;
+    // Everything but the page images' contents is checked now (a truncated image would make
+    // CRIU spin). The pages' checksums are computed while CRIU restores, and CRIU is held at its
+    // "post-restore" notification — memory restored, the app not yet resumed — until they pass:
+    // on a mismatch CRIU aborts and the app never runs on damaged memory. A lazy restore reads
+    // memory only after the app runs, so its page images are checked by size alone.
+    store::verify(ckpt, &manifest, store::Scope::AllButPageContents)?;
+    let mut pages_check = (!config.lazy_pages).then(|| {
+        let (c, m) = (ckpt.clone(), manifest.clone());
+        let t = std::time::Instant::now();
+        std::thread::spawn(move || store::verify(&c, &m, store::Scope::PageContents).map(|()| t.elapsed()))
+    });
     log::info!(
         "restoring checkpoint {} (taken {}, command {:?})",
         ckpt.dir.display(),
@@ -96,24 +104,47 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     } else {
         None
     };
+    let mut opts = criu::restore_opts(&dir, established, lazy_daemon.is_some(), &config.external_mounts);
+    opts.set_notify_scripts(true);
+    let mut pages_verdict: Option<Result<Duration, StoreError>> = None;
+    let mut on_notify = |script: &str| {
+        if script != "post-restore" {
+            return true;
+        }
+        pages_verdict = pages_check.take().map(join_check);
+        !matches!(pages_verdict, Some(Err(_)))
+    };
     let req = criu::Request {
         kind: criu::rpc::Criu_req_type::RESTORE,
-        opts: Some(criu::restore_opts(&dir, established, lazy_daemon.is_some(), &config.external_mounts)),
+        opts: Some(opts),
         inherit,
         deadline: config.restore_timeout,
         writeback: None,
-        on_notify: None,
+        on_notify: Some(&mut on_notify),
     };
     let log = images.join(criu::RESTORE_LOG);
     let criu_started = std::time::Instant::now();
-    match criu::call(signals, req) {
+    let result = criu::call(signals, req);
+    if let Some(check) = pages_check.take() {
+        // CRIU ended without reaching post-restore: still tell damage apart from other failures.
+        pages_verdict = Some(join_check(check));
+        if result.is_ok() {
+            log::warn!("CRIU sent no post-restore notification: the page checksums were checked after the app resumed");
+        }
+    }
+    if let Some(Err(e)) = pages_verdict {
+        supervisor::kill_descendants();
+        return Err(e.into());
+    }
+    match result {
         Ok(r) => {
             let pid = Pid::from_raw(r.resp.restore.pid());
             let (ms, criu_ms) = (started.elapsed().as_millis() as u64, criu_started.elapsed().as_millis() as u64);
+            let verify_ms = pages_verdict.and_then(|v| v.ok()).map_or(0, |d| d.as_millis() as u64);
             log::info!(
                 event = "restore_finished", id = ckpt.id.as_str(), pid = pid.as_raw(),
                 duration_ms = ms, verify_ms, criu_ms;
-                "restored app as pid {pid} in {ms} ms (verifying {verify_ms} ms, CRIU {criu_ms} ms)"
+                "restored app as pid {pid} in {ms} ms (CRIU {criu_ms} ms; page checksums {verify_ms} ms, alongside)"
             );
             Ok(Restored { pid, manifest, keep_open: r.received_fds })
         }
@@ -124,6 +155,10 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
             Err(RestoreError::Criu { source: e, log_lines, log })
         }
     }
+}
+
+fn join_check(h: std::thread::JoinHandle<Result<Duration, StoreError>>) -> Result<Duration, StoreError> {
+    h.join().unwrap_or_else(|_| Err(StoreError::Damaged { path: PathBuf::new(), why: "checksum thread panicked".into() }))
 }
 
 /// crik's own stdio, lent to CRIU under the keys the app's stdio had at checkpoint time, so the

@@ -398,9 +398,20 @@ fn parallel_crc32(data: &[u8]) -> u32 {
     total.finalize()
 }
 
-/// Checks that every file the manifest lists is there, with its size and checksum (page images
-/// by size only unless `pages_too`). A damaged checkpoint must never reach CRIU.
-pub fn verify(ckpt: &Checkpoint, manifest: &Manifest, pages_too: bool) -> Result<(), StoreError> {
+/// What [`verify`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Presence, size and checksum of every file.
+    Everything,
+    /// Presence and size of every file; checksums of all but the page images.
+    AllButPageContents,
+    /// Checksums of the page images only (presence and sizes checked before).
+    PageContents,
+}
+
+/// Checks that the files the manifest lists are there, with their sizes and checksums, as far
+/// as `scope` says. A damaged checkpoint must never reach CRIU, nor a restored app run on it.
+pub fn verify(ckpt: &Checkpoint, manifest: &Manifest, scope: Scope) -> Result<(), StoreError> {
     let damaged = |why: String| StoreError::Damaged { path: ckpt.dir.clone(), why };
     if manifest.files.is_empty() {
         return Err(damaged("its manifest lists no files".into()));
@@ -419,7 +430,12 @@ pub fn verify(ckpt: &Checkpoint, manifest: &Manifest, pages_too: bool) -> Result
             return Err(damaged(format!("{} has {} bytes, {} were written", f.path, md.len(), f.size)));
         }
         let is_pages = f.path.rsplit('/').next().is_some_and(|n| n.starts_with("pages-"));
-        if is_pages && !pages_too {
+        let crc_wanted = match scope {
+            Scope::Everything => true,
+            Scope::AllButPageContents => !is_pages,
+            Scope::PageContents => is_pages,
+        };
+        if !crc_wanted {
             continue;
         }
         let (_, crc) = checksum(&p)?;
@@ -493,22 +509,23 @@ mod tests {
             let mode = fs::metadata(c.dir.join(&f.path)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", f.path);
         }
-        verify(&c, &m, true).unwrap();
+        verify(&c, &m, Scope::Everything).unwrap();
 
         // Truncated, flipped, missing: each refused with a reason.
         let pages = c.images_dir().join("pages-1.img");
         fs::write(&pages, vec![7u8; 5_000]).unwrap();
-        assert!(verify(&c, &m, true).unwrap_err().to_string().contains("5000 bytes"));
-        assert!(verify(&c, &m, false).unwrap_err().to_string().contains("5000 bytes"), "sizes are always checked");
+        assert!(verify(&c, &m, Scope::Everything).unwrap_err().to_string().contains("5000 bytes"));
+        assert!(verify(&c, &m, Scope::AllButPageContents).unwrap_err().to_string().contains("5000 bytes"), "sizes are always checked");
         let mut flipped = vec![7u8; 10_000];
         flipped[1234] = 8;
         fs::write(&pages, flipped).unwrap();
-        assert!(verify(&c, &m, true).unwrap_err().to_string().contains("checksum"));
-        verify(&c, &m, false).unwrap();
+        assert!(verify(&c, &m, Scope::Everything).unwrap_err().to_string().contains("checksum"));
+        assert!(verify(&c, &m, Scope::PageContents).unwrap_err().to_string().contains("checksum"));
+        verify(&c, &m, Scope::AllButPageContents).unwrap();
         fs::remove_file(&pages).unwrap();
-        assert!(verify(&c, &m, true).unwrap_err().to_string().contains("missing"));
+        assert!(verify(&c, &m, Scope::Everything).unwrap_err().to_string().contains("missing"));
         let no_files = Manifest { files: vec![], ..m };
-        assert!(verify(&c, &no_files, true).is_err());
+        assert!(verify(&c, &no_files, Scope::Everything).is_err());
         drop(store);
         fs::remove_dir_all(&root).unwrap();
     }

@@ -368,3 +368,17 @@ fn unusable_image_dir_is_a_clear_error_before_the_app_starts() {
     assert!(log.starts_with("crik: cannot open image dir:") && log.contains(&not_a_dir.display().to_string()), "{log}");
     assert!(c.stdout_seen.is_empty(), "the app must not start");
 }
+
+#[test]
+fn flipped_byte_in_pages_is_caught_before_the_app_resumes() {
+    // Same size, other contents: only the checksum sees it. It is checked while CRIU restores,
+    // and CRIU is held before resuming the app: the damaged app must never run.
+    damaged_checkpoint_is_quarantined("flipped", |images| {
+        use std::os::unix::fs::FileExt;
+        let p = largest_pages_image(images);
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 100).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], 100).unwrap();
+    });
+}
