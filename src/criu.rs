@@ -94,14 +94,7 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
         opts.inherit_fd.push(i);
     }
 
-    let mut cmd = Command::new(CRIU_BIN);
-    cmd.arg("swrk").arg(theirs.as_raw_fd().to_string());
-    // CRIU's own chatter goes to crik's stderr: stdout belongs to the app.
-    cmd.stdin(Stdio::null()).stdout(io::stderr()).stderr(Stdio::inherit());
-    // Its own process group, so a deadline can kill CRIU and every helper it forked.
-    cmd.process_group(0);
-    signals.prepare_child(&mut cmd, false, keep);
-    let child = cmd.spawn().map_err(|e| CriuError::Spawn { bin: CRIU_BIN.into(), source: e })?;
+    let child = spawn_criu(signals, &["swrk".into(), theirs.as_raw_fd().to_string()], keep)?;
     drop(theirs);
     drop(req.inherit);
     let pid = Pid::from_raw(child.id() as i32);
@@ -125,6 +118,18 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
         return Err(CriuError::Failed { op, detail });
     }
     Ok(resp)
+}
+
+/// Starts CRIU with crik's original signal mask, keeping only `keep` of crik's fds.
+fn spawn_criu(signals: &Signals, args: &[String], keep: Vec<RawFd>) -> Result<std::process::Child, CriuError> {
+    let mut cmd = Command::new(CRIU_BIN);
+    cmd.args(args);
+    // CRIU's own chatter goes to crik's stderr: stdout belongs to the app.
+    cmd.stdin(Stdio::null()).stdout(io::stderr()).stderr(Stdio::inherit());
+    // Its own process group, so a deadline can kill CRIU and every helper it forked.
+    cmd.process_group(0);
+    signals.prepare_child(&mut cmd, false, keep);
+    cmd.spawn().map_err(|e| CriuError::Spawn { bin: CRIU_BIN.into(), source: e })
 }
 
 fn exchange(
@@ -371,12 +376,8 @@ pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool, 
 pub fn start_lazy_pages(signals: &Signals, images: &Path, wait: Duration) -> Result<Pid, CriuError> {
     let socket = images.join(LAZY_PAGES_SOCKET);
     let _ = std::fs::remove_file(&socket);
-    let mut cmd = Command::new(CRIU_BIN);
-    cmd.arg("lazy-pages").arg("--images-dir").arg(images).args(["-o", LAZY_PAGES_LOG, "-v4"]);
-    cmd.stdin(Stdio::null()).stdout(io::stderr()).stderr(Stdio::inherit());
-    cmd.process_group(0);
-    signals.prepare_child(&mut cmd, false, Vec::new());
-    let mut child = cmd.spawn().map_err(|e| CriuError::Spawn { bin: CRIU_BIN.into(), source: e })?;
+    let args = ["lazy-pages".into(), "--images-dir".into(), images.to_string_lossy().into_owned(), "-o".into(), LAZY_PAGES_LOG.into(), "-v4".into()];
+    let mut child = spawn_criu(signals, &args, Vec::new())?;
     let pid = Pid::from_raw(child.id() as i32);
     let started = Instant::now();
     while !socket.exists() {
@@ -421,11 +422,6 @@ fn error_lines(text: &str, max: usize) -> Vec<String> {
         .collect();
     let skip = errs.len().saturating_sub(max);
     errs.into_iter().skip(skip).collect()
-}
-
-/// Where CRIU wrote its log for a call whose images dir is `dir`.
-pub fn log_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join(name)
 }
 
 #[cfg(test)]

@@ -109,10 +109,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Leftovers in staging/ are checkpoints a killed crik never finished: never restorable.
     fn discard_staging(&self) {
         for c in self.list(STAGING) {
@@ -229,17 +225,7 @@ impl Store {
 
     /// Checkpoints in one area, oldest first (ids sort by time).
     fn list(&self, area: &str) -> Vec<Checkpoint> {
-        let dir = self.root.join(area);
-        let mut v: Vec<Checkpoint> = match fs::read_dir(&dir) {
-            Ok(rd) => rd
-                .filter_map(|e| e.ok())
-                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-                .map(|e| Checkpoint { id: e.file_name().to_string_lossy().into_owned(), dir: e.path() })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v
+        list_area(&self.root, area)
     }
 }
 
@@ -266,15 +252,24 @@ impl State {
 /// Every checkpoint under an image dir with its state, oldest first. Read-only (no lock):
 /// for `crik inspect`.
 pub fn list_all(root: &Path) -> Vec<(State, Checkpoint)> {
-    let mut v = Vec::new();
-    for (area, state) in [(STAGING, State::Partial), (PUBLISHED, State::Complete), (RETIRED, State::Retired), (QUARANTINE, State::Quarantined)] {
-        if let Ok(rd) = fs::read_dir(root.join(area)) {
-            for e in rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)) {
-                v.push((state, Checkpoint { id: e.file_name().to_string_lossy().into_owned(), dir: e.path() }));
-            }
-        }
-    }
+    let areas = [(STAGING, State::Partial), (PUBLISHED, State::Complete), (RETIRED, State::Retired), (QUARANTINE, State::Quarantined)];
+    let mut v: Vec<(State, Checkpoint)> =
+        areas.iter().flat_map(|(area, state)| list_area(root, area).into_iter().map(move |c| (*state, c))).collect();
     v.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+    v
+}
+
+/// Checkpoints in one area of an image dir, oldest first (ids sort by time).
+fn list_area(root: &Path, area: &str) -> Vec<Checkpoint> {
+    let mut v: Vec<Checkpoint> = match fs::read_dir(root.join(area)) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| Checkpoint { id: e.file_name().to_string_lossy().into_owned(), dir: e.path() })
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    v.sort_by(|a, b| a.id.cmp(&b.id));
     v
 }
 

@@ -51,10 +51,7 @@ pub struct Signals {
 impl Signals {
     /// Blocks all signals but the crash ones. Call before any thread exists.
     pub fn block() -> nix::Result<Self> {
-        let mut set = SigSet::all();
-        for s in CRASH {
-            set.remove(s);
-        }
+        let set = handled_set();
         let mut original = SigSet::empty();
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&set), Some(&mut original))?;
         Ok(Signals { original })
@@ -62,10 +59,7 @@ impl Signals {
 
     /// Waits for the next signal, at most `timeout` (`None`: forever).
     pub fn wait(&self, timeout: Option<Duration>) -> nix::Result<Option<Signal>> {
-        let mut set = SigSet::all();
-        for s in CRASH {
-            set.remove(s);
-        }
+        let set = handled_set();
         loop {
             let ts = timeout.map(|t| libc::timespec {
                 tv_sec: t.as_secs() as libc::time_t,
@@ -111,6 +105,15 @@ impl Signals {
             });
         }
     }
+}
+
+/// Every signal but the crash ones: blocked in crik, taken synchronously.
+fn handled_set() -> SigSet {
+    let mut set = SigSet::all();
+    for s in CRASH {
+        set.remove(s);
+    }
+    set
 }
 
 /// Async-signal-safe: default dispositions for all catchable signals, then the original mask.
