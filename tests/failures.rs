@@ -40,6 +40,16 @@ fn largest_pages_image(images: &Path) -> PathBuf {
         .expect("no pages image")
 }
 
+/// Fills the (small tmpfs) volume under `dir` with a file; returns its path.
+fn fill_volume(dir: &Path) -> PathBuf {
+    let filler = dir.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M", "count=64"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    filler
+}
+
 /// A tmpfs mounted over a directory for one test (unmounted on drop).
 struct Tmpfs(PathBuf);
 impl Tmpfs {
@@ -71,11 +81,7 @@ fn full_disk_dump_fails_app_shuts_down_gracefully_previous_checkpoint_kept() {
     let images = s.images();
     let mut c = Container::start(Spec::args(&["restore", "--image-dir", images.to_str().unwrap()]));
     c.expect_line(LONG, "restored count", |l| count_of(l) == Some(last + 2));
-    let filler = images.join("filler");
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M", "count=64"])
-        .stderr(std::process::Stdio::null())
-        .status();
+    let filler = fill_volume(&images);
     c.signal(libc::SIGTERM);
     // The dump fails; the app keeps running until crik passes SIGTERM on (sh dies of it).
     let code = c.wait_code(LONG);
@@ -338,11 +344,7 @@ fn failed_final_checkpoint_keeps_the_periodic_one() {
     let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
     c.expect_line(SHORT, "count 3", |l| l == "count 3");
     assert!(eventually(SHORT, || s.checkpoints().len() == 1), "no periodic checkpoint\n{}", c.stderr());
-    let filler = s.images().join("filler");
-    let _ = std::process::Command::new("dd")
-        .args(["if=/dev/zero", &format!("of={}", filler.display()), "bs=1M", "count=64"])
-        .stderr(std::process::Stdio::null())
-        .status();
+    let filler = fill_volume(&s.images());
     c.signal(libc::SIGTERM);
     assert_eq!(c.wait_code(LONG), 128 + libc::SIGTERM, "{}", c.stderr());
     assert!(c.stderr().contains("checkpoint failed"), "{}", c.stderr());
