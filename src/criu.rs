@@ -262,8 +262,13 @@ fn op_name(kind: rpc::Criu_req_type) -> &'static str {
     }
 }
 
-/// CRIU's version as "major.minor[.sublevel]".
+/// CRIU's version as "major.minor[.sublevel]", asked once per crik (periodic checkpoints
+/// would otherwise start an extra CRIU each time).
 pub fn version(signals: &Signals) -> Result<String, CriuError> {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(v) = VERSION.get() {
+        return Ok(v.clone());
+    }
     let r = call(
         signals,
         Request {
@@ -280,7 +285,7 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
     if v.has_sublevel() {
         s.push_str(&format!(".{}", v.sublevel()));
     }
-    Ok(s)
+    Ok(VERSION.get_or_init(|| s).clone())
 }
 
 /// Mounts CRIU treats as external: the runtime provides them in every container.
