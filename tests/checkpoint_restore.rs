@@ -369,13 +369,15 @@ fn app_on_a_terminal_is_checkpointed_and_restored_onto_the_new_terminal() {
     let cmd = [app.to_str().unwrap()];
     let on_a_terminal = |with_cmd: bool| {
         let mut spec = Spec::run(Some(&cfg), if with_cmd { &cmd[..] } else { &[] });
-        spec.setup = Some("exec script -qfec \"$0 $*\" /dev/null".into());
+        // `exec`: whatever $SHELL script picks (dash when it is unset) must not stay in between.
+        spec.setup = Some("exec script -qfec \"exec $0 $*\" /dev/null".into());
         Container::start(spec)
     };
     let crik_under_script = |c: &mut Container| {
         let script = c.crik_pid();
-        assert!(eventually(SHORT, || !children_of(script).is_empty()));
-        children_of(script)[0].0
+        let crik = || children_of(script).into_iter().find(|(_, _, name)| name == "crik");
+        assert!(eventually(SHORT, || crik().is_some()), "{:?}", children_of(script));
+        crik().unwrap().0
     };
     let mut c = on_a_terminal(true);
     c.expect_line(SHORT, "count 3", |l| l.trim_end() == "count 3");
