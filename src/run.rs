@@ -177,6 +177,11 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let config = Config { image_dir: Some(dir.clone()), ..config };
     let node_state = node_state_query(&config)?;
     let rootfs_upper = rootfs_upper(&config)?;
+    // Unlike `run`, which creates its volume's image dir, a debugging restore of a mistyped
+    // path must say so rather than create an empty dir.
+    if !dir.as_path().exists() {
+        return Err(Fatal::failed("nothing to restore", format!("image dir {dir} does not exist")));
+    }
     let signals = setup_process()?;
     let store = open_store(dir.as_path())?;
     let ckpt = store

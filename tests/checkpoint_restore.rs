@@ -261,9 +261,12 @@ fn crik_restore_command_restores_in_the_foreground() {
     assert_eq!(s.checkpoints().len(), 1);
     assert_eq!(s.area("retired").len(), 1);
 
-    let mut c = Container::start(Spec::args(&["restore", "--image-dir", s.path("nothing").to_str().unwrap()]));
+    // A mistyped dir is named as missing, and not created.
+    let typo = s.path("nothing");
+    let mut c = Container::start(Spec::args(&["restore", "--image-dir", typo.to_str().unwrap()]));
     assert_eq!(c.wait_code(SHORT), 1);
-    assert!(c.stderr().contains("crik: nothing to restore"), "{}", c.stderr());
+    assert!(c.stderr().contains("crik: nothing to restore: image dir") && c.stderr().contains("does not exist"), "{}", c.stderr());
+    assert!(!typo.exists(), "crik restore must not create the image dir");
 }
 
 /// Parses crik's stderr as JSON lines; every line must be one object.
