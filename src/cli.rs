@@ -11,26 +11,30 @@ image directory on a persistent volume; on the next container start it restores 
 memory and all, and the app carries on where it stopped.";
 
 const RUN_AFTER: &str = "\
-Configuration (YAML) is read from --config, else from $CRIK_CONFIG, else from /etc/crik/config.yaml.
-Without a configuration file at the default path crik is a plain init: it forwards signals (SIGTERM
-included), reaps zombies and exits with the app's exit code. With `imageDir` set, SIGTERM checkpoints
-the app instead, and the next `crik run` restores it from the newest checkpoint (CMD is then only
-used when there is no checkpoint to restore).
+Configuration (YAML) is read from --config, else from $CRIK_CONFIG, else from
+/etc/crik/config.yaml. Without a configuration file at the default path crik is
+a plain init: it forwards signals (SIGTERM included), reaps zombies and exits
+with the app's exit code. With `imageDir` set, SIGTERM checkpoints the app
+instead, and the next `crik run` restores it from the newest checkpoint (CMD is
+then only used when there is no checkpoint to restore).
 
 Examples:
   crik run -- python3 worker.py --queue jobs
   crik run --config ./crik.yaml -- ./server
   ENTRYPOINT [\"crik\", \"run\", \"--\", \"app\"]     (in a Dockerfile)
 
-Exit status: the app's exit code, or 128+N when it died of signal N; 0 after a complete
-checkpoint; 127 when CMD is not found, 126 when it cannot be executed; 2 for bad usage or
-configuration; 1 for other failures. Logs go to stderr (level from RUST_LOG, default info).";
+Exit status: the app's exit code, or 128+N when it died of signal N; 0 after a
+complete checkpoint; 127 when CMD is not found, 126 when it cannot be executed;
+2 for bad usage or configuration; 1 for other failures. Logs go to stderr (level
+from RUST_LOG, default info).";
 
 const RESTORE_AFTER: &str = "\
-Restores the newest checkpoint in the image dir in the foreground and supervises the app exactly like
-`crik run` (signals forwarded, zombies reaped, exit code passed on, SIGTERM checkpoints again). Meant
-for debugging a checkpoint locally. The checkpoint is left where it is (not retired or quarantined),
-so it can be restored again. Its PIDs must be free: run it as PID 1 of a fresh PID namespace, e.g.
+Restores the newest checkpoint in the image dir in the foreground and supervises
+the app exactly like `crik run` (signals forwarded, zombies reaped, exit code
+passed on, SIGTERM checkpoints again). Meant for debugging a checkpoint locally.
+The checkpoint is left where it is (not retired or quarantined), so it can be
+restored again. Its PIDs must be free, so run it as PID 1 of a fresh PID
+namespace:
 
   unshare --pid --fork --mount-proc crik restore --image-dir /var/lib/crik
 
@@ -57,10 +61,11 @@ pub enum Command {
 }
 
 const INSPECT_AFTER: &str = "\
-Lists every checkpoint in the image dir (complete, retired, quarantined or partial) and shows one
-in detail: its manifest (command, stdio, crik/CRIU/kernel versions, time), whether its files are
-intact (sizes and checksums), the process tree with command lines, open files and sockets per
-process, and memory and image sizes. CRIU's image files are decoded by crik itself.
+Lists every checkpoint in the image dir (complete, retired, quarantined or
+partial) and shows one in detail: its manifest (command, stdio, crik/CRIU/kernel
+versions, time), whether its files are intact (sizes and checksums), the process
+tree with command lines, open files and sockets per process, and memory and
+image sizes. CRIU's image files are decoded by crik itself.
 
 Examples:
   crik inspect --image-dir /var/lib/crik/images
