@@ -332,7 +332,7 @@ fn seal_tree(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
         let p = entry.path();
         if entry.file_type().is_file() {
             fs::set_permissions(p, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", p))?;
-            let (size, crc32) = checksum(p)?;
+            let (size, crc32) = checksum(p, cores())?;
             let f = File::open(p).map_err(io_err("open", p))?;
             f.sync_all().map_err(io_err("fsync", p))?;
             let rel = p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
@@ -348,7 +348,7 @@ fn seal_tree(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
 
 /// Size and CRC-32 of a file. Mapped rather than read: no copy through a buffer, several
 /// times faster on a GiB of pages (this runs on every checkpoint and restore).
-fn checksum(p: &Path) -> Result<(u64, u32), StoreError> {
+fn checksum(p: &Path, threads: usize) -> Result<(u64, u32), StoreError> {
     let f = File::open(p).map_err(io_err("open", p))?;
     let size = f.metadata().map_err(io_err("stat", p))?.len();
     if size == 0 {
@@ -358,16 +358,18 @@ fn checksum(p: &Path) -> Result<(u64, u32), StoreError> {
     // done with them); a file truncated behind our back would raise SIGBUS, not corrupt data.
     let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err("map", p))?;
     let _ = map.advise(memmap2::Advice::Sequential);
-    Ok((size, parallel_crc32(&map)))
+    Ok((size, parallel_crc32(&map, threads)))
 }
 
-/// CRC-32 of a large buffer on all cores: slices hashed side by side, their CRCs combined in
-/// order. A restore waits for this, so it halves the downtime it adds on two cores. The threads
-/// are short-lived and inherit crik's blocked signal mask.
-fn parallel_crc32(data: &[u8]) -> u32 {
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+}
+
+/// CRC-32 of a large buffer on up to `threads` threads: slices hashed side by side, their CRCs
+/// combined in order. The threads are short-lived and inherit crik's blocked signal mask.
+fn parallel_crc32(data: &[u8], threads: usize) -> u32 {
     const MIN_SLICE: usize = 32 << 20;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
-    let parts = (data.len() / MIN_SLICE).clamp(1, cores);
+    let parts = (data.len() / MIN_SLICE).clamp(1, threads.max(1));
     if parts == 1 {
         return crc32fast::hash(data);
     }
@@ -433,7 +435,9 @@ pub fn verify(ckpt: &Checkpoint, manifest: &Manifest, scope: Scope) -> Result<()
         if !crc_wanted {
             continue;
         }
-        let (_, crc) = checksum(&p)?;
+        // Page contents are checked while CRIU (single-threaded) restores: leave it a core.
+        let threads = if scope == Scope::PageContents { cores().saturating_sub(1) } else { cores() };
+        let (_, crc) = checksum(&p, threads)?;
         if crc != f.crc32 {
             return Err(damaged(format!("{} has checksum {crc:08x}, {:08x} was written", f.path, f.crc32)));
         }
@@ -456,9 +460,11 @@ mod tests {
     #[test]
     fn parallel_crc_equals_the_plain_one() {
         let data: Vec<u8> = (0..(100u32 << 20) / 4).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
-        assert_eq!(parallel_crc32(&data), crc32fast::hash(&data));
-        assert_eq!(parallel_crc32(&data[..1000]), crc32fast::hash(&data[..1000]));
-        assert_eq!(parallel_crc32(&[]), crc32fast::hash(&[]));
+        for threads in [0, 1, 2, 3, 8] {
+            assert_eq!(parallel_crc32(&data, threads), crc32fast::hash(&data), "{threads} threads");
+        }
+        assert_eq!(parallel_crc32(&data[..1000], 2), crc32fast::hash(&data[..1000]));
+        assert_eq!(parallel_crc32(&[], 2), crc32fast::hash(&[]));
     }
 
     #[test]
