@@ -112,7 +112,8 @@ def bench_raw(work, port, mib, children):
                           f"setsid {PY} {APP} {port} {mib} {children} </dev/null >/dev/null 2>&1 & "
                           # The namespace's init outlives the app: its exit would kill CRIU too.
                           f"while :; do sleep 1; done"],
-        stdin=subprocess.DEVNULL)
+        # unshare complains ("sigprocmask unblock failed") when its child dies of SIGKILL.
+        stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ask(port)
     init = child_of(holder.pid)
     app = int(subprocess.run(["sh", "-c", f"cat /proc/{init}/task/{init}/children"], capture_output=True,
