@@ -288,6 +288,12 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
     Ok(VERSION.get_or_init(|| s).clone())
 }
 
+/// (major, minor) of a version string from [`version`]; (0, 0) when it cannot be read.
+pub fn major_minor(version: &str) -> (u32, u32) {
+    let mut parts = version.split('.').map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// Mounts CRIU treats as external: the runtime provides them in every container.
 pub const EXTERNAL_MOUNTS: [(&str, &str); 7] = [
     ("/dev/null", "null"),
@@ -443,6 +449,14 @@ mod tests {
         assert!(e[0].contains("Can't lookup mount"));
         assert_eq!(error_lines(log, 1).len(), 1);
         assert!(error_lines(log, 1)[0].contains("Dumping FAILED"));
+    }
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        assert_eq!(major_minor("4.2.1"), (4, 2));
+        assert_eq!(major_minor("4.10"), (4, 10));
+        assert!(major_minor("3.17.1") < (4, 2) && major_minor("4.1") < (4, 2) && major_minor("4.10") >= (4, 2));
+        assert_eq!(major_minor("garbage"), (0, 0));
     }
 
     #[test]

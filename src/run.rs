@@ -91,6 +91,20 @@ fn rootfs_upper(config: &Config) -> Result<Option<PathBuf>, Fatal> {
     Ok(Some(upper))
 }
 
+/// With checkpointing on, CRIU must run: found at start, not when the node is going away.
+/// (Its version is cached for the checkpoints' manifests.)
+fn check_criu(signals: &Signals) -> Result<(), Fatal> {
+    let v = crate::criu::version(signals)
+        .map_err(|e| Fatal::failed("checkpointing is on (imageDir) but CRIU cannot run", e))?;
+    let (major, minor) = crate::criu::major_minor(&v);
+    if (major, minor) < (4, 2) {
+        log::warn!("CRIU {v} is older than 4.2: on kernels 6.16 and newer it cannot checkpoint an app holding a TCP or UDP socket");
+    } else {
+        log::debug!("CRIU {v}");
+    }
+    Ok(())
+}
+
 pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     let config = load_config(args.config)?;
     let node_state = node_state_query(&config)?;
@@ -100,6 +114,9 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
         Some(dir) => Some(open_store(dir.as_path())?),
         None => None,
     };
+    if store.is_some() {
+        check_criu(&signals)?;
+    }
 
     let restored = match store.as_ref().and_then(|s| s.latest().map(|c| (s, c))) {
         Some((store, ckpt)) => match restore::restore(&signals, &config, &ckpt) {
@@ -184,6 +201,7 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     }
     let signals = setup_process()?;
     let store = open_store(dir.as_path())?;
+    check_criu(&signals)?;
     let ckpt = store
         .latest()
         .ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;

@@ -372,6 +372,20 @@ fn unusable_image_dir_is_a_clear_error_before_the_app_starts() {
 }
 
 #[test]
+fn missing_criu_is_a_clear_error_before_the_app_starts() {
+    // Found at start, not when the node is going away and the app's state with it.
+    let s = Scratch::new("nocriu");
+    let cfg = s.config("");
+    let mut spec = Spec::run(Some(&cfg), &["sh", "-c", "echo started"]);
+    spec.env.push(("PATH".into(), "/usr/bin:/bin".into())); // CRIU lives in /usr/sbin
+    let mut c = Container::start(spec);
+    assert_eq!(c.wait_code(SHORT), 1);
+    let log = c.stderr();
+    assert!(log.contains("crik: checkpointing is on (imageDir) but CRIU cannot run: cannot start `criu swrk`"), "{log}");
+    assert!(c.stdout_seen.is_empty(), "the app must not start");
+}
+
+#[test]
 fn flipped_byte_in_pages_is_caught_before_the_app_resumes() {
     // Same size, other contents: only the checksum sees it. It is checked while CRIU restores,
     // and CRIU is held before resuming the app: the damaged app must never run.
