@@ -364,11 +364,9 @@ fn unusable_image_dir_is_a_clear_error_before_the_app_starts() {
     std::fs::write(&not_a_dir, "x").unwrap();
     let cfg = s.path("c.yaml");
     std::fs::write(&cfg, format!("imageDir: {}\n", not_a_dir.display())).unwrap();
-    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", "echo started"]));
-    assert_eq!(c.wait_code(SHORT), 1);
-    let log = c.stderr();
+    let (code, log) = refused_at_start(&cfg, &[]);
+    assert_eq!(code, 1);
     assert!(log.starts_with("crik: cannot open image dir:") && log.contains(&not_a_dir.display().to_string()), "{log}");
-    assert!(c.stdout_seen.is_empty(), "the app must not start");
 }
 
 #[test]
@@ -376,13 +374,9 @@ fn missing_criu_is_a_clear_error_before_the_app_starts() {
     // Found at start, not when the node is going away and the app's state with it.
     let s = Scratch::new("nocriu");
     let cfg = s.config("");
-    let mut spec = Spec::run(Some(&cfg), &["sh", "-c", "echo started"]);
-    spec.env.push(("PATH".into(), "/usr/bin:/bin".into())); // CRIU lives in /usr/sbin
-    let mut c = Container::start(spec);
-    assert_eq!(c.wait_code(SHORT), 1);
-    let log = c.stderr();
+    let (code, log) = refused_at_start(&cfg, &[("PATH", "/usr/bin:/bin")]); // CRIU lives in /usr/sbin
+    assert_eq!(code, 1);
     assert!(log.contains("crik: checkpointing is on (imageDir) but CRIU cannot run: cannot start `criu swrk`"), "{log}");
-    assert!(c.stdout_seen.is_empty(), "the app must not start");
 }
 
 #[test]

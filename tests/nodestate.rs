@@ -194,10 +194,9 @@ fn unreachable_server_checkpoints() {
 fn server_source_without_node_name_fails_at_start() {
     let s = Scratch::new("ns-noname");
     let cfg = s.config("nodeStateServerURL: http://127.0.0.1:9\n");
-    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", "echo started"]));
-    assert_eq!(c.wait_code(SHORT), 2);
-    assert!(c.stderr().contains("KUBERNETES_NODE_NAME"), "{}", c.stderr());
-    assert!(c.stdout_seen.is_empty(), "the app must not start");
+    let (code, log) = refused_at_start(&cfg, &[]);
+    assert_eq!(code, 2);
+    assert!(log.contains("KUBERNETES_NODE_NAME"), "{log}");
 }
 
 /// AWS IMDSv2: PUT for a token, then GET the spot instance-action with it (404: none).

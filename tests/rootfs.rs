@@ -80,8 +80,7 @@ fn writable_layer_changes_and_deletions_follow_the_app() {
 fn capture_without_an_overlay_root_is_refused_at_start() {
     let s = Scratch::new("rootfs-noovl");
     let cfg = s.config("captureRootfsDiff: true\n");
-    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", "echo started"]));
-    assert_eq!(c.wait_code(SHORT), 2);
-    assert!(c.stderr().contains("captureRootfsDiff") && c.stderr().contains("not an overlay"), "{}", c.stderr());
-    assert!(c.stdout_seen.is_empty());
+    let (code, log) = refused_at_start(&cfg, &[]);
+    assert_eq!(code, 2);
+    assert!(log.contains("captureRootfsDiff") && log.contains("not an overlay"), "{log}");
 }

@@ -352,6 +352,18 @@ pub fn children_of(pid: i32) -> Vec<(i32, char, String)> {
     v
 }
 
+/// Starts crik with config `cfg` (and extra `env`) on an app that would print "started", and
+/// checks crik refuses before the app starts. Returns crik's exit code and stderr.
+pub fn refused_at_start(cfg: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let mut spec = Spec::run(Some(cfg), &["sh", "-c", "echo started"]);
+    spec.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let mut c = Container::start(spec);
+    let code = c.wait_code(SHORT);
+    assert!(c.stdout_seen.is_empty(), "the app must not start
+{}", c.stderr());
+    (code, c.stderr())
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
