@@ -30,8 +30,7 @@ fn last_count(lines: &[String]) -> u64 {
 /// Restores in a fresh container and checks the counter carries on from `last`, exactly.
 fn restore_counter(cfg: &Path, last: u64) -> Container {
     let mut c = Container::start(Spec::run(Some(cfg), &COUNTER));
-    let first = c.expect_line(LONG, "with a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&first), Some(last + 1), "counter must continue where it stopped\n{}", c.stderr());
+    c.expect_count_after(last);
     assert!(c.stderr().contains("restored app as pid"), "{}", c.stderr());
     c.expect_line(SHORT, "three more counts", |l| count_of(l) == Some(last + 4));
     c
@@ -227,8 +226,7 @@ fn additional_paths_come_back_before_restore() {
     // The new node has none of it.
     std::fs::remove_dir_all(&data).unwrap();
     let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
-    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.expect_count_after(last);
     c.expect_line(SHORT, "count +3", |l| count_of(l) == Some(last + 3));
     let settings = data.join("sub/settings");
     assert_eq!(std::fs::read_to_string(&settings).unwrap(), "mode=fast\n");
@@ -251,8 +249,7 @@ fn crik_restore_command_restores_in_the_foreground() {
 
     let images = s.images();
     let mut c = Container::start(Spec::args(&["restore", "--image-dir", images.to_str().unwrap()]));
-    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.expect_count_after(last);
     assert!(c.stderr().contains("restore.log"), "must say where CRIU's log is: {}", c.stderr());
     // Left in place for another debugging round.
     assert_eq!(s.checkpoints().len(), 1);
@@ -420,8 +417,7 @@ fn file_the_app_keeps_appending_to_is_archived_consistent_with_the_dump() {
     std::fs::remove_dir_all(&data).unwrap();
 
     let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
-    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.expect_count_after(last);
     c.kill();
     c.wait(SHORT);
     // The log is whole: every line once, in order, from 1 on.

@@ -96,8 +96,7 @@ fn full_disk_dump_fails_app_shuts_down_gracefully_previous_checkpoint_kept() {
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(s.checkpoints().len(), 1);
     let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
-    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.expect_count_after(last);
 }
 
 #[test]
@@ -332,8 +331,7 @@ fn second_crik_on_the_same_image_dir_fails_clearly_and_harms_nothing() {
     // The first one is unaffected: it still checkpoints and restores.
     let last = checkpoint(&mut first);
     let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
-    let l = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&l), Some(last + 1), "{}", c.stderr());
+    c.expect_count_after(last);
 }
 
 #[test]

@@ -64,8 +64,7 @@ fn runtime_files_and_configured_mounts_point_to_the_new_pods_copies() {
     checkpoint(&mut c);
     let last = c.stdout_seen.iter().rev().find_map(|l| count_of(l)).unwrap();
     let mut c = run(&cfg, "b");
-    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.expect_count_after(last);
     let app = app_pid(&mut c);
     assert_eq!(std::fs::read_to_string(format!("/proc/{app}/fd/3")).unwrap(), "10.0.0.2 pod-b.namespace.svc\n");
     assert_eq!(std::fs::read_to_string(format!("/proc/{app}/fd/4")).unwrap(), "a-longer-token-b");

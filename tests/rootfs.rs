@@ -58,8 +58,7 @@ fn writable_layer_changes_and_deletions_follow_the_app() {
 
     // A new container: a pristine overlay root. The restore puts the layer back first.
     let mut c = start(true);
-    let first = c.expect_line(LONG, "a count", |l| count_of(l).is_some());
-    assert_eq!(count_of(&first), Some(last + 1), "{}", c.stderr());
+    c.expect_count_after(last);
     let crik = c.crik_pid();
     assert!(eventually(SHORT, || children_of(crik).len() == 1));
     let root = format!("/proc/{}/root", children_of(crik)[0].0);

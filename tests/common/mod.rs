@@ -264,6 +264,13 @@ impl Container {
         }
     }
 
+    /// Waits for the app's first "count N" line and checks that the counter carried on from
+    /// `last`: no reset, no jump.
+    pub fn expect_count_after(&mut self, last: u64) {
+        let first = self.expect_line(LONG, "a count", |l| count_of(l).is_some());
+        assert_eq!(count_of(&first), Some(last + 1), "the counter must carry on from {last}\n{}", self.stderr());
+    }
+
     /// Reads stdout until a line satisfies `pred`; panics (with crik's log) after `timeout`.
     pub fn expect_line(&mut self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
