@@ -361,8 +361,10 @@ fn checksum(p: &Path, threads: usize) -> Result<(u64, u32), StoreError> {
     Ok((size, parallel_crc32(&map, threads)))
 }
 
+/// Cores to hash on, asked once: available_parallelism reads cgroup files on every call.
 fn cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(8))
 }
 
 /// CRC-32 of a large buffer on up to `threads` threads: slices hashed side by side, their CRCs
@@ -413,6 +415,8 @@ pub fn verify(ckpt: &Checkpoint, manifest: &Manifest, scope: Scope) -> Result<()
     if manifest.files.is_empty() {
         return Err(damaged("its manifest lists no files".into()));
     }
+    // Page contents are checked while CRIU (single-threaded) restores: leave it a core.
+    let threads = if scope == Scope::PageContents { cores().saturating_sub(1) } else { cores() };
     for f in &manifest.files {
         let p = ckpt.dir.join(&f.path);
         if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -435,8 +439,6 @@ pub fn verify(ckpt: &Checkpoint, manifest: &Manifest, scope: Scope) -> Result<()
         if !crc_wanted {
             continue;
         }
-        // Page contents are checked while CRIU (single-threaded) restores: leave it a core.
-        let threads = if scope == Scope::PageContents { cores().saturating_sub(1) } else { cores() };
         let (_, crc) = checksum(&p, threads)?;
         if crc != f.crc32 {
             return Err(damaged(format!("{} has checksum {crc:08x}, {:08x} was written", f.path, f.crc32)));
