@@ -96,8 +96,7 @@ fn rootfs_upper(config: &Config) -> Result<Option<PathBuf>, Fatal> {
 fn check_criu(signals: &Signals) -> Result<(), Fatal> {
     let v = crate::criu::version(signals)
         .map_err(|e| Fatal::failed("checkpointing is on (imageDir) but CRIU cannot run", e))?;
-    let (major, minor) = crate::criu::major_minor(&v);
-    if (major, minor) < (4, 2) {
+    if crate::criu::major_minor(&v) < (4, 2) {
         log::warn!("CRIU {v} is older than 4.2: on kernels 6.16 and newer it cannot checkpoint an app holding a TCP or UDP socket");
     } else {
         log::debug!("CRIU {v}");
