@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Formatting is part of the build (rustfmt.toml).
+cargo fmt --all --check
 cargo build --locked --workspace --all-targets
 if cargo nextest --version >/dev/null 2>&1; then
     # Per-test timeouts and serial execution come from .config/nextest.toml.

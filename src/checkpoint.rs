@@ -165,7 +165,10 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
 }
 
 /// additionalPaths into files.tar, and the writable layer into rootfs.tar when captured.
-fn archive_files(staged: &Checkpoint, target: &Target) -> Result<(bool, Option<crate::rootfs::RootfsDiff>), CheckpointError> {
+fn archive_files(
+    staged: &Checkpoint,
+    target: &Target,
+) -> Result<(bool, Option<crate::rootfs::RootfsDiff>), CheckpointError> {
     let has_files_archive = if target.config.additional_paths.is_empty() {
         false
     } else {
@@ -193,9 +196,8 @@ fn archive_files(staged: &Checkpoint, target: &Target) -> Result<(bool, Option<c
 fn volume_full(dir: &std::path::Path) -> Option<String> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-    (free < 1024 * 1024).then(|| {
-        format!("No space left on device: the image dir's filesystem has {} free", human_size(free))
-    })
+    (free < 1024 * 1024)
+        .then(|| format!("No space left on device: the image dir's filesystem has {} free", human_size(free)))
 }
 
 /// Where the container's stdio — crik's own fds 0-2, which the app inherited — points

@@ -113,7 +113,8 @@ mod tests {
 
     #[test]
     fn run_takes_everything_after_double_dash() {
-        let cli = Cli::try_parse_from(["crik", "run", "--config", "/c.yaml", "--", "sh", "-c", "echo --config"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["crik", "run", "--config", "/c.yaml", "--", "sh", "-c", "echo --config"]).unwrap();
         let Command::Run(r) = cli.command else { panic!() };
         assert_eq!(r.config, Some(PathBuf::from("/c.yaml")));
         assert_eq!(r.command, vec!["sh", "-c", "echo --config"]);

@@ -311,9 +311,7 @@ impl ConfigSource {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !self.explicit => return Ok(None),
             Err(e) => return Err(ConfigError::Read { path: self.path.clone(), source: e }),
         };
-        parse(&text)
-            .map(Some)
-            .map_err(|message| ConfigError::Parse { path: self.path.clone(), message })
+        parse(&text).map(Some).map_err(|message| ConfigError::Parse { path: self.path.clone(), message })
     }
 }
 
@@ -379,7 +377,10 @@ mod tests {
 
     #[test]
     fn node_state_section_parses() {
-        let c = parse("nodeState:\n  source: aws\n  endpoint: http://127.0.0.1:9/\n  timeout: 0.5\nonNodeStateError: skip\n").unwrap();
+        let c = parse(
+            "nodeState:\n  source: aws\n  endpoint: http://127.0.0.1:9/\n  timeout: 0.5\nonNodeStateError: skip\n",
+        )
+        .unwrap();
         let ns = c.node_state.unwrap();
         assert_eq!(ns.source, NodeStateSource::Aws);
         assert_eq!(ns.endpoint.unwrap().as_str(), "http://127.0.0.1:9/");
@@ -428,7 +429,9 @@ mod tests {
 
     #[test]
     fn bad_url_is_rejected() {
-        for bad in ["nodeStateServerURL: not a url\n", "nodeStateServerURL: ftp://x/\n", "nodeStateServerURL: http://\n"] {
+        for bad in
+            ["nodeStateServerURL: not a url\n", "nodeStateServerURL: ftp://x/\n", "nodeStateServerURL: http://\n"]
+        {
             let e = parse(bad).unwrap_err();
             assert!(e.contains("nodeStateServerURL"), "{bad}: {e}");
         }
@@ -478,9 +481,25 @@ mod sample_tests {
         let c = super::parse(text).unwrap();
         assert!(c.image_dir.is_some());
         for key in [
-            "imageDir", "nodeStateServerURL", "additionalPaths", "inotifyIncompatiblePaths",
-            "onRestoreFailure", "keepCheckpoints", "checkpointTimeout", "restoreTimeout", "tcpRestore",
-            "nodeState", "source:", "endpoint", "timeout", "onNodeStateError", "logFormat", "checkpointInterval", "lazyPages", "externalMounts", "captureRootfsDiff",
+            "imageDir",
+            "nodeStateServerURL",
+            "additionalPaths",
+            "inotifyIncompatiblePaths",
+            "onRestoreFailure",
+            "keepCheckpoints",
+            "checkpointTimeout",
+            "restoreTimeout",
+            "tcpRestore",
+            "nodeState",
+            "source:",
+            "endpoint",
+            "timeout",
+            "onNodeStateError",
+            "logFormat",
+            "checkpointInterval",
+            "lazyPages",
+            "externalMounts",
+            "captureRootfsDiff",
         ] {
             assert!(text.contains(&format!("{}:", key.trim_end_matches(':'))), "sample lacks {key}");
         }

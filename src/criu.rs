@@ -223,9 +223,7 @@ fn recv(sock: &OwnedFd, timeout: Duration) -> Result<(Vec<u8>, Vec<OwnedFd>), Re
     // Peek at the size first: CRIU's answers can exceed any fixed buffer.
     let mut probe = [0u8; 0];
     // SAFETY: zero-length buffer; MSG_TRUNC makes the kernel report the real length.
-    let len = unsafe {
-        libc::recv(sock.as_raw_fd(), probe.as_mut_ptr().cast(), 0, libc::MSG_PEEK | libc::MSG_TRUNC)
-    };
+    let len = unsafe { libc::recv(sock.as_raw_fd(), probe.as_mut_ptr().cast(), 0, libc::MSG_PEEK | libc::MSG_TRUNC) };
     if len < 0 {
         return Err(RecvError::Io(io::Error::last_os_error()));
     }
@@ -361,7 +359,12 @@ fn push_ext_mounts(o: &mut rpc::Criu_opts, pairs: impl IntoIterator<Item = (Stri
 }
 
 /// Restore options; the tree becomes a child of the caller (restore-sibling mode).
-pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool, extra_mounts: &[AbsPath]) -> rpc::Criu_opts {
+pub fn restore_opts(
+    images_dir: &File,
+    tcp_established: bool,
+    lazy_pages: bool,
+    extra_mounts: &[AbsPath],
+) -> rpc::Criu_opts {
     let mut o = common_opts(images_dir, RESTORE_LOG);
     if lazy_pages {
         o.set_lazy_pages(true);
@@ -387,7 +390,14 @@ pub fn restore_opts(images_dir: &File, tcp_established: bool, lazy_pages: bool, 
 pub fn start_lazy_pages(signals: &Signals, images: &Path, wait: Duration) -> Result<Pid, CriuError> {
     let socket = images.join(LAZY_PAGES_SOCKET);
     let _ = std::fs::remove_file(&socket);
-    let args = ["lazy-pages".into(), "--images-dir".into(), images.to_string_lossy().into_owned(), "-o".into(), LAZY_PAGES_LOG.into(), "-v4".into()];
+    let args = [
+        "lazy-pages".into(),
+        "--images-dir".into(),
+        images.to_string_lossy().into_owned(),
+        "-o".into(),
+        LAZY_PAGES_LOG.into(),
+        "-v4".into(),
+    ];
     let mut child = spawn_criu(signals, &args, Vec::new())?;
     let pid = Pid::from_raw(child.id() as i32);
     let started = Instant::now();
@@ -441,7 +451,8 @@ mod tests {
 
     #[test]
     fn error_lines_are_picked_from_a_criu_log() {
-        let log = "(00.000) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
+        let log =
+            "(00.000) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n\
                    (00.001) Dumping task 9001\n(00.002) Error (criu/files.c:123): Can't lookup mount=55 for fd=3\n\
                    (00.003) unrelated\n(00.004) Error (criu/cr-dump.c:2093): Dumping FAILED.\n";
         let e = error_lines(log, 5);

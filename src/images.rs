@@ -267,7 +267,11 @@ fn describe_file(m: &Msg) -> (String, String) {
         4 => ("socket".into(), m.msg(4).map(|s| describe_inet(&s)).unwrap_or_default()),
         5 => {
             let usk = m.msg(16);
-            let name = usk.as_ref().and_then(|u| u.bytes(11)).map(|b| String::from_utf8_lossy(b).replace('\0', "@")).unwrap_or_default();
+            let name = usk
+                .as_ref()
+                .and_then(|u| u.bytes(11))
+                .map(|b| String::from_utf8_lossy(b).replace('\0', "@"))
+                .unwrap_or_default();
             let ty = match usk.as_ref().and_then(|u| u.u64(3)) {
                 Some(1) => "stream",
                 Some(2) => "dgram",
@@ -360,25 +364,22 @@ fn memory(dir: &Path, pid: u32) -> Result<(u64, Option<Vec<String>>), ImageError
         }
     }
     let mm_path = dir.join(format!("mm-{pid}.img"));
-    let cmdline = entries(&mm_path)
-        .ok()
-        .and_then(|mm| mm.first().cloned())
-        .and_then(|mm| {
-            let m = Msg::parse(&mm).ok()?;
-            let (start, end) = (m.u64(8)?, m.u64(9)?);
-            let &(vaddr, _, off) = runs.iter().find(|(v, n, _)| start >= *v && end <= v + n)?;
-            use std::os::unix::fs::FileExt;
-            let pages = fs::File::open(dir.join(format!("pages-{pages_id}.img"))).ok()?;
-            let mut bytes = vec![0u8; usize::try_from(end - start).ok().filter(|n| *n <= 1 << 20)?];
-            pages.read_exact_at(&mut bytes, off + start - vaddr).ok()?;
-            Some(
-                bytes
-                    .split(|b| *b == 0)
-                    .filter(|a| !a.is_empty())
-                    .map(|a| String::from_utf8_lossy(a).into_owned())
-                    .collect(),
-            )
-        });
+    let cmdline = entries(&mm_path).ok().and_then(|mm| mm.first().cloned()).and_then(|mm| {
+        let m = Msg::parse(&mm).ok()?;
+        let (start, end) = (m.u64(8)?, m.u64(9)?);
+        let &(vaddr, _, off) = runs.iter().find(|(v, n, _)| start >= *v && end <= v + n)?;
+        use std::os::unix::fs::FileExt;
+        let pages = fs::File::open(dir.join(format!("pages-{pages_id}.img"))).ok()?;
+        let mut bytes = vec![0u8; usize::try_from(end - start).ok().filter(|n| *n <= 1 << 20)?];
+        pages.read_exact_at(&mut bytes, off + start - vaddr).ok()?;
+        Some(
+            bytes
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        )
+    });
     Ok((offset, cmdline))
 }
 

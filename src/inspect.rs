@@ -116,7 +116,10 @@ pub fn render(r: &Report) -> String {
         s.push_str(&format!("  command:    {}\n", m.command.join(" ")));
         s.push_str(&format!("  versions:   crik {}, CRIU {}, kernel {}\n", m.crik_version, m.criu_version, m.kernel));
         s.push_str(&format!("  stdio:      stdin {}, stdout {}, stderr {}\n", m.stdio[0], m.stdio[1], m.stdio[2]));
-        s.push_str(&format!("  addresses:  {}\n", if m.addresses.is_empty() { "none".into() } else { m.addresses.join(", ") }));
+        s.push_str(&format!(
+            "  addresses:  {}\n",
+            if m.addresses.is_empty() { "none".into() } else { m.addresses.join(", ") }
+        ));
         s.push_str(&format!("  files.tar:  {}\n", if m.has_files_archive { "yes (additionalPaths)" } else { "no" }));
     }
     s.push_str(&format!("  memory:     {}\n", human_size(d.memory_bytes)));

@@ -57,9 +57,7 @@ impl Query {
             (None, Some(url)) => (NodeStateSource::Server, Some(url.clone()), Duration::from_secs(3)),
             (Some(ns), short) => {
                 let endpoint = match (&ns.endpoint, short) {
-                    (Some(_), Some(_)) => {
-                        return Err("set nodeStateServerURL or nodeState.endpoint, not both".into())
-                    }
+                    (Some(_), Some(_)) => return Err("set nodeStateServerURL or nodeState.endpoint, not both".into()),
                     (Some(e), None) => Some(e.clone()),
                     (None, Some(u)) if ns.source == NodeStateSource::Server => Some(u.clone()),
                     (None, Some(_)) => {
@@ -71,10 +69,14 @@ impl Query {
             }
         };
         let base = |default: &str| -> url::Url {
-            endpoint.as_ref().map(|e| e.url().clone()).unwrap_or_else(|| url::Url::parse(default).expect("valid default"))
+            endpoint
+                .as_ref()
+                .map(|e| e.url().clone())
+                .unwrap_or_else(|| url::Url::parse(default).expect("valid default"))
         };
         let node_name = node_name.filter(|n| !n.is_empty());
-        let token_endpoint = (source == NodeStateSource::Aws).then(|| join(&base(AWS_DEFAULT), &["latest", "api", "token"]));
+        let token_endpoint =
+            (source == NodeStateSource::Aws).then(|| join(&base(AWS_DEFAULT), &["latest", "api", "token"]));
         let endpoint = match source {
             NodeStateSource::Server => {
                 let Some(url) = &endpoint else {
@@ -122,8 +124,11 @@ impl Query {
         }
         let url = self.endpoint.as_str();
         let body = expect_ok(url, agent.get(url).header("Accept", "application/json").call())?;
-        let s: NodeState = serde_json::from_str(&body)
-            .map_err(|e| AskError::Answer { url: url.into(), body: clip(&body), why: e.to_string() })?;
+        let s: NodeState = serde_json::from_str(&body).map_err(|e| AskError::Answer {
+            url: url.into(),
+            body: clip(&body),
+            why: e.to_string(),
+        })?;
         Ok(if s.state == "shutting-down" {
             Answer::ShuttingDown(format!("node {} is shutting-down", self.node_name.as_deref().unwrap_or("?")))
         } else {
@@ -150,8 +155,11 @@ impl Query {
                     #[serde(default)]
                     time: String,
                 }
-                let a: Action = serde_json::from_str(&body)
-                    .map_err(|e| AskError::Answer { url: url.into(), body: clip(&body), why: e.to_string() })?;
+                let a: Action = serde_json::from_str(&body).map_err(|e| AskError::Answer {
+                    url: url.into(),
+                    body: clip(&body),
+                    why: e.to_string(),
+                })?;
                 Ok(Answer::ShuttingDown(format!("spot interruption: {} at {}", a.action, a.time)))
             }
             s => Err(AskError::Status { url: url.into(), status: s }),
@@ -183,8 +191,11 @@ impl Query {
         }
         let url = self.endpoint.as_str();
         let body = expect_ok(url, agent.get(url).header("Metadata", "true").call())?;
-        let ev: Events = serde_json::from_str(&body)
-            .map_err(|e| AskError::Answer { url: url.into(), body: clip(&body), why: e.to_string() })?;
+        let ev: Events = serde_json::from_str(&body).map_err(|e| AskError::Answer {
+            url: url.into(),
+            body: clip(&body),
+            why: e.to_string(),
+        })?;
         Ok(match ev.events.iter().find(|e| e.event_type == "Preempt") {
             Some(e) => Answer::ShuttingDown(format!("Preempt event scheduled (not before {})", e.not_before)),
             None => Answer::Staying(format!("{} scheduled event(s), none is Preempt", ev.events.len())),
@@ -243,7 +254,9 @@ mod tests {
         let q = query("nodeStateServerURL: http://ns/prefix/\n", Some("n")).unwrap().unwrap();
         assert_eq!(q.endpoint.as_str(), "http://ns/prefix/v1/nodes/n");
         // The long form can add a timeout to the short form's URL.
-        let q = query("nodeStateServerURL: http://ns/\nnodeState: {source: server, timeout: 1}\n", Some("n")).unwrap().unwrap();
+        let q = query("nodeStateServerURL: http://ns/\nnodeState: {source: server, timeout: 1}\n", Some("n"))
+            .unwrap()
+            .unwrap();
         assert_eq!(q.timeout, Duration::from_secs(1));
     }
 

@@ -125,7 +125,8 @@ mod tests {
 
     #[test]
     fn cgroup_dirs_follow_mounts_and_roots() {
-        let dirs = cgroup_dirs("0::/kubepods.slice/pod-a/ctr\n4:memory:/kube/ctr\n5:pids:/kubepods/x\n6:cpu:/y\n", MOUNTINFO);
+        let dirs =
+            cgroup_dirs("0::/kubepods.slice/pod-a/ctr\n4:memory:/kube/ctr\n5:pids:/kubepods/x\n6:cpu:/y\n", MOUNTINFO);
         assert_eq!(
             dirs,
             vec![

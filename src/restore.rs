@@ -158,7 +158,8 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
 }
 
 fn join_check(h: std::thread::JoinHandle<Result<Duration, StoreError>>) -> Result<Duration, StoreError> {
-    h.join().unwrap_or_else(|_| Err(StoreError::Damaged { path: PathBuf::new(), why: "checksum thread panicked".into() }))
+    h.join()
+        .unwrap_or_else(|_| Err(StoreError::Damaged { path: PathBuf::new(), why: "checksum thread panicked".into() }))
 }
 
 /// crik's own stdio, lent to CRIU under the keys the app's stdio had at checkpoint time, so the

@@ -41,7 +41,8 @@ pub enum RootfsError {
 /// The overlay upper dir of `/`, checked to be reachable from here. Called at start, so that a
 /// misconfiguration is found before any SIGTERM.
 pub fn upper_dir() -> Result<PathBuf, RootfsError> {
-    let mi = fs::read_to_string("/proc/self/mountinfo").map_err(|e| RootfsError::Setup(format!("cannot read mountinfo: {e}")))?;
+    let mi = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| RootfsError::Setup(format!("cannot read mountinfo: {e}")))?;
     upper_dir_of(&mi)
 }
 
@@ -59,7 +60,10 @@ fn upper_dir_of(mountinfo: &str) -> Result<PathBuf, RootfsError> {
         .next_back()
         .ok_or_else(|| RootfsError::Setup("no mount on / in mountinfo".into()))?;
     if root.0 != "overlay" {
-        return Err(RootfsError::Setup(format!("the root filesystem is {}, not an overlay: there is no writable layer to capture", root.0)));
+        return Err(RootfsError::Setup(format!(
+            "the root filesystem is {}, not an overlay: there is no writable layer to capture",
+            root.0
+        )));
     }
     let upper = root
         .1

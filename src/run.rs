@@ -123,7 +123,11 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                 // Retire it: if the restored app crashes later, the next start must not replay
                 // this (by then stale) state.
                 match store.retire(&ckpt, config.keep_checkpoints) {
-                    Ok(r) => log::info!("checkpoint retired to {} (CRIU's log: {})", r.dir.display(), r.restore_log().display()),
+                    Ok(r) => log::info!(
+                        "checkpoint retired to {} (CRIU's log: {})",
+                        r.dir.display(),
+                        r.restore_log().display()
+                    ),
                     Err(e) => log::warn!("cannot retire restored checkpoint: {e}"),
                 }
                 Some(r)
@@ -207,7 +211,15 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
-    Ok(supervise(&signals, &config, Some(&store), node_state.as_ref(), rootfs_upper.as_deref(), r.pid, &r.manifest.command))
+    Ok(supervise(
+        &signals,
+        &config,
+        Some(&store),
+        node_state.as_ref(),
+        rootfs_upper.as_deref(),
+        r.pid,
+        &r.manifest.command,
+    ))
 }
 
 /// Whether this SIGTERM should checkpoint: only when the node is going away (as far as a

@@ -252,7 +252,12 @@ impl State {
 /// Every checkpoint under an image dir with its state, oldest first. Read-only (no lock):
 /// for `crik inspect`.
 pub fn list_all(root: &Path) -> Vec<(State, Checkpoint)> {
-    let areas = [(STAGING, State::Partial), (PUBLISHED, State::Complete), (RETIRED, State::Retired), (QUARANTINE, State::Quarantined)];
+    let areas = [
+        (STAGING, State::Partial),
+        (PUBLISHED, State::Complete),
+        (RETIRED, State::Retired),
+        (QUARANTINE, State::Quarantined),
+    ];
     let mut v: Vec<(State, Checkpoint)> =
         areas.iter().flat_map(|(area, state)| list_area(root, area).into_iter().map(move |c| (*state, c))).collect();
     v.sort_by(|a, b| a.1.id.cmp(&b.1.id));
@@ -518,7 +523,10 @@ mod tests {
         let pages = c.images_dir().join("pages-1.img");
         fs::write(&pages, vec![7u8; 5_000]).unwrap();
         assert!(verify(&c, &m, Scope::Everything).unwrap_err().to_string().contains("5000 bytes"));
-        assert!(verify(&c, &m, Scope::AllButPageContents).unwrap_err().to_string().contains("5000 bytes"), "sizes are always checked");
+        assert!(
+            verify(&c, &m, Scope::AllButPageContents).unwrap_err().to_string().contains("5000 bytes"),
+            "sizes are always checked"
+        );
         let mut flipped = vec![7u8; 10_000];
         flipped[1234] = 8;
         fs::write(&pages, flipped).unwrap();

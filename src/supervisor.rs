@@ -290,11 +290,17 @@ pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
         }
         match opts.open(&path) {
             Ok(f) => {
-                log::debug!("fd {fd} ({}) is on a mount outside this namespace; the app gets it reopened", path.display());
+                log::debug!(
+                    "fd {fd} ({}) is on a mount outside this namespace; the app gets it reopened",
+                    path.display()
+                );
                 Some(f)
             }
             Err(e) => {
-                log::warn!("fd {fd} ({}) is on a mount outside this namespace and cannot be reopened: {e}", path.display());
+                log::warn!(
+                    "fd {fd} ({}) is on a mount outside this namespace and cannot be reopened: {e}",
+                    path.display()
+                );
                 None
             }
         }

@@ -8,11 +8,9 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-
 fn workload(name: &str) -> String {
     format!("{}/tests/workloads/{name}", env!("CARGO_MANIFEST_DIR"))
 }
-
 
 /// SIGTERM → crik must checkpoint and exit 0. Returns the stdout lines the app printed.
 fn checkpoint(c: &mut Container) -> Vec<String> {
@@ -262,16 +260,17 @@ fn crik_restore_command_restores_in_the_foreground() {
     let typo = s.path("nothing");
     let mut c = Container::start(Spec::args(&["restore", "--image-dir", typo.to_str().unwrap()]));
     assert_eq!(c.wait_code(SHORT), 1);
-    assert!(c.stderr().contains("crik: nothing to restore: image dir") && c.stderr().contains("does not exist"), "{}", c.stderr());
+    assert!(
+        c.stderr().contains("crik: nothing to restore: image dir") && c.stderr().contains("does not exist"),
+        "{}",
+        c.stderr()
+    );
     assert!(!typo.exists(), "crik restore must not create the image dir");
 }
 
 /// Parses crik's stderr as JSON lines; every line must be one object.
 fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
-    stderr
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
-        .collect()
+    stderr.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect()
 }
 
 #[test]

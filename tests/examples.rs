@@ -5,7 +5,8 @@ use serde::Deserialize;
 
 #[test]
 fn configmap_in_the_statefulset_example_is_a_valid_crik_config() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-statefulset.yaml")).unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-statefulset.yaml")).unwrap();
     let mut found = 0;
     for doc in serde_yaml_ng::Deserializer::from_str(&text) {
         let v = serde_yaml_ng::Value::deserialize(doc).unwrap();

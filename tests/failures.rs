@@ -7,8 +7,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-
-
 fn checkpoint(c: &mut Container) -> u64 {
     c.signal(libc::SIGTERM);
     assert_eq!(c.wait_code(LONG), 0, "checkpoint failed:\n{}", c.stderr());
@@ -110,7 +108,7 @@ fn failed_dump_with_app_exiting_zero_still_exits_non_zero() {
          signal.signal(signal.SIGTERM, bye)\n\
          data = bytearray(range(256)) * (16 * 4096)\n\
          print('ready', flush=True)\n\
-         while True:\n    time.sleep(0.05)\n"
+         while True:\n    time.sleep(0.05)\n",
     );
     let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, "-c", &app]));
     c.expect_line(SHORT, "ready", |l| l == "ready");
@@ -302,11 +300,18 @@ fn unsafe_image_dir_is_refused_before_the_app_starts() {
     let app = format!("touch {}", marker.display());
     std::fs::create_dir_all(s.images()).unwrap();
     for (why, prep) in [
-        ("write", Box::new(|p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap()) as Box<dyn Fn(&Path)>),
-        ("owned by uid 1234", Box::new(|p: &Path| {
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
-            std::os::unix::fs::chown(p, Some(1234), None).unwrap();
-        })),
+        (
+            "write",
+            Box::new(|p: &Path| std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).unwrap())
+                as Box<dyn Fn(&Path)>,
+        ),
+        (
+            "owned by uid 1234",
+            Box::new(|p: &Path| {
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).unwrap();
+                std::os::unix::fs::chown(p, Some(1234), None).unwrap();
+            }),
+        ),
     ] {
         prep(&s.images());
         let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", &app]));
@@ -374,7 +379,10 @@ fn missing_criu_is_a_clear_error_before_the_app_starts() {
     let cfg = s.config("");
     let (code, log) = refused_at_start(&cfg, &[("PATH", "/usr/bin:/bin")]); // CRIU lives in /usr/sbin
     assert_eq!(code, 1);
-    assert!(log.contains("crik: checkpointing is on (imageDir) but CRIU cannot run: cannot start `criu swrk`"), "{log}");
+    assert!(
+        log.contains("crik: checkpointing is on (imageDir) but CRIU cannot run: cannot start `criu swrk`"),
+        "{log}"
+    );
 }
 
 #[test]

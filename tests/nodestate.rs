@@ -132,7 +132,8 @@ fn server_answering(status: u16, body: &'static str) -> FakeHttp {
 #[test]
 fn server_says_shutting_down_so_crik_checkpoints() {
     let fake = server_answering(200, r#"{"name":"node-a","state":"shutting-down"}"#);
-    let (c, _s) = sigterm_with("ns-down", &format!("nodeStateServerURL: {}\n", fake.url), Some("node-a"), Outcome::Checkpointed);
+    let (c, _s) =
+        sigterm_with("ns-down", &format!("nodeStateServerURL: {}\n", fake.url), Some("node-a"), Outcome::Checkpointed);
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("GET", "/v1/nodes/node-a"));
@@ -142,7 +143,8 @@ fn server_says_shutting_down_so_crik_checkpoints() {
 #[test]
 fn server_says_unknown_so_sigterm_is_forwarded() {
     let fake = server_answering(200, r#"{"name":"node-a","state":"unknown"}"#);
-    let (c, _s) = sigterm_with("ns-unknown", &format!("nodeStateServerURL: {}\n", fake.url), Some("node-a"), Outcome::Forwarded);
+    let (c, _s) =
+        sigterm_with("ns-unknown", &format!("nodeStateServerURL: {}\n", fake.url), Some("node-a"), Outcome::Forwarded);
     assert!(c.stderr().contains("not going away"), "{}", c.stderr());
 }
 
@@ -154,7 +156,8 @@ fn slow_server_past_the_timeout_checkpoints_by_default_or_forwards_with_skip() {
     let (c, _s) = sigterm_with("ns-slow", &yaml, Some("n"), Outcome::Checkpointed);
     assert!(c.stderr().contains("cannot learn the node state"), "{}", c.stderr());
     let fake = slow();
-    let yaml = format!("nodeState: {{source: server, endpoint: '{}', timeout: 0.5}}\nonNodeStateError: skip\n", fake.url);
+    let yaml =
+        format!("nodeState: {{source: server, endpoint: '{}', timeout: 0.5}}\nonNodeStateError: skip\n", fake.url);
     sigterm_with("ns-slow-skip", &yaml, Some("n"), Outcome::Forwarded);
 }
 
@@ -174,7 +177,8 @@ fn http_500_applies_on_node_state_error() {
 #[test]
 fn garbage_answer_applies_on_node_state_error() {
     let fake = server_answering(200, "<html>not json</html>");
-    let (c, _s) = sigterm_with("ns-garbage", &format!("nodeStateServerURL: {}\n", fake.url), Some("n"), Outcome::Checkpointed);
+    let (c, _s) =
+        sigterm_with("ns-garbage", &format!("nodeStateServerURL: {}\n", fake.url), Some("n"), Outcome::Checkpointed);
     assert!(c.stderr().contains("unexpected answer"), "{}", c.stderr());
     sigterm_with(
         "ns-garbage-skip",
@@ -187,7 +191,12 @@ fn garbage_answer_applies_on_node_state_error() {
 #[test]
 fn unreachable_server_checkpoints() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    sigterm_with("ns-refused", &format!("nodeStateServerURL: http://127.0.0.1:{port}\n"), Some("n"), Outcome::Checkpointed);
+    sigterm_with(
+        "ns-refused",
+        &format!("nodeStateServerURL: http://127.0.0.1:{port}\n"),
+        Some("n"),
+        Outcome::Checkpointed,
+    );
 }
 
 #[test]
@@ -202,8 +211,12 @@ fn server_source_without_node_name_fails_at_start() {
 /// AWS IMDSv2: PUT for a token, then GET the spot instance-action with it (404: none).
 fn fake_aws(interrupted: bool) -> FakeHttp {
     FakeHttp::start(move |r| match (r.method.as_str(), r.path.as_str()) {
-        ("PUT", "/latest/api/token") if r.header("X-aws-ec2-metadata-token-ttl-seconds").is_some() => reply(200, "tok-123"),
-        ("GET", "/latest/meta-data/spot/instance-action") if r.header("X-aws-ec2-metadata-token") == Some("tok-123") => {
+        ("PUT", "/latest/api/token") if r.header("X-aws-ec2-metadata-token-ttl-seconds").is_some() => {
+            reply(200, "tok-123")
+        }
+        ("GET", "/latest/meta-data/spot/instance-action")
+            if r.header("X-aws-ec2-metadata-token") == Some("tok-123") =>
+        {
             if interrupted {
                 reply(200, r#"{"action": "terminate", "time": "2026-11-25T16:00:00Z"}"#)
             } else {
@@ -218,16 +231,28 @@ fn fake_aws(interrupted: bool) -> FakeHttp {
 #[test]
 fn aws_spot_interruption_notice() {
     let fake = fake_aws(true);
-    let (c, _s) = sigterm_with("aws-yes", &format!("nodeState: {{source: aws, endpoint: '{}'}}\n", fake.url), None, Outcome::Checkpointed);
+    let (c, _s) = sigterm_with(
+        "aws-yes",
+        &format!("nodeState: {{source: aws, endpoint: '{}'}}\n", fake.url),
+        None,
+        Outcome::Checkpointed,
+    );
     assert!(c.stderr().contains("spot interruption: terminate"), "{}", c.stderr());
     assert_eq!(fake.seen().len(), 2);
     let fake = fake_aws(false);
-    sigterm_with("aws-no", &format!("nodeState: {{source: aws, endpoint: '{}'}}\n", fake.url), None, Outcome::Forwarded);
+    sigterm_with(
+        "aws-no",
+        &format!("nodeState: {{source: aws, endpoint: '{}'}}\n", fake.url),
+        None,
+        Outcome::Forwarded,
+    );
 }
 
 fn fake_gcp(preempted: &'static str) -> FakeHttp {
     FakeHttp::start(move |r| match r.path.as_str() {
-        "/computeMetadata/v1/instance/preempted" if r.header("Metadata-Flavor") == Some("Google") => reply(200, preempted),
+        "/computeMetadata/v1/instance/preempted" if r.header("Metadata-Flavor") == Some("Google") => {
+            reply(200, preempted)
+        }
         _ => reply(403, ""),
     })
 }
@@ -235,14 +260,26 @@ fn fake_gcp(preempted: &'static str) -> FakeHttp {
 #[test]
 fn gcp_preemption_flag() {
     let fake = fake_gcp("TRUE");
-    sigterm_with("gcp-yes", &format!("nodeState: {{source: gcp, endpoint: '{}'}}\n", fake.url), None, Outcome::Checkpointed);
+    sigterm_with(
+        "gcp-yes",
+        &format!("nodeState: {{source: gcp, endpoint: '{}'}}\n", fake.url),
+        None,
+        Outcome::Checkpointed,
+    );
     let fake = fake_gcp("FALSE");
-    sigterm_with("gcp-no", &format!("nodeState: {{source: gcp, endpoint: '{}'}}\n", fake.url), None, Outcome::Forwarded);
+    sigterm_with(
+        "gcp-no",
+        &format!("nodeState: {{source: gcp, endpoint: '{}'}}\n", fake.url),
+        None,
+        Outcome::Forwarded,
+    );
 }
 
 fn fake_azure(events: &'static str) -> FakeHttp {
     FakeHttp::start(move |r| match r.path.as_str() {
-        "/metadata/scheduledevents?api-version=2020-07-01" if r.header("Metadata") == Some("true") => reply(200, events),
+        "/metadata/scheduledevents?api-version=2020-07-01" if r.header("Metadata") == Some("true") => {
+            reply(200, events)
+        }
         _ => reply(400, ""),
     })
 }
@@ -252,7 +289,17 @@ fn azure_scheduled_preempt_event() {
     let fake = fake_azure(
         r#"{"DocumentIncarnation": 2, "Events": [{"EventId": "A", "EventType": "Preempt", "ResourceType": "VirtualMachine", "Resources": ["vm1"], "EventStatus": "Scheduled", "NotBefore": "Mon, 19 Sep 2016 18:29:47 GMT"}]}"#,
     );
-    sigterm_with("azure-yes", &format!("nodeState: {{source: azure, endpoint: '{}'}}\n", fake.url), None, Outcome::Checkpointed);
+    sigterm_with(
+        "azure-yes",
+        &format!("nodeState: {{source: azure, endpoint: '{}'}}\n", fake.url),
+        None,
+        Outcome::Checkpointed,
+    );
     let fake = fake_azure(r#"{"DocumentIncarnation": 1, "Events": [{"EventId": "B", "EventType": "Reboot"}]}"#);
-    sigterm_with("azure-no", &format!("nodeState: {{source: azure, endpoint: '{}'}}\n", fake.url), None, Outcome::Forwarded);
+    sigterm_with(
+        "azure-no",
+        &format!("nodeState: {{source: azure, endpoint: '{}'}}\n", fake.url),
+        None,
+        Outcome::Forwarded,
+    );
 }

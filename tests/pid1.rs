@@ -10,8 +10,12 @@ fn app_gets_its_own_session_high_pid_and_only_stdio_fds() {
     let _s = Scratch::new("session");
     let mut spec = Spec::run(
         None,
-        &[PYTHON, "-c", "import os; print('pid', os.getpid(), 'sid', os.getsid(0), 'pgid', os.getpgid(0)); \
-          fds = sorted(int(f) for f in os.listdir('/proc/self/fd')); print('fds', fds)"],
+        &[
+            PYTHON,
+            "-c",
+            "import os; print('pid', os.getpid(), 'sid', os.getsid(0), 'pgid', os.getpgid(0)); \
+          fds = sorted(int(f) for f in os.listdir('/proc/self/fd')); print('fds', fds)",
+        ],
     );
     spec.stray_fd = true;
     let mut c = Container::start(spec);
@@ -80,7 +84,8 @@ fn assert_no_zombies_pile_up(pid1: bool) {
     let _s = Scratch::new(if pid1 { "reap1" } else { "reap2" });
     // 20 orphans that outlive their parent shell briefly, then a long-lived orphan to prove
     // re-parenting to crik happened at all.
-    let script = "for i in $(seq 20); do sh -c 'sleep 0.2 &'; done; sh -c 'exec sleep 30 &'; echo spawned; exec sleep 30";
+    let script =
+        "for i in $(seq 20); do sh -c 'sleep 0.2 &'; done; sh -c 'exec sleep 30 &'; echo spawned; exec sleep 30";
     let mut spec = Spec::run(None, &["sh", "-c", script]);
     spec.pid1 = pid1;
     let mut c = Container::start(spec);
@@ -104,7 +109,9 @@ fn assert_no_zombies_pile_up(pid1: bool) {
     if !pid1 {
         // Outside a namespace the long-lived orphan survives crik: kill it ourselves.
         for (p, _, n) in children_of(1) {
-            if n == "sleep" && std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default() == "sleep\u{0}30\u{0}" {
+            if n == "sleep"
+                && std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default() == "sleep\u{0}30\u{0}"
+            {
                 unsafe { libc::kill(p, libc::SIGKILL) };
             }
         }
@@ -217,7 +224,10 @@ fn version_and_help_are_written_for_people() {
     assert!(text.contains("checkpoints the app") && text.contains("run") && text.contains("restore"), "{text}");
     let out = std::process::Command::new(CRIK).args(["run", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("/etc/crik/config.yaml") && text.contains("CRIK_CONFIG") && text.contains("Exit status"), "{text}");
+    assert!(
+        text.contains("/etc/crik/config.yaml") && text.contains("CRIK_CONFIG") && text.contains("Exit status"),
+        "{text}"
+    );
     let out = std::process::Command::new(CRIK).arg("frobnicate").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 const LOOP: &str = "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done";
 
-
 /// The app's host PID (crik's only child).
 fn app_pid(c: &mut Container) -> i32 {
     let crik = c.crik_pid();
@@ -25,7 +24,9 @@ fn runtime_files_and_configured_mounts_point_to_the_new_pods_copies() {
     let s = Scratch::new("extmounts");
     // What the "runtime" mounts into each pod: /etc/hosts and a secret volume, with other
     // contents (and sizes) in the second pod.
-    for (pod, hosts, token) in [("a", "10.0.0.1 pod-a\n", "token-a"), ("b", "10.0.0.2 pod-b.namespace.svc\n", "a-longer-token-b")] {
+    for (pod, hosts, token) in
+        [("a", "10.0.0.1 pod-a\n", "token-a"), ("b", "10.0.0.2 pod-b.namespace.svc\n", "a-longer-token-b")]
+    {
         std::fs::create_dir_all(s.path(&format!("secrets-{pod}"))).unwrap();
         std::fs::write(s.path(&format!("secrets-{pod}/token")), token).unwrap();
         std::fs::write(s.path(&format!("hosts-{pod}")), hosts).unwrap();
@@ -58,7 +59,8 @@ fn runtime_files_and_configured_mounts_point_to_the_new_pods_copies() {
 
     // With it, both files follow the pod.
     let cfg = s.path("with-mounts.yaml");
-    std::fs::write(&cfg, format!("imageDir: {}/images2\nexternalMounts: [{}]\n", s.dir.display(), mnt.display())).unwrap();
+    std::fs::write(&cfg, format!("imageDir: {}/images2\nexternalMounts: [{}]\n", s.dir.display(), mnt.display()))
+        .unwrap();
     let mut c = run(&cfg, "a");
     c.expect_line(SHORT, "count 2", |l| l == "count 2");
     checkpoint(&mut c);

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-
 /// Shell commands that give crik an overlay root; the scratch dir stays a "volume" at its path.
 fn overlay_root(s: &Scratch) -> String {
     let d = s.dir.display();
@@ -71,7 +70,10 @@ fn writable_layer_changes_and_deletions_follow_the_app() {
     assert_eq!(std::fs::read_link(inside(&format!("/opt/crik-{tag}/link"))).unwrap(), Path::new("sub/f"));
     // The app's open file in the writable layer is its own again.
     let app_pid = children_of(crik)[0].0;
-    assert_eq!(std::fs::read_link(format!("/proc/{app_pid}/fd/3")).unwrap(), PathBuf::from(format!("/var/log/crik-{tag}.log")));
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{app_pid}/fd/3")).unwrap(),
+        PathBuf::from(format!("/var/log/crik-{tag}.log"))
+    );
     c.kill();
 }
 

@@ -16,7 +16,9 @@ struct Args {
 fn main() {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format(|buf, r| writeln!(buf, "{} crik-node-state-server {}: {}", buf.timestamp_seconds(), r.level(), r.args()))
+        .format(|buf, r| {
+            writeln!(buf, "{} crik-node-state-server {}: {}", buf.timestamp_seconds(), r.level(), r.args())
+        })
         .init();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -29,7 +31,8 @@ fn main() {
             Err(e) => fail("cannot configure the Kubernetes client", e),
         };
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},

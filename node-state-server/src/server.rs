@@ -39,7 +39,11 @@ struct NodeAnswer {
 }
 
 /// Serves until `shutdown` completes.
-pub async fn run(listen: SocketAddr, client: Client, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    client: Client,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let (nodes, writer) = reflector::store();
     let shared = Arc::new(Shared {
         nodes,
@@ -129,7 +133,9 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let nodes = s.nodes.state();
     let down = nodes.iter().filter(|n| matches!(node_state(n), NodeState::ShuttingDown(_))).count();
     let mut out = String::new();
-    out.push_str("# HELP crik_node_state_nodes Nodes known to the watch, by state.\n# TYPE crik_node_state_nodes gauge\n");
+    out.push_str(
+        "# HELP crik_node_state_nodes Nodes known to the watch, by state.\n# TYPE crik_node_state_nodes gauge\n",
+    );
     out.push_str(&format!("crik_node_state_nodes{{state=\"shutting-down\"}} {down}\n"));
     out.push_str(&format!("crik_node_state_nodes{{state=\"unknown\"}} {}\n", nodes.len() - down));
     out.push_str("# HELP crik_node_state_ready Whether the first node list has been loaded.\n# TYPE crik_node_state_ready gauge\n");
@@ -137,7 +143,10 @@ async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     out.push_str("# HELP crik_node_state_answers_total Answers given to crik, by state.\n# TYPE crik_node_state_answers_total counter\n");
     let answers = s.answers.lock().unwrap().clone();
     for word in ["shutting-down", "unknown"] {
-        out.push_str(&format!("crik_node_state_answers_total{{state=\"{word}\"}} {}\n", answers.get(word).copied().unwrap_or(0)));
+        out.push_str(&format!(
+            "crik_node_state_answers_total{{state=\"{word}\"}} {}\n",
+            answers.get(word).copied().unwrap_or(0)
+        ));
     }
     out.push_str("# HELP crik_node_state_watch_events_total Node watch events received.\n# TYPE crik_node_state_watch_events_total counter\n");
     out.push_str(&format!("crik_node_state_watch_events_total {}\n", s.watch_events.load(Ordering::Relaxed)));

@@ -99,7 +99,9 @@ mod tests {
             assert_eq!(node_state(&n), NodeState::ShuttingDown(format!("taint {key}")), "{key}");
             assert_eq!(node_state(&n).as_str(), "shutting-down");
         }
-        let n = node(serde_json::json!({"metadata": {"name": "a"}, "spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}]}}));
+        let n = node(
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}]}}),
+        );
         assert_eq!(node_state(&n), NodeState::Running);
         assert_eq!(NodeState::Running.as_str(), "unknown");
     }

@@ -41,13 +41,16 @@ impl FakeApi {
                     continue;
                 }
                 if path.contains("watch=true") {
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n");
+                    let _ = conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n");
                     w.lock().unwrap().push(conn);
                     continue;
                 }
                 if !*open.lock().unwrap() {
                     // The API is "slow": the server must not claim readiness before its list.
-                    let _ = conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
                     continue;
                 }
                 let body = json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "10"}, "items": nodes}).to_string();
@@ -84,7 +87,9 @@ impl FakeApi {
 
 fn node(name: &str, rv: u32, taints: Value, ready_msg: Option<&str>) -> Value {
     let ready = match ready_msg {
-        None => json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}),
+        None => {
+            json!({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"})
+        }
         Some(m) => json!({"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": m}),
     };
     json!({
@@ -189,7 +194,15 @@ fn node_events_flip_the_answer() {
     assert_eq!(state_of(&b, "never-seen").as_deref(), Some("unknown"));
 
     // cluster-autoscaler marks node-a for deletion.
-    api.push("MODIFIED", node("node-a", 3, json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]), None));
+    api.push(
+        "MODIFIED",
+        node(
+            "node-a",
+            3,
+            json!([{"key": "ToBeDeletedByClusterAutoscaler", "value": "1", "effect": "NoSchedule"}]),
+            None,
+        ),
+    );
     wait_for("node-a shutting-down", || state_of(&b, "node-a").as_deref() == Some("shutting-down"));
     assert_eq!(state_of(&b, "node-b").as_deref(), Some("unknown"));
 
@@ -202,7 +215,10 @@ fn node_events_flip_the_answer() {
     wait_for("node-a back to unknown", || state_of(&b, "node-a").as_deref() == Some("unknown"));
 
     // A new node appears, already being drained.
-    api.push("ADDED", node("node-c", 6, json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]), None));
+    api.push(
+        "ADDED",
+        node("node-c", 6, json!([{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]), None),
+    );
     wait_for("node-c shutting-down", || state_of(&b, "node-c").as_deref() == Some("shutting-down"));
 
     let (status, metrics) = get(&b, "/metrics").unwrap();
@@ -216,7 +232,11 @@ fn node_events_flip_the_answer() {
 #[test]
 fn unreachable_api_is_not_ready_and_says_so() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let api = FakeApi { url: format!("http://127.0.0.1:{port}"), watchers: Default::default(), list_open: Default::default() };
+    let api = FakeApi {
+        url: format!("http://127.0.0.1:{port}"),
+        watchers: Default::default(),
+        list_open: Default::default(),
+    };
     let srv = start_server(&api);
     let b = srv.base.clone();
     wait_for("the server to listen", || get(&b, "/healthz").is_some());

@@ -366,8 +366,12 @@ pub fn refused_at_start(cfg: &Path, env: &[(&str, &str)]) -> (i32, String) {
     spec.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let mut c = Container::start(spec);
     let code = c.wait_code(SHORT);
-    assert!(c.stdout_seen.is_empty(), "the app must not start
-{}", c.stderr());
+    assert!(
+        c.stdout_seen.is_empty(),
+        "the app must not start
+{}",
+        c.stderr()
+    );
     (code, c.stderr())
 }
 
