@@ -12,7 +12,9 @@ use nix::unistd::Pid;
 use crate::config::Config;
 use crate::criu::{self, CriuError};
 use crate::files::{self, FilesError};
+use crate::host;
 use crate::manifest::{Manifest, FORMAT};
+use crate::sizes;
 use crate::store::{Checkpoint, Store, StoreError};
 use crate::supervisor::Signals;
 
@@ -30,21 +32,8 @@ pub enum CheckpointError {
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
-    #[error("{source}{}", format_log(log_lines))]
+    #[error("{source}{}", criu::format_log(log_lines))]
     Criu { source: CriuError, log_lines: Vec<String> },
-}
-
-/// Renders CRIU's own error lines under a failure, so the user sees why, not just "failed".
-pub fn format_log(lines: &[String]) -> String {
-    if lines.is_empty() {
-        return String::new();
-    }
-    let mut s = String::from("\nCRIU's log says:");
-    for l in lines {
-        s.push_str("\n  ");
-        s.push_str(l);
-    }
-    s
 }
 
 /// What a checkpoint needs besides the store: the config and the app being checkpointed.
@@ -71,14 +60,14 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<C
         Ok(manifest) => {
             let published = store.publish(&staged, manifest.clone())?;
             store.retire_all_but(&published, target.config.keep_checkpoints);
-            let (ms, size) = (started.elapsed().as_millis() as u64, dir_size(&published.dir));
+            let (ms, size) = (started.elapsed().as_millis() as u64, sizes::dir_size(&published.dir));
             log::info!(
                 event = "checkpoint_finished", kind, id = published.id.as_str(), duration_ms = ms,
                 dump_ms = manifest.dump_millis, size_bytes = size;
                 "{kind} checkpoint {} complete in {ms} ms (CRIU dump {} ms), {}",
                 published.dir.display(),
                 manifest.dump_millis,
-                human_size(size)
+                sizes::human(size)
             );
             Ok(published)
         }
@@ -152,13 +141,13 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         command: target.command.to_vec(),
         root_pid: target.app.as_raw(),
         stdio,
-        addresses: local_addresses(),
+        addresses: host::addresses(),
         cgroups: crate::remap::own_cgroup_dirs(),
         rootfs,
         has_files_archive,
         crik_version: env!("CARGO_PKG_VERSION").to_string(),
         criu_version,
-        kernel: kernel_release(),
+        kernel: host::kernel_release(),
         dump_millis,
         files: Vec::new(), // filled in by the store when it publishes
     })
@@ -197,7 +186,7 @@ fn volume_full(dir: &std::path::Path) -> Option<String> {
     let st = nix::sys::statvfs::statvfs(dir).ok()?;
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
     (free < 1024 * 1024)
-        .then(|| format!("No space left on device: the image dir's filesystem has {} free", human_size(free)))
+        .then(|| format!("No space left on device: the image dir's filesystem has {} free", sizes::human(free)))
 }
 
 /// Where the container's stdio — crik's own fds 0-2, which the app inherited — points
@@ -223,71 +212,4 @@ fn stdio_links() -> Result<[String; 3], CheckpointError> {
         Ok(target)
     };
     Ok([link(0)?, link(1)?, link(2)?])
-}
-
-/// The container's non-loopback IP addresses.
-pub fn local_addresses() -> Vec<String> {
-    let mut v: Vec<String> = match nix::ifaddrs::getifaddrs() {
-        Ok(addrs) => addrs
-            .filter_map(|a| a.address)
-            .filter_map(|s| {
-                if let Some(v4) = s.as_sockaddr_in() {
-                    let ip = v4.ip();
-                    (!ip.is_loopback()).then(|| ip.to_string())
-                } else if let Some(v6) = s.as_sockaddr_in6() {
-                    let ip = v6.ip();
-                    (!ip.is_loopback()).then(|| ip.to_string())
-                } else {
-                    None
-                }
-            })
-            .collect(),
-        Err(e) => {
-            log::warn!("cannot list network addresses: {e}");
-            Vec::new()
-        }
-    };
-    v.sort();
-    v.dedup();
-    v
-}
-
-pub fn kernel_release() -> String {
-    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
-}
-
-/// "1.5 MiB"-style sizes for logs.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-pub fn dir_size(dir: &std::path::Path) -> u64 {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.len())
-        .sum()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes_read_well() {
-        assert_eq!(super::human_size(512), "512 B");
-        assert_eq!(super::human_size(1536), "1.5 KiB");
-        assert_eq!(super::human_size(64 * 1024 * 1024), "64.0 MiB");
-    }
 }

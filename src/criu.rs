@@ -420,6 +420,19 @@ pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
 pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
 
+/// Renders CRIU's own error lines under a failure, so the user sees why, not just "failed".
+pub fn format_log(lines: &[String]) -> String {
+    if lines.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from("\nCRIU's log says:");
+    for l in lines {
+        s.push_str("\n  ");
+        s.push_str(l);
+    }
+    s
+}
+
 /// The error lines of a CRIU log (lines starting with "Error" or containing "Error ("),
 /// at most `max` of the last ones, to show the user why CRIU failed.
 pub fn log_errors(log: &Path, max: usize) -> Vec<String> {

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::checkpoint::{dir_size, human_size};
 use crate::images::{self, Process};
+use crate::integrity::{self, Scope};
 use crate::manifest::Manifest;
+use crate::sizes::{self, dir_size};
 use crate::store::{self, Checkpoint, State};
 
 #[derive(Debug, Serialize)]
@@ -46,13 +47,15 @@ pub struct Detail {
 pub enum InspectError {
     #[error("cannot read image dir {0}: {1}")]
     Dir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Store(store::StoreError),
     #[error("no checkpoint {0} in {1}")]
     NoSuchCheckpoint(String, PathBuf),
 }
 
 pub fn inspect(image_dir: &Path, wanted: Option<&str>) -> Result<Report, InspectError> {
     std::fs::read_dir(image_dir).map_err(|e| InspectError::Dir(image_dir.into(), e))?;
-    let all = store::list_all(image_dir);
+    let all = store::list_all(image_dir).map_err(InspectError::Store)?;
     let checkpoints = all
         .iter()
         .map(|(state, c)| Summary { id: c.id.clone(), state: state.as_str(), size_bytes: dir_size(&c.dir) })
@@ -76,7 +79,7 @@ pub fn inspect(image_dir: &Path, wanted: Option<&str>) -> Result<Report, Inspect
 fn detail(state: State, c: &Checkpoint) -> Detail {
     let manifest = Manifest::load(&c.manifest_path());
     let integrity = match &manifest {
-        Ok(m) => match store::verify(c, m, store::Scope::Everything) {
+        Ok(m) => match integrity::verify(&c.dir, m, Scope::Everything) {
             Ok(()) => "intact".to_string(),
             Err(e) => e.to_string(),
         },
@@ -106,11 +109,11 @@ pub fn render(r: &Report) -> String {
         s.push_str("  no checkpoints\n");
     }
     for c in &r.checkpoints {
-        s.push_str(&format!("  {:<24} {:<12} {}\n", c.id, c.state, human_size(c.size_bytes)));
+        s.push_str(&format!("  {:<24} {:<12} {}\n", c.id, c.state, sizes::human(c.size_bytes)));
     }
     let Some(d) = &r.detail else { return s };
     s.push_str(&format!("\ncheckpoint {} ({})\n  path:       {}\n", d.id, d.state, d.path.display()));
-    s.push_str(&format!("  integrity:  {}\n  size:       {}\n", d.integrity, human_size(d.size_bytes)));
+    s.push_str(&format!("  integrity:  {}\n  size:       {}\n", d.integrity, sizes::human(d.size_bytes)));
     if let Some(m) = &d.manifest {
         s.push_str(&format!("  taken:      {} (CRIU dump {} ms)\n", m.created, m.dump_millis));
         s.push_str(&format!("  command:    {}\n", m.command.join(" ")));
@@ -122,7 +125,7 @@ pub fn render(r: &Report) -> String {
         ));
         s.push_str(&format!("  files.tar:  {}\n", if m.has_files_archive { "yes (additionalPaths)" } else { "no" }));
     }
-    s.push_str(&format!("  memory:     {}\n", human_size(d.memory_bytes)));
+    s.push_str(&format!("  memory:     {}\n", sizes::human(d.memory_bytes)));
     if let Some(e) = &d.images_error {
         s.push_str(&format!("  images:     cannot read the process tree: {e}\n"));
     }
@@ -136,7 +139,7 @@ pub fn render(r: &Report) -> String {
             p.sid,
             p.threads,
             if p.threads == 1 { "" } else { "s" },
-            human_size(p.memory_bytes),
+            sizes::human(p.memory_bytes),
             cmd
         ));
         for f in &p.files {

@@ -3,19 +3,24 @@
 //!
 //! Data flows one way: [`config`] → decision ([`run`]) → [`criu`] → [`store`].
 
+pub mod app;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod criu;
 pub mod files;
+pub mod host;
 pub mod images;
 pub mod inspect;
+pub mod integrity;
 pub mod logging;
 pub mod manifest;
+pub mod mountinfo;
 pub mod nodestate;
 pub mod remap;
 pub mod restore;
 pub mod rootfs;
 pub mod run;
+pub mod sizes;
 pub mod store;
 pub mod supervisor;

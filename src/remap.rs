@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::config::AbsPath;
 use crate::criu::InheritFd;
 use crate::images::RegFile;
+use crate::mountinfo::Mount;
 
 /// Runtime-provided bind mounts of every Kubernetes pod.
 pub const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
@@ -27,38 +28,27 @@ pub struct CgroupDir {
 /// The calling process's cgroup directories, resolved through the mounted cgroup filesystems.
 pub fn own_cgroup_dirs() -> Vec<CgroupDir> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    cgroup_dirs(&cgroups, &mountinfo)
+    cgroup_dirs(&cgroups, &crate::mountinfo::read().unwrap_or_default())
 }
 
-fn cgroup_dirs(cgroups: &str, mountinfo: &str) -> Vec<CgroupDir> {
-    // (fstype, super options, mount root, mount point) of cgroup mounts.
-    let mounts: Vec<(&str, &str, &str, &str)> = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let f: Vec<&str> = pre.split_whitespace().collect();
-            let p: Vec<&str> = post.split_whitespace().collect();
-            (f.len() >= 5 && p.len() >= 3 && p[0].starts_with("cgroup")).then(|| (p[0], p[2], f[3], f[4]))
-        })
-        .collect();
+fn cgroup_dirs(cgroups: &str, mounts: &[Mount]) -> Vec<CgroupDir> {
     let mut out = Vec::new();
     for line in cgroups.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let mount = mounts.iter().find(|(fstype, opts, _, _)| {
+        let mount = mounts.iter().find(|m| {
             if controllers.is_empty() {
-                *fstype == "cgroup2"
+                m.fstype == "cgroup2"
             } else {
-                *fstype == "cgroup" && controllers.split(',').all(|c| opts.split(',').any(|o| o == c))
+                m.fstype == "cgroup" && controllers.split(',').all(|c| m.super_options.split(',').any(|o| o == c))
             }
         });
-        let Some((_, _, root, point)) = mount else { continue };
-        let Ok(rel) = Path::new(path).strip_prefix(root) else { continue };
+        let Some(mount) = mount else { continue };
+        let Ok(rel) = Path::new(path).strip_prefix(&mount.root) else { continue };
         if rel.as_os_str().is_empty() {
             continue; // the hierarchy's root: not the container's own directory
         }
-        out.push(CgroupDir { hierarchy: format!("{id}:{controllers}"), dir: Path::new(point).join(rel) });
+        out.push(CgroupDir { hierarchy: format!("{id}:{controllers}"), dir: mount.point.join(rel) });
     }
     out
 }
@@ -125,8 +115,9 @@ mod tests {
 
     #[test]
     fn cgroup_dirs_follow_mounts_and_roots() {
+        let mounts = crate::mountinfo::parse(MOUNTINFO);
         let dirs =
-            cgroup_dirs("0::/kubepods.slice/pod-a/ctr\n4:memory:/kube/ctr\n5:pids:/kubepods/x\n6:cpu:/y\n", MOUNTINFO);
+            cgroup_dirs("0::/kubepods.slice/pod-a/ctr\n4:memory:/kube/ctr\n5:pids:/kubepods/x\n6:cpu:/y\n", &mounts);
         assert_eq!(
             dirs,
             vec![
@@ -135,7 +126,7 @@ mod tests {
                 CgroupDir { hierarchy: "5:pids".into(), dir: "/sys/fs/cgroup/pids/x".into() },
             ]
         );
-        assert!(cgroup_dirs("0::/\n", MOUNTINFO).is_empty(), "the root is nobody's own directory");
+        assert!(cgroup_dirs("0::/\n", &mounts).is_empty(), "the root is nobody's own directory");
     }
 
     #[test]

@@ -11,13 +11,16 @@ use std::time::Duration;
 
 use nix::unistd::Pid;
 
-use crate::checkpoint::{format_log, local_addresses};
+use crate::app;
 use crate::config::{Config, TcpRestore};
 use crate::criu::{self, CriuError, InheritFd};
 use crate::files::{self, FilesError};
+use crate::host;
+use crate::images::ImageError;
+use crate::integrity::{self, IntegrityError, Scope};
 use crate::manifest::{Manifest, ManifestError};
-use crate::store::{self, Checkpoint, StoreError};
-use crate::supervisor::{self, Signals};
+use crate::store::Checkpoint;
+use crate::supervisor::Signals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -26,14 +29,16 @@ pub enum RestoreError {
     #[error(transparent)]
     Files(#[from] FilesError),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Integrity(#[from] IntegrityError),
+    #[error("cannot read the checkpoint's images: {0}")]
+    Images(#[from] ImageError),
     #[error(transparent)]
     Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
     #[error("cannot lend stdio or re-pointed files to CRIU: {0}")]
     Stdio(std::io::Error),
-    #[error("{source}{}\nfull CRIU log: {log}", format_log(log_lines))]
+    #[error("{source}{}\nfull CRIU log: {log}", criu::format_log(log_lines))]
     Criu { source: CriuError, log_lines: Vec<String>, log: PathBuf },
 }
 
@@ -53,11 +58,11 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     // "post-restore" notification — memory restored, the app not yet resumed — until they pass:
     // on a mismatch CRIU aborts and the app never runs on damaged memory. A lazy restore reads
     // memory only after the app runs, so its page images are checked by size alone.
-    store::verify(ckpt, &manifest, store::Scope::AllButPageContents)?;
+    integrity::verify(&ckpt.dir, &manifest, Scope::AllButPageContents)?;
     let mut pages_check = (!config.lazy_pages).then(|| {
         let (c, m) = (ckpt.clone(), manifest.clone());
         let t = std::time::Instant::now();
-        std::thread::spawn(move || store::verify(&c, &m, store::Scope::PageContents).map(|()| t.elapsed()))
+        std::thread::spawn(move || integrity::verify(&c.dir, &m, Scope::PageContents).map(|()| t.elapsed()))
     });
     log::info!(
         "restoring checkpoint {} (taken {}, command {:?})",
@@ -73,8 +78,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         log::info!("additionalPaths put back from {}", ckpt.files_archive().display());
     }
     let mut inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
-    let open_files = crate::images::regular_files(&ckpt.images_dir())
-        .map_err(|e| RestoreError::Store(StoreError::Damaged { path: ckpt.dir.clone(), why: e.to_string() }))?;
+    let open_files = crate::images::regular_files(&ckpt.images_dir())?;
     for f in crate::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups)
         .map_err(RestoreError::Stdio)?
     {
@@ -85,7 +89,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     let established = match config.tcp_restore {
         TcpRestore::Established => true,
         TcpRestore::Close => false,
-        TcpRestore::Auto => addresses_survived(&manifest.addresses, &local_addresses()),
+        TcpRestore::Auto => addresses_survived(&manifest.addresses, &host::addresses()),
     };
     log::info!(
         "established TCP connections will be {}",
@@ -106,7 +110,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     };
     let mut opts = criu::restore_opts(&dir, established, lazy_daemon.is_some(), &config.external_mounts);
     opts.set_notify_scripts(true);
-    let mut pages_verdict: Option<Result<Duration, StoreError>> = None;
+    let mut pages_verdict: Option<Result<Duration, IntegrityError>> = None;
     let mut on_notify = |script: &str| {
         if script != "post-restore" {
             return true;
@@ -133,7 +137,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         }
     }
     if let Some(Err(e)) = pages_verdict {
-        supervisor::kill_descendants();
+        app::kill_descendants();
         return Err(e.into());
     }
     match result {
@@ -150,16 +154,17 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         }
         Err(e) => {
             // Whatever CRIU half-restored is a child of crik (restore-sibling): kill it all.
-            supervisor::kill_descendants();
+            app::kill_descendants();
             let log_lines = criu::log_errors(&log, 8);
             Err(RestoreError::Criu { source: e, log_lines, log })
         }
     }
 }
 
-fn join_check(h: std::thread::JoinHandle<Result<Duration, StoreError>>) -> Result<Duration, StoreError> {
-    h.join()
-        .unwrap_or_else(|_| Err(StoreError::Damaged { path: PathBuf::new(), why: "checksum thread panicked".into() }))
+fn join_check(h: std::thread::JoinHandle<Result<Duration, IntegrityError>>) -> Result<Duration, IntegrityError> {
+    h.join().unwrap_or_else(|_| {
+        Err(IntegrityError::Damaged { path: PathBuf::new(), why: "checksum thread panicked".into() })
+    })
 }
 
 /// crik's own stdio, lent to CRIU under the keys the app's stdio had at checkpoint time, so the
@@ -167,7 +172,7 @@ fn join_check(h: std::thread::JoinHandle<Result<Duration, StoreError>>) -> Resul
 fn stdio_inherit_fds(stdio: &[String; 3]) -> std::io::Result<Vec<InheritFd>> {
     let mut seen = HashSet::new();
     let mut v = Vec::new();
-    let mut reopened = supervisor::stdio_reopened_here();
+    let mut reopened = app::stdio_reopened_here();
     for (fd, link) in stdio.iter().enumerate() {
         let Some(key) = inherit_key(link) else { continue };
         if !seen.insert(key.clone()) {

@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::mountinfo::Mount;
+
 pub const ROOTFS_ARCHIVE: &str = "rootfs.tar";
 
 /// What the archive cannot carry: paths deleted from the image's root, and directories that
@@ -41,36 +43,25 @@ pub enum RootfsError {
 /// The overlay upper dir of `/`, checked to be reachable from here. Called at start, so that a
 /// misconfiguration is found before any SIGTERM.
 pub fn upper_dir() -> Result<PathBuf, RootfsError> {
-    let mi = fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|e| RootfsError::Setup(format!("cannot read mountinfo: {e}")))?;
-    upper_dir_of(&mi)
+    let mounts = crate::mountinfo::read().map_err(|e| RootfsError::Setup(format!("cannot read mountinfo: {e}")))?;
+    upper_dir_of(&mounts)
 }
 
-fn upper_dir_of(mountinfo: &str) -> Result<PathBuf, RootfsError> {
+fn upper_dir_of(mounts: &[Mount]) -> Result<PathBuf, RootfsError> {
     // The last mount on "/" is the one in effect.
-    let root = mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let point = pre.split_whitespace().nth(4)?;
-            let mut p = post.split_whitespace();
-            let (fstype, opts) = (p.next()?, p.nth(1)?);
-            (point == "/").then_some((fstype, opts))
-        })
-        .next_back()
+    let root = mounts
+        .iter()
+        .rfind(|m| m.point == Path::new("/"))
         .ok_or_else(|| RootfsError::Setup("no mount on / in mountinfo".into()))?;
-    if root.0 != "overlay" {
+    if root.fstype != "overlay" {
         return Err(RootfsError::Setup(format!(
             "the root filesystem is {}, not an overlay: there is no writable layer to capture",
-            root.0
+            root.fstype
         )));
     }
-    let upper = root
-        .1
-        .split(',')
-        .find_map(|o| o.strip_prefix("upperdir="))
+    let upper = crate::mountinfo::option(&root.super_options, "upperdir")
         .ok_or_else(|| RootfsError::Setup("the root overlay has no upperdir (read-only root?)".into()))?;
-    let upper = PathBuf::from(upper.replace("\\040", " "));
+    let upper = PathBuf::from(upper);
     if !upper.is_dir() {
         return Err(RootfsError::Setup(format!(
             "the root overlay's upper dir {} is not reachable from inside the container \
@@ -83,13 +74,7 @@ fn upper_dir_of(mountinfo: &str) -> Result<PathBuf, RootfsError> {
 
 /// Mount points other than `/`: volumes, bind mounts, /proc, /dev, ... (never captured).
 fn other_mounts() -> Vec<PathBuf> {
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .filter(|p| *p != "/")
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .collect()
+    crate::mountinfo::read().unwrap_or_default().into_iter().map(|m| m.point).filter(|p| p != Path::new("/")).collect()
 }
 
 fn is_whiteout(md: &fs::Metadata) -> bool {
@@ -192,12 +177,13 @@ mod tests {
 
     #[test]
     fn upper_dir_is_read_from_the_root_mount() {
+        let of = |text: &str| upper_dir_of(&crate::mountinfo::parse(text));
         let mi = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
                   40 22 0:40 / / rw,relatime - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/,workdir=/w\n";
-        assert_eq!(upper_dir_of(mi).unwrap(), PathBuf::from("/"));
-        let e = upper_dir_of("22 1 0:21 / / rw - ext4 /dev/vda rw\n").unwrap_err().to_string();
+        assert_eq!(of(mi).unwrap(), PathBuf::from("/"));
+        let e = of("22 1 0:21 / / rw - ext4 /dev/vda rw\n").unwrap_err().to_string();
         assert!(e.contains("not an overlay"), "{e}");
-        let e = upper_dir_of("40 1 0:40 / / rw - overlay overlay rw,lowerdir=/l,upperdir=/nonexistent/up,workdir=/w\n")
+        let e = of("40 1 0:40 / / rw - overlay overlay rw,lowerdir=/l,upperdir=/nonexistent/up,workdir=/w\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("not reachable"), "{e}");

@@ -3,14 +3,16 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use crate::app::{self, SpawnError};
 use crate::checkpoint::{self, Target};
 use crate::cli::{InspectArgs, RestoreArgs, RunArgs};
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
 use crate::nodestate::{self, Answer, Query};
 use crate::restore::{self, Restored};
-use crate::store::{Store, StoreError};
-use crate::supervisor::{self, Periodic, Signals, SpawnError, TermAction};
+use crate::store::{Checkpoint, Store, StoreError};
+use crate::supervisor::{self, Periodic, Signals, TermAction};
 
 /// Why crik gave up; each kind has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -25,8 +27,8 @@ pub enum Fatal {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    #[error("{what}: {why}")]
-    Failed { what: String, why: String },
+    #[error("{what}: {source}")]
+    Failed { what: String, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 impl Fatal {
@@ -37,8 +39,9 @@ impl Fatal {
             Fatal::Failed { .. } => 1,
         }
     }
-    fn failed(what: impl Into<String>, why: impl std::fmt::Display) -> Fatal {
-        Fatal::Failed { what: what.into(), why: why.to_string() }
+    /// `why` is kept as the source: an error type, or a sentence.
+    fn failed(what: impl Into<String>, why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Fatal {
+        Fatal::Failed { what: what.into(), source: why.into() }
     }
 }
 
@@ -117,7 +120,24 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
         check_criu(&signals)?;
     }
 
-    let restored = match store.as_ref().and_then(|s| s.latest().map(|c| (s, c))) {
+    let latest = match &store {
+        Some(store) => match latest_checkpoint(store) {
+            Ok(found) => found.map(|c| (store, c)),
+            Err(e) => {
+                log::error!(event = "store_unreadable"; "cannot read the image dir after {STORE_READ_TRIES} tries: {e}");
+                if config.on_restore_failure == OnRestoreFailure::Fail || args.command.is_empty() {
+                    return Err(Fatal::failed("cannot read image dir", e));
+                }
+                log::warn!(
+                    "starting the command fresh (onRestoreFailure: coldStart): whatever checkpoint the image dir \
+                     holds is not restored"
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let restored = match latest {
         Some((store, ckpt)) => match restore::restore(&signals, &config, &ckpt) {
             Ok(r) => {
                 // Retire it: if the restored app crashes later, the next start must not replay
@@ -160,13 +180,32 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                         .into(),
                 ));
             }
-            supervisor::reserve_low_pids();
-            let pid = supervisor::spawn_app(&signals, &args.command)?;
+            app::reserve_low_pids();
+            let pid = app::spawn_app(&signals, &args.command)?;
             log::info!("started {:?} as pid {pid}", args.command);
             (pid, to_strings(&args.command), Vec::new())
         }
     };
     Ok(supervise(&signals, &config, store.as_ref(), node_state.as_ref(), rootfs_upper.as_deref(), app, &command))
+}
+
+/// How often the store is read at start before crik gives up on it (about 2 s in all).
+const STORE_READ_TRIES: u32 = 4;
+
+/// The newest complete checkpoint. A network volume may fail briefly as the container starts,
+/// so a failed read is retried (250 ms, 500 ms, 1 s apart) before it is reported.
+fn latest_checkpoint(store: &Store) -> Result<Option<Checkpoint>, StoreError> {
+    let (mut attempt, mut delay) = (1, Duration::from_millis(250));
+    loop {
+        match store.latest() {
+            Err(e) if attempt < STORE_READ_TRIES => {
+                log::warn!("cannot read the image dir (attempt {attempt} of {STORE_READ_TRIES}): {e}; retrying");
+                std::thread::sleep(delay);
+                (attempt, delay) = (attempt + 1, delay * 2);
+            }
+            r => return r,
+        }
+    }
 }
 
 /// `--image-dir`, else imageDir from the configuration.
@@ -205,8 +244,8 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let signals = setup_process()?;
     let store = open_store(dir.as_path())?;
     check_criu(&signals)?;
-    let ckpt = store
-        .latest()
+    let ckpt = latest_checkpoint(&store)
+        .map_err(|e| Fatal::failed("cannot read image dir", e))?
         .ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
     let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());

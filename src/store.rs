@@ -24,6 +24,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::integrity::{self, IntegrityError};
 use crate::manifest::{FileSum, Manifest, MANIFEST_FILE};
 
 pub const IMAGES_DIR: &str = "images";
@@ -42,8 +43,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("image dir {path} is unsafe: {why} (a forged checkpoint would run as crik's user)")]
     Unsafe { path: PathBuf, why: String },
-    #[error("checkpoint {path} is damaged: {why}")]
-    Damaged { path: PathBuf, why: String },
+    #[error(transparent)]
+    Integrity(#[from] IntegrityError),
 }
 
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -105,18 +106,19 @@ impl Store {
             return Err(StoreError::Io { step: "lock", path: lock_path, source: e });
         }
         let store = Store { root: root.to_path_buf(), _lock: lock };
-        store.discard_staging();
+        store.discard_staging()?;
         Ok(store)
     }
 
     /// Leftovers in staging/ are checkpoints a killed crik never finished: never restorable.
-    fn discard_staging(&self) {
-        for c in self.list(STAGING) {
+    fn discard_staging(&self) -> Result<(), StoreError> {
+        for c in self.list(STAGING)? {
             log::warn!("discarding unfinished checkpoint {} (crik stopped while writing it)", c.dir.display());
             if let Err(e) = fs::remove_dir_all(&c.dir) {
                 log::warn!("cannot remove {}: {e}", c.dir.display());
             }
         }
+        Ok(())
     }
 
     /// Starts a new checkpoint in staging/.
@@ -153,14 +155,28 @@ impl Store {
         }
     }
 
-    /// The newest published checkpoint, if any.
-    pub fn latest(&self) -> Option<Checkpoint> {
-        self.list(PUBLISHED).into_iter().rfind(|c| c.manifest_path().is_file())
+    /// The newest published checkpoint, if any. A store that cannot be read is an error, never
+    /// "no checkpoint": starting the app fresh would replace the state that is there.
+    pub fn latest(&self) -> Result<Option<Checkpoint>, StoreError> {
+        for c in self.list(PUBLISHED)?.into_iter().rev() {
+            let manifest = c.manifest_path();
+            match fs::metadata(&manifest) {
+                Ok(md) if md.is_file() => return Ok(Some(c)),
+                Ok(_) => log::warn!("{} is not a file: skipping checkpoint {}", manifest.display(), c.id),
+                // Published without a manifest cannot happen (it is written before the rename);
+                // a copy made by hand might. Not restorable.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    log::warn!("checkpoint {} has no manifest: skipping it", c.dir.display())
+                }
+                Err(e) => return Err(StoreError::Io { step: "stat", path: manifest, source: e }),
+            }
+        }
+        Ok(None)
     }
 
     /// Older published checkpoints than `keep` are retired once a newer one is published.
     pub fn retire_all_but(&self, keep: &Checkpoint, history: usize) {
-        for c in self.list(PUBLISHED) {
+        for c in self.list_or_warn(PUBLISHED) {
             if c.id != keep.id {
                 let _ = self.move_to(&c, RETIRED);
             }
@@ -171,7 +187,7 @@ impl Store {
     /// Retires the published checkpoints with these ids; returns how many were still published.
     pub fn retire_ids(&self, ids: &[String], history: usize) -> usize {
         let mut n = 0;
-        for c in self.list(PUBLISHED).iter().filter(|c| ids.contains(&c.id)) {
+        for c in self.list_or_warn(PUBLISHED).iter().filter(|c| ids.contains(&c.id)) {
             match self.move_to(c, RETIRED) {
                 Ok(_) => n += 1,
                 Err(e) => log::warn!("cannot retire {}: {e}", c.dir.display()),
@@ -193,10 +209,10 @@ impl Store {
         self.move_to(c, QUARANTINE)
     }
 
-    pub fn retired(&self) -> Vec<Checkpoint> {
+    pub fn retired(&self) -> Result<Vec<Checkpoint>, StoreError> {
         self.list(RETIRED)
     }
-    pub fn quarantined(&self) -> Vec<Checkpoint> {
+    pub fn quarantined(&self) -> Result<Vec<Checkpoint>, StoreError> {
         self.list(QUARANTINE)
     }
 
@@ -214,7 +230,7 @@ impl Store {
     }
 
     fn prune(&self, area: &str, keep: usize) {
-        let all = self.list(area);
+        let all = self.list_or_warn(area);
         let extra = all.len().saturating_sub(keep);
         for c in &all[..extra] {
             if let Err(e) = fs::remove_dir_all(&c.dir) {
@@ -224,8 +240,17 @@ impl Store {
     }
 
     /// Checkpoints in one area, oldest first (ids sort by time).
-    fn list(&self, area: &str) -> Vec<Checkpoint> {
+    fn list(&self, area: &str) -> Result<Vec<Checkpoint>, StoreError> {
         list_area(&self.root, area)
+    }
+
+    /// For housekeeping (retiring, pruning) that must not fail a checkpoint already made:
+    /// an unreadable area is logged and left alone.
+    fn list_or_warn(&self, area: &str) -> Vec<Checkpoint> {
+        self.list(area).unwrap_or_else(|e| {
+            log::warn!("cannot list {area}/ for housekeeping: {e}");
+            Vec::new()
+        })
     }
 }
 
@@ -251,31 +276,39 @@ impl State {
 
 /// Every checkpoint under an image dir with its state, oldest first. Read-only (no lock):
 /// for `crik inspect`.
-pub fn list_all(root: &Path) -> Vec<(State, Checkpoint)> {
+pub fn list_all(root: &Path) -> Result<Vec<(State, Checkpoint)>, StoreError> {
     let areas = [
         (STAGING, State::Partial),
         (PUBLISHED, State::Complete),
         (RETIRED, State::Retired),
         (QUARANTINE, State::Quarantined),
     ];
-    let mut v: Vec<(State, Checkpoint)> =
-        areas.iter().flat_map(|(area, state)| list_area(root, area).into_iter().map(move |c| (*state, c))).collect();
+    let mut v = Vec::new();
+    for (area, state) in areas {
+        v.extend(list_area(root, area)?.into_iter().map(|c| (state, c)));
+    }
     v.sort_by(|a, b| a.1.id.cmp(&b.1.id));
-    v
+    Ok(v)
 }
 
-/// Checkpoints in one area of an image dir, oldest first (ids sort by time).
-fn list_area(root: &Path, area: &str) -> Vec<Checkpoint> {
-    let mut v: Vec<Checkpoint> = match fs::read_dir(root.join(area)) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-            .map(|e| Checkpoint { id: e.file_name().to_string_lossy().into_owned(), dir: e.path() })
-            .collect(),
-        Err(_) => Vec::new(),
+/// Checkpoints in one area of an image dir, oldest first (ids sort by time). An area that
+/// does not exist (yet) is empty; one that cannot be read is an error.
+fn list_area(root: &Path, area: &str) -> Result<Vec<Checkpoint>, StoreError> {
+    let dir = root.join(area);
+    let rd = match fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(StoreError::Io { step: "list", path: dir, source: e }),
     };
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.map_err(io_err("list", &dir))?;
+        if e.file_type().map_err(io_err("stat", &e.path()))?.is_dir() {
+            v.push(Checkpoint { id: e.file_name().to_string_lossy().into_owned(), dir: e.path() });
+        }
+    }
     v.sort_by(|a, b| a.id.cmp(&b.id));
-    v
+    Ok(v)
 }
 
 /// A checkpoint id: its UTC creation time, which sorts in time order ("20261125T152416.123Z").
@@ -337,7 +370,7 @@ fn seal_tree(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
         let p = entry.path();
         if entry.file_type().is_file() {
             fs::set_permissions(p, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", p))?;
-            let (size, crc32) = checksum(p, cores())?;
+            let (size, crc32) = integrity::checksum(p)?;
             let f = File::open(p).map_err(io_err("open", p))?;
             f.sync_all().map_err(io_err("fsync", p))?;
             let rel = p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
@@ -351,110 +384,10 @@ fn seal_tree(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
     Ok(sums)
 }
 
-/// Size and CRC-32 of a file. Mapped rather than read: no copy through a buffer, several
-/// times faster on a GiB of pages (this runs on every checkpoint and restore).
-fn checksum(p: &Path, threads: usize) -> Result<(u64, u32), StoreError> {
-    let f = File::open(p).map_err(io_err("open", p))?;
-    let size = f.metadata().map_err(io_err("stat", p))?.len();
-    if size == 0 {
-        return Ok((0, crc32fast::hash(&[])));
-    }
-    // SAFETY: checkpoint files are not modified while crik holds the image dir's lock (CRIU is
-    // done with them); a file truncated behind our back would raise SIGBUS, not corrupt data.
-    let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err("map", p))?;
-    let _ = map.advise(memmap2::Advice::Sequential);
-    Ok((size, parallel_crc32(&map, threads)))
-}
-
-/// Cores to hash on, asked once: available_parallelism reads cgroup files on every call.
-fn cores() -> usize {
-    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()).min(8))
-}
-
-/// CRC-32 of a large buffer on up to `threads` threads: slices hashed side by side, their CRCs
-/// combined in order. The threads are short-lived and inherit crik's blocked signal mask.
-fn parallel_crc32(data: &[u8], threads: usize) -> u32 {
-    const MIN_SLICE: usize = 32 << 20;
-    let parts = (data.len() / MIN_SLICE).clamp(1, threads.max(1));
-    if parts == 1 {
-        return crc32fast::hash(data);
-    }
-    let slice = data.len().div_ceil(parts);
-    let hashers: Vec<crc32fast::Hasher> = std::thread::scope(|s| {
-        let handles: Vec<_> = data
-            .chunks(slice)
-            .map(|chunk| {
-                s.spawn(move || {
-                    let mut h = crc32fast::Hasher::new();
-                    h.update(chunk);
-                    h
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("crc thread")).collect()
-    });
-    let mut it = hashers.into_iter();
-    let mut total = it.next().expect("at least one part");
-    for h in it {
-        total.combine(&h);
-    }
-    total.finalize()
-}
-
-/// What [`verify`] checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scope {
-    /// Presence, size and checksum of every file.
-    Everything,
-    /// Presence and size of every file; checksums of all but the page images.
-    AllButPageContents,
-    /// Checksums of the page images only (presence and sizes checked before).
-    PageContents,
-}
-
-/// Checks that the files the manifest lists are there, with their sizes and checksums, as far
-/// as `scope` says. A damaged checkpoint must never reach CRIU, nor a restored app run on it.
-pub fn verify(ckpt: &Checkpoint, manifest: &Manifest, scope: Scope) -> Result<(), StoreError> {
-    let damaged = |why: String| StoreError::Damaged { path: ckpt.dir.clone(), why };
-    if manifest.files.is_empty() {
-        return Err(damaged("its manifest lists no files".into()));
-    }
-    // Page contents are checked while CRIU (single-threaded) restores: leave it a core.
-    let threads = if scope == Scope::PageContents { cores().saturating_sub(1) } else { cores() };
-    for f in &manifest.files {
-        let p = ckpt.dir.join(&f.path);
-        if f.path.split('/').any(|c| c == ".." || c.is_empty()) {
-            return Err(damaged(format!("manifest names an unsafe path {:?}", f.path)));
-        }
-        let md = match fs::metadata(&p) {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(damaged(format!("{} is missing", f.path))),
-            Err(e) => return Err(StoreError::Io { step: "stat", path: p, source: e }),
-        };
-        if md.len() != f.size {
-            return Err(damaged(format!("{} has {} bytes, {} were written", f.path, md.len(), f.size)));
-        }
-        let is_pages = f.path.rsplit('/').next().is_some_and(|n| n.starts_with("pages-"));
-        let crc_wanted = match scope {
-            Scope::Everything => true,
-            Scope::AllButPageContents => !is_pages,
-            Scope::PageContents => is_pages,
-        };
-        if !crc_wanted {
-            continue;
-        }
-        let (_, crc) = checksum(&p, threads)?;
-        if crc != f.crc32 {
-            return Err(damaged(format!("{} has checksum {crc:08x}, {:08x} was written", f.path, f.crc32)));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::integrity::{verify, Scope};
     use crate::manifest::Manifest;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -462,16 +395,6 @@ mod tests {
         let p = std::env::temp_dir().join(format!("crik-store-{}-{}", name, std::process::id()));
         let _ = fs::remove_dir_all(&p);
         p
-    }
-
-    #[test]
-    fn parallel_crc_equals_the_plain_one() {
-        let data: Vec<u8> = (0..(100u32 << 20) / 4).flat_map(|i| i.wrapping_mul(2654435761).to_le_bytes()).collect();
-        for threads in [0, 1, 2, 3, 8] {
-            assert_eq!(parallel_crc32(&data, threads), crc32fast::hash(&data), "{threads} threads");
-        }
-        assert_eq!(parallel_crc32(&data[..1000], 2), crc32fast::hash(&data[..1000]));
-        assert_eq!(parallel_crc32(&[], 2), crc32fast::hash(&[]));
     }
 
     #[test]
@@ -487,12 +410,12 @@ mod tests {
     fn staged_checkpoint_is_invisible_until_published() {
         let root = tmp("publish");
         let store = Store::open(&root).unwrap();
-        assert!(store.latest().is_none());
+        assert!(store.latest().unwrap().is_none());
         let staged = store.stage().unwrap();
         fs::write(staged.images_dir().join("x.img"), b"data").unwrap();
-        assert!(store.latest().is_none(), "a staged checkpoint must not be restorable");
+        assert!(store.latest().unwrap().is_none(), "a staged checkpoint must not be restorable");
         let published = store.publish(&staged, Manifest::for_tests()).unwrap();
-        assert_eq!(store.latest(), Some(published.clone()));
+        assert_eq!(store.latest().unwrap(), Some(published.clone()));
         assert!(published.manifest_path().is_file());
         assert!(!staged.dir.exists());
         let md = fs::metadata(&root).unwrap();
@@ -517,26 +440,26 @@ mod tests {
             let mode = fs::metadata(c.dir.join(&f.path)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", f.path);
         }
-        verify(&c, &m, Scope::Everything).unwrap();
+        verify(&c.dir, &m, Scope::Everything).unwrap();
 
         // Truncated, flipped, missing: each refused with a reason.
         let pages = c.images_dir().join("pages-1.img");
         fs::write(&pages, vec![7u8; 5_000]).unwrap();
-        assert!(verify(&c, &m, Scope::Everything).unwrap_err().to_string().contains("5000 bytes"));
+        assert!(verify(&c.dir, &m, Scope::Everything).unwrap_err().to_string().contains("5000 bytes"));
         assert!(
-            verify(&c, &m, Scope::AllButPageContents).unwrap_err().to_string().contains("5000 bytes"),
+            verify(&c.dir, &m, Scope::AllButPageContents).unwrap_err().to_string().contains("5000 bytes"),
             "sizes are always checked"
         );
         let mut flipped = vec![7u8; 10_000];
         flipped[1234] = 8;
         fs::write(&pages, flipped).unwrap();
-        assert!(verify(&c, &m, Scope::Everything).unwrap_err().to_string().contains("checksum"));
-        assert!(verify(&c, &m, Scope::PageContents).unwrap_err().to_string().contains("checksum"));
-        verify(&c, &m, Scope::AllButPageContents).unwrap();
+        assert!(verify(&c.dir, &m, Scope::Everything).unwrap_err().to_string().contains("checksum"));
+        assert!(verify(&c.dir, &m, Scope::PageContents).unwrap_err().to_string().contains("checksum"));
+        verify(&c.dir, &m, Scope::AllButPageContents).unwrap();
         fs::remove_file(&pages).unwrap();
-        assert!(verify(&c, &m, Scope::Everything).unwrap_err().to_string().contains("missing"));
+        assert!(verify(&c.dir, &m, Scope::Everything).unwrap_err().to_string().contains("missing"));
         let no_files = Manifest { files: vec![], ..m };
-        assert!(verify(&c, &no_files, Scope::Everything).is_err());
+        assert!(verify(&c.dir, &no_files, Scope::Everything).is_err());
         drop(store);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -550,7 +473,7 @@ mod tests {
         drop(store);
         let store = Store::open(&root).unwrap();
         assert!(!partial.dir.exists());
-        assert_eq!(store.latest(), Some(first));
+        assert_eq!(store.latest().unwrap(), Some(first));
         drop(store);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -587,18 +510,40 @@ mod tests {
         let a = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
         std::thread::sleep(Duration::from_millis(2));
         let b = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
-        assert_eq!(store.latest(), Some(b.clone()));
+        assert_eq!(store.latest().unwrap(), Some(b.clone()));
         store.retire_all_but(&b, 1);
-        assert_eq!(store.retired().len(), 1);
-        assert_eq!(store.retired()[0].id, a.id);
+        assert_eq!(store.retired().unwrap().len(), 1);
+        assert_eq!(store.retired().unwrap()[0].id, a.id);
         store.retire(&b, 1).unwrap();
-        assert_eq!(store.retired().len(), 1);
-        assert_eq!(store.retired()[0].id, b.id);
-        assert!(store.latest().is_none());
+        assert_eq!(store.retired().unwrap().len(), 1);
+        assert_eq!(store.retired().unwrap()[0].id, b.id);
+        assert!(store.latest().unwrap().is_none());
         let c = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
         store.quarantine(&c).unwrap();
-        assert!(store.latest().is_none());
-        assert_eq!(store.quarantined().len(), 1);
+        assert!(store.latest().unwrap().is_none());
+        assert_eq!(store.quarantined().unwrap().len(), 1);
+        drop(store);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_area_is_an_error_not_an_empty_store() {
+        let root = tmp("unreadable");
+        let store = Store::open(&root).unwrap();
+        store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
+        // A loop where checkpoints/ was: listing fails (ELOOP), as on a flaky volume.
+        fs::rename(root.join(PUBLISHED), root.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(PUBLISHED, root.join(PUBLISHED)).unwrap();
+        let e = store.latest().unwrap_err().to_string();
+        assert!(e.contains("list") && e.contains("checkpoints"), "{e}");
+        // A published checkpoint whose manifest cannot be examined is an error too.
+        fs::remove_file(root.join(PUBLISHED)).unwrap();
+        fs::rename(root.join("elsewhere"), root.join(PUBLISHED)).unwrap();
+        let c = store.latest().unwrap().unwrap();
+        fs::remove_file(c.manifest_path()).unwrap();
+        std::os::unix::fs::symlink(MANIFEST_FILE, c.manifest_path()).unwrap();
+        let e = store.latest().unwrap_err().to_string();
+        assert!(e.contains("manifest.json"), "{e}");
         drop(store);
         fs::remove_dir_all(&root).unwrap();
     }

@@ -1,10 +1,10 @@
-//! PID-1 duties: start the app, forward signals, reap every zombie, pass the exit code on.
+//! PID-1 duties: forward signals, reap every zombie, pass the exit code on. (Starting the app
+//! and killing its tree: [`crate::app`].)
 //!
 //! Like tini, crik blocks every signal it cares about and takes them synchronously with
 //! `sigtimedwait`: no handlers, no threads. Crash signals stay unblocked so a bug in crik still
 //! kills it. Children get the original mask and default dispositions back before `exec`.
 
-use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -38,10 +38,6 @@ const CRASH: [Signal; 9] = [
     Signal::SIGTTIN,
     Signal::SIGTTOU,
 ];
-
-/// Where PIDs of a freshly started app begin, so that they are free again at restore time,
-/// when crik, CRIU and its helpers take the low ones.
-pub const APP_PID_BASE: u32 = 9000;
 
 /// The blocked signal set, and the mask crik started with (given back to children).
 pub struct Signals {
@@ -168,145 +164,6 @@ pub fn release_startup_text() {
     }
 }
 
-/// Pushes the namespace's next PID up to `APP_PID_BASE`, so the app's PIDs are free again at
-/// restore time. Writing `ns_last_pid` needs a writable /proc/sys (privileged containers); where
-/// it is read-only and crik is PID 1 of its own namespace, crik instead burns through the low
-/// PIDs with short-lived children (under a second, once per container start). Elsewhere it
-/// leaves the PIDs alone.
-pub fn reserve_low_pids() {
-    let path = "/proc/sys/kernel/ns_last_pid";
-    let current: u32 = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-    if current >= APP_PID_BASE {
-        return;
-    }
-    match std::fs::write(path, APP_PID_BASE.to_string()) {
-        Ok(()) => log::debug!("set {path} to {APP_PID_BASE}"),
-        Err(e) if std::process::id() == 1 => {
-            let started = std::time::Instant::now();
-            let reached = burn_pids(APP_PID_BASE);
-            log::info!(
-                "{path} is not writable ({e}): advanced PIDs to {reached} with throwaway children in {} ms",
-                started.elapsed().as_millis()
-            );
-        }
-        Err(e) => log::debug!("not setting {path}: {e}"),
-    }
-}
-
-/// Forks and reaps children that exit at once until the kernel hands out a PID >= `target`.
-fn burn_pids(target: u32) -> u32 {
-    loop {
-        // SAFETY: the vfork child shares our memory and only calls _exit, which is allowed;
-        // vfork skips copying page tables, which makes this four times faster than fork.
-        #[allow(deprecated)]
-        let pid = unsafe { libc::vfork() };
-        match pid {
-            0 => unsafe { libc::_exit(0) },
-            p if p < 0 => return 0,
-            p => {
-                let _ = waitpid(Pid::from_raw(p), None);
-                if p as u32 >= target {
-                    return p as u32;
-                }
-            }
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SpawnError {
-    #[error("command not found: {0}")]
-    NotFound(String),
-    #[error("command not executable: {0}")]
-    NotExecutable(String),
-    #[error("cannot start {0}: {1}")]
-    Other(String, io::Error),
-}
-
-impl SpawnError {
-    /// The exit code a shell would give (127 not found, 126 not executable).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            SpawnError::NotFound(_) => 127,
-            SpawnError::NotExecutable(_) => 126,
-            SpawnError::Other(..) => 126,
-        }
-    }
-}
-
-/// Starts the app in its own session with stdin, stdout and stderr passed through.
-pub fn spawn_app(signals: &Signals, argv: &[OsString]) -> Result<Pid, SpawnError> {
-    let name = argv[0].to_string_lossy().into_owned();
-    let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    let [stdin, stdout, stderr] = stdio_reopened_here();
-    if let Some(f) = stdin {
-        cmd.stdin(f);
-    }
-    if let Some(f) = stdout {
-        cmd.stdout(f);
-    }
-    if let Some(f) = stderr {
-        cmd.stderr(f);
-    }
-    signals.prepare_child(&mut cmd, true, Vec::new());
-    match cmd.spawn() {
-        Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpawnError::NotFound(name)),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(SpawnError::NotExecutable(name)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => Err(SpawnError::NotExecutable(name)),
-        Err(e) => Err(SpawnError::Other(name, e)),
-    }
-}
-
-/// crik's stdin/stdout/stderr that are files on a mount outside this mount namespace (e.g.
-/// /dev/null opened by whoever started crik, before `unshare`), reopened here by path. CRIU
-/// cannot dump an fd whose mount it cannot see ("Can't lookup mount"), so the app must not
-/// inherit them. Pipes, sockets and files on visible mounts are passed through untouched.
-pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
-    let mounts: Vec<u64> = std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|t| t.lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect())
-        .unwrap_or_default();
-    [0, 1, 2].map(|fd| {
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_owned));
-        let mnt_id: u64 = field("mnt_id:")?.parse().ok()?;
-        if mounts.contains(&mnt_id) {
-            return None;
-        }
-        let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-        if !path.is_absolute() {
-            return None; // pipe:[..], socket:[..], anon_inode:..: not tied to a mount we can reopen
-        }
-        let flags = i32::from_str_radix(&field("flags:")?, 8).ok()?;
-        let mut opts = std::fs::OpenOptions::new();
-        match flags & libc::O_ACCMODE {
-            libc::O_WRONLY => opts.write(true),
-            libc::O_RDWR => opts.read(true).write(true),
-            _ => opts.read(true),
-        };
-        if flags & libc::O_APPEND != 0 {
-            opts.append(true);
-        }
-        match opts.open(&path) {
-            Ok(f) => {
-                log::debug!(
-                    "fd {fd} ({}) is on a mount outside this namespace; the app gets it reopened",
-                    path.display()
-                );
-                Some(f)
-            }
-            Err(e) => {
-                log::warn!(
-                    "fd {fd} ({}) is on a mount outside this namespace and cannot be reopened: {e}",
-                    path.display()
-                );
-                None
-            }
-        }
-    })
-}
-
 /// Exit code for a wait status: the code, or 128 + the signal number.
 pub fn exit_code(status: WaitStatus) -> Option<i32> {
     match status {
@@ -339,47 +196,6 @@ pub fn reap_all(main: Pid) -> Option<i32> {
     }
 }
 
-/// SIGKILLs every descendant of crik (used when a CRIU restore failed half-way: the partly
-/// restored tree hangs off crik, in process groups of its own).
-pub fn kill_descendants() {
-    signal_descendants(Signal::SIGKILL);
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
-/// Sends `sig` to every descendant of crik (the whole app tree, whatever its process groups).
-pub fn signal_descendants(sig: Signal) {
-    let me = std::process::id() as i32;
-    let mut parents: Vec<(i32, i32)> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                // The command name may contain spaces and parentheses: parse after the last ')'.
-                if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) {
-                    if let Ok(ppid) = ppid.parse() {
-                        parents.push((pid, ppid));
-                    }
-                }
-            }
-        }
-    }
-    let mut tree = vec![me];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    for pid in tree.into_iter().skip(1) {
-        log::debug!("sending {sig} to {pid}");
-        let _ = kill(Pid::from_raw(pid), sig);
-    }
-}
-
 /// What to do with a SIGTERM, decided by the caller (checkpointing lives elsewhere).
 pub enum TermAction {
     /// Pass SIGTERM on to the app and keep supervising.
@@ -388,13 +204,14 @@ pub enum TermAction {
     Exit(i32),
 }
 
-/// Supervises the app until it exits (returns its exit code) or a SIGTERM handler asks to exit.
 /// Something to run every `every` while the app runs (periodic checkpoints).
 pub struct Periodic<'a> {
     pub every: Duration,
     pub run: &'a mut dyn FnMut(Pid),
 }
 
+/// Supervises the app until it exits (returns its exit code) or the SIGTERM handler asks to
+/// exit (returns the code it gave). `periodic` runs between signals, when it is due.
 pub fn supervise(
     signals: &Signals,
     main: Pid,
@@ -464,11 +281,5 @@ mod tests {
         assert_eq!(exit_code(WaitStatus::Signaled(p, Signal::SIGKILL, false)), Some(137));
         assert_eq!(exit_code(WaitStatus::Signaled(p, Signal::SIGTERM, true)), Some(143));
         assert_eq!(exit_code(WaitStatus::StillAlive), None);
-    }
-
-    #[test]
-    fn spawn_errors_map_to_126_and_127() {
-        assert_eq!(SpawnError::NotFound("x".into()).exit_code(), 127);
-        assert_eq!(SpawnError::NotExecutable("x".into()).exit_code(), 126);
     }
 }

@@ -1,0 +1,230 @@
+//! The app's processes: starting it (a session of its own, stdio that CRIU can dump, PIDs that
+//! will be free at restore time) and killing its whole tree.
+
+use std::ffi::OsString;
+use std::io;
+use std::process::Command;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::supervisor::Signals;
+
+/// Where PIDs of a freshly started app begin, so that they are free again at restore time,
+/// when crik, CRIU and its helpers take the low ones.
+pub const APP_PID_BASE: u32 = 9000;
+
+/// Pushes the namespace's next PID up to `APP_PID_BASE`, so the app's PIDs are free again at
+/// restore time. Writing `ns_last_pid` needs a writable /proc/sys (privileged containers); where
+/// it is read-only and crik is PID 1 of its own namespace, crik instead burns through the low
+/// PIDs with short-lived children (under a second, once per container start). Elsewhere it
+/// leaves the PIDs alone.
+pub fn reserve_low_pids() {
+    let path = "/proc/sys/kernel/ns_last_pid";
+    let current: u32 = std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    if current >= APP_PID_BASE {
+        return;
+    }
+    match std::fs::write(path, APP_PID_BASE.to_string()) {
+        Ok(()) => log::debug!("set {path} to {APP_PID_BASE}"),
+        Err(e) if std::process::id() == 1 => {
+            let started = std::time::Instant::now();
+            let reached = burn_pids(APP_PID_BASE);
+            log::info!(
+                "{path} is not writable ({e}): advanced PIDs to {reached} with throwaway children in {} ms",
+                started.elapsed().as_millis()
+            );
+        }
+        Err(e) => log::debug!("not setting {path}: {e}"),
+    }
+}
+
+/// Starts and reaps children that exit at once until the kernel hands out a PID >= `target`.
+/// Each child is a `clone(CLONE_VM | CLONE_VFORK)` on a stack of its own that only calls
+/// `_exit`: no page tables copied (four times faster than fork), and unlike `vfork()` nothing
+/// ever returns twice on crik's own stack.
+fn burn_pids(target: u32) -> u32 {
+    extern "C" fn exit_at_once(_: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: _exit is async-signal-safe and touches no shared state.
+        unsafe { libc::_exit(0) }
+    }
+    // CLONE_VFORK suspends crik until the child has exited: one stack serves every child.
+    let mut stack = vec![0u128; 1024]; // 16 KiB, 16-byte aligned
+    let top = stack.as_mut_ptr_range().end.cast::<libc::c_void>();
+    loop {
+        // SAFETY: the child runs `exit_at_once` on `stack` (alive for the whole loop) and
+        // exits; crik resumes only after that (CLONE_VFORK).
+        let pid = unsafe {
+            libc::clone(exit_at_once, top, libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD, std::ptr::null_mut())
+        };
+        if pid < 0 {
+            return 0;
+        }
+        let _ = waitpid(Pid::from_raw(pid), None);
+        if pid as u32 >= target {
+            return pid as u32;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command not found: {0}")]
+    NotFound(String),
+    #[error("command not executable: {0}")]
+    NotExecutable(String),
+    #[error("cannot start {0}: {1}")]
+    Other(String, io::Error),
+}
+
+impl SpawnError {
+    /// The exit code a shell would give (127 not found, 126 not executable).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound(_) => 127,
+            SpawnError::NotExecutable(_) => 126,
+            SpawnError::Other(..) => 126,
+        }
+    }
+}
+
+/// Starts the app in its own session with stdin, stdout and stderr passed through.
+pub fn spawn_app(signals: &Signals, argv: &[OsString]) -> Result<Pid, SpawnError> {
+    let name = argv[0].to_string_lossy().into_owned();
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    let [stdin, stdout, stderr] = stdio_reopened_here();
+    if let Some(f) = stdin {
+        cmd.stdin(f);
+    }
+    if let Some(f) = stdout {
+        cmd.stdout(f);
+    }
+    if let Some(f) = stderr {
+        cmd.stderr(f);
+    }
+    signals.prepare_child(&mut cmd, true, Vec::new());
+    match cmd.spawn() {
+        Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpawnError::NotFound(name)),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(SpawnError::NotExecutable(name)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => Err(SpawnError::NotExecutable(name)),
+        Err(e) => Err(SpawnError::Other(name, e)),
+    }
+}
+
+/// crik's stdin/stdout/stderr that are files on a mount outside this mount namespace (e.g.
+/// /dev/null opened by whoever started crik, before `unshare`), reopened here by path. CRIU
+/// cannot dump an fd whose mount it cannot see ("Can't lookup mount"), so the app must not
+/// inherit them. Pipes, sockets and files on visible mounts are passed through untouched.
+pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
+    let mounts: Vec<u64> = crate::mountinfo::read().unwrap_or_default().iter().map(|m| m.id).collect();
+    [0, 1, 2].map(|fd| {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_owned));
+        let mnt_id: u64 = field("mnt_id:")?.parse().ok()?;
+        if mounts.contains(&mnt_id) {
+            return None;
+        }
+        let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+        if !path.is_absolute() {
+            return None; // pipe:[..], socket:[..], anon_inode:..: not tied to a mount we can reopen
+        }
+        let flags = i32::from_str_radix(&field("flags:")?, 8).ok()?;
+        let mut opts = std::fs::OpenOptions::new();
+        match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => opts.write(true),
+            libc::O_RDWR => opts.read(true).write(true),
+            _ => opts.read(true),
+        };
+        if flags & libc::O_APPEND != 0 {
+            opts.append(true);
+        }
+        match opts.open(&path) {
+            Ok(f) => {
+                log::debug!(
+                    "fd {fd} ({}) is on a mount outside this namespace; the app gets it reopened",
+                    path.display()
+                );
+                Some(f)
+            }
+            Err(e) => {
+                log::warn!(
+                    "fd {fd} ({}) is on a mount outside this namespace and cannot be reopened: {e}",
+                    path.display()
+                );
+                None
+            }
+        }
+    })
+}
+
+/// SIGKILLs every descendant of crik (used when a CRIU restore failed half-way: the partly
+/// restored tree hangs off crik, in process groups of its own).
+pub fn kill_descendants() {
+    signal_descendants(Signal::SIGKILL);
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Sends `sig` to every descendant of crik (the whole app tree, whatever its process groups).
+pub fn signal_descendants(sig: Signal) {
+    let me = std::process::id() as i32;
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                // The command name may contain spaces and parentheses: parse after the last ')'.
+                if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) {
+                    if let Ok(ppid) = ppid.parse() {
+                        parents.push((pid, ppid));
+                    }
+                }
+            }
+        }
+    }
+    let mut tree = vec![me];
+    let mut i = 0;
+    while i < tree.len() {
+        let p = tree[i];
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    for pid in tree.into_iter().skip(1) {
+        log::debug!("sending {sig} to {pid}");
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_errors_map_to_126_and_127() {
+        assert_eq!(SpawnError::NotFound("x".into()).exit_code(), 127);
+        assert_eq!(SpawnError::NotExecutable("x".into()).exit_code(), 126);
+    }
+
+    #[test]
+    fn burnt_pids_reach_the_target() {
+        let mut probe = std::process::Command::new("true").spawn().unwrap();
+        let first = probe.id();
+        probe.wait().unwrap();
+        let reached = burn_pids(first + 50);
+        assert!(reached >= first + 50, "{reached} < {}", first + 50);
+        // Each child was reaped by its own PID: none is left as a zombie of this process.
+        let zombies = std::fs::read_dir("/proc").unwrap().flatten().filter(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(')').map(|(_, r)| r.to_string()).unwrap_or_default();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.len() > 1 && f[0] == "Z" && f[1] == std::process::id().to_string()
+        });
+        assert_eq!(zombies.count(), 0);
+    }
+}
