@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType};
-use nix::sys::wait::waitpid;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use protobuf::Message;
 pub use rust_criu::rust_criu_protobuf::rpc;
@@ -35,11 +35,22 @@ pub enum CriuError {
     Protocol(String),
     #[error("CRIU did not finish within {0:?} and was killed")]
     Timeout(Duration),
-    /// `detail`: CRIU's errno and first error message, when it sent them.
-    #[error("CRIU {op} failed{detail}")]
-    Failed { op: &'static str, detail: String },
+    /// CRIU answered that the request failed, with its errno and message when it sent them.
+    #[error("CRIU {op} failed{}", failure_detail(*errno, message.as_deref()))]
+    Failed { op: &'static str, errno: Option<nix::errno::Errno>, message: Option<String> },
     #[error("CRIU exited without answering")]
     Vanished,
+}
+
+fn failure_detail(errno: Option<nix::errno::Errno>, message: Option<&str>) -> String {
+    let mut s = String::new();
+    if let Some(e) = errno {
+        s.push_str(&format!(" ({})", e.desc()));
+    }
+    if let Some(m) = message {
+        s.push_str(&format!(": {m}"));
+    }
+    s
 }
 
 impl From<protobuf::Error> for CriuError {
@@ -77,7 +88,7 @@ pub struct Response {
     pub received_fds: Vec<OwnedFd>,
 }
 
-/// Runs one request. `on_spawn` learns CRIU's PID (so a caller can clean up what it started).
+/// Runs one request with a fresh `criu swrk`, within `req.deadline`.
 pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> {
     let op = op_name(req.kind);
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
@@ -105,19 +116,60 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
     }
     drop(ours);
     // CRIU exits once the socket closes; reap it (and only it) so it never lingers as a zombie.
-    let _ = waitpid(pid, None);
+    // It has a few seconds for that, and is killed past them: no wait on CRIU is unbounded.
+    reap_or_kill(pid, EXIT_GRACE);
     let resp = result?;
     if !resp.resp.success() {
-        let mut detail = String::new();
-        if resp.resp.cr_errno() != 0 {
-            detail.push_str(&format!(" ({})", nix::errno::Errno::from_raw(resp.resp.cr_errno()).desc()));
-        }
-        if !resp.resp.cr_errmsg().is_empty() && !resp.resp.cr_errmsg().contains(HARMLESS) {
-            detail.push_str(&format!(": {}", resp.resp.cr_errmsg().trim()));
-        }
-        return Err(CriuError::Failed { op, detail });
+        let errno = (resp.resp.cr_errno() != 0).then(|| nix::errno::Errno::from_raw(resp.resp.cr_errno()));
+        let message =
+            Some(resp.resp.cr_errmsg().trim()).filter(|m| !m.is_empty() && !m.contains(HARMLESS)).map(str::to_owned);
+        return Err(CriuError::Failed { op, errno, message });
     }
     Ok(resp)
+}
+
+/// How long CRIU may take to exit after its last answer, or after SIGKILL.
+const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// Waits for `pid` to exit, at most `limit`; `None` if it is still running then.
+pub fn wait_bounded(pid: Pid, limit: Duration) -> Option<WaitStatus> {
+    let started = Instant::now();
+    // SAFETY: pidfd_open with a PID and no flags returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as RawFd;
+    // SAFETY: a fresh fd we own (when the call succeeded).
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) });
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => return Some(status),
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Not our child (any more): nothing to wait for.
+            Err(_) => return None,
+        }
+        let left = limit.checked_sub(started.elapsed())?;
+        match &pidfd {
+            // Readable once the process has exited: no polling latency on the checkpoint path.
+            Some(fd) => {
+                let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+                let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX));
+            }
+            None => std::thread::sleep(left.min(Duration::from_millis(5))),
+        }
+    }
+}
+
+/// Reaps `pid` within `grace`; past it, SIGKILLs its process group and waits `grace` again.
+/// A process that survives even that (stuck in the kernel) is left to the supervisor's reaping.
+pub fn reap_or_kill(pid: Pid, grace: Duration) {
+    if wait_bounded(pid, grace).is_some() {
+        return;
+    }
+    log::warn!("CRIU (pid {pid}) did not exit within {grace:?}: killing it");
+    let _ = killpg(pid, Signal::SIGKILL);
+    if wait_bounded(pid, grace).is_none() {
+        log::error!("CRIU (pid {pid}) survived SIGKILL for {grace:?}; leaving it to be reaped later");
+    }
 }
 
 /// Starts CRIU with crik's original signal mask, keeping only `keep` of crik's fds.
@@ -407,7 +459,7 @@ pub fn start_lazy_pages(signals: &Signals, images: &Path, wait: Duration) -> Res
         }
         if started.elapsed() > wait {
             let _ = killpg(pid, Signal::SIGKILL);
-            let _ = child.wait();
+            reap_or_kill(pid, EXIT_GRACE);
             return Err(CriuError::Timeout(wait));
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -473,6 +525,29 @@ mod tests {
         assert!(e[0].contains("Can't lookup mount"));
         assert_eq!(error_lines(log, 1).len(), 1);
         assert!(error_lines(log, 1)[0].contains("Dumping FAILED"));
+    }
+
+    #[test]
+    fn failures_keep_criu_errno_and_message() {
+        let e = CriuError::Failed { op: "dump", errno: Some(nix::errno::Errno::EPERM), message: Some("no".into()) };
+        assert_eq!(e.to_string(), "CRIU dump failed (Operation not permitted): no");
+        assert!(matches!(e, CriuError::Failed { errno: Some(nix::errno::Errno::EPERM), .. }));
+        assert_eq!(CriuError::Failed { op: "restore", errno: None, message: None }.to_string(), "CRIU restore failed");
+    }
+
+    #[test]
+    fn waits_on_a_process_are_bounded() {
+        let child = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let started = Instant::now();
+        assert_eq!(wait_bounded(pid, Duration::from_millis(100)), None, "still running");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        reap_or_kill(pid, Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(3), "killed and reaped within the grace");
+        assert!(waitpid(pid, Some(WaitPidFlag::WNOHANG)).is_err(), "already reaped");
+        let quick = Command::new("true").spawn().unwrap();
+        let status = wait_bounded(Pid::from_raw(quick.id() as i32), Duration::from_secs(5));
+        assert!(matches!(status, Some(WaitStatus::Exited(_, 0))), "{status:?}");
     }
 
     #[test]

@@ -4,19 +4,29 @@
 //! image file:  [u32 common magic] u32 image magic | u32 len | protobuf entry | u32 len | ...
 //! pages-N.img: raw page data, in the order of the present entries of the pagemap images
 //! ```
-//! Only what `crik inspect` shows is decoded: the process tree, command names and lines, open
-//! files and sockets, memory sizes. Field numbers follow CRIU's `images/*.proto`.
+//! The entries are CRIU's own protobuf messages, generated from its `images/*.proto` into
+//! [`crate::image_types`]. Read by `crik inspect` (process tree, command lines, open files and
+//! sockets, memory) and by restore (the open files to re-point at the new container's copies).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use protobuf::Message;
+
+use crate::image_types::core::{Core_entry, Task_kobj_ids_entry};
+use crate::image_types::fdinfo::{Fd_types, Fdinfo_entry, File_entry};
+use crate::image_types::mm::Mm_entry;
+use crate::image_types::pagemap::{Pagemap_entry, Pagemap_head};
+use crate::image_types::pstree::Pstree_entry;
+use crate::image_types::sk_inet::Inet_sk_entry;
+
 const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 const PAGE_SIZE: u64 = 4096;
 /// pagemap_entry.flags: the pages are in this checkpoint's pages image.
-const PE_PRESENT: u64 = 1 << 2;
+const PE_PRESENT: u32 = 1 << 2;
 /// Largest single entry crik accepts (CRIU's are small; a larger one means a damaged image).
 const MAX_ENTRY: usize = 64 << 20;
 
@@ -26,101 +36,6 @@ pub enum ImageError {
     Read { path: PathBuf, source: io::Error },
     #[error("{path} is damaged: {why}")]
     Damaged { path: PathBuf, why: String },
-}
-
-/// One protobuf field value, as on the wire.
-#[derive(Debug, Clone, Copy)]
-enum Wire<'a> {
-    Varint(u64),
-    Bytes(&'a [u8]),
-    Fixed(u64),
-}
-
-/// A decoded protobuf message: (field number, value) in wire order.
-struct Msg<'a>(Vec<(u32, Wire<'a>)>);
-
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, String> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos).ok_or("truncated varint")?;
-        *pos += 1;
-        v |= ((b & 0x7f) as u64) << shift;
-        if b & 0x80 == 0 {
-            return Ok(v);
-        }
-    }
-    Err("varint too long".into())
-}
-
-impl<'a> Msg<'a> {
-    fn parse(buf: &'a [u8]) -> Result<Msg<'a>, String> {
-        let mut fields = Vec::new();
-        let mut pos = 0;
-        while pos < buf.len() {
-            let key = varint(buf, &mut pos)?;
-            let (field, wire) = ((key >> 3) as u32, key & 7);
-            let v = match wire {
-                0 => Wire::Varint(varint(buf, &mut pos)?),
-                1 | 5 => {
-                    let n = if wire == 1 { 8 } else { 4 };
-                    let b = buf.get(pos..pos + n).ok_or("truncated fixed field")?;
-                    pos += n;
-                    let mut a = [0u8; 8];
-                    a[..n].copy_from_slice(b);
-                    Wire::Fixed(u64::from_le_bytes(a))
-                }
-                2 => {
-                    let len = varint(buf, &mut pos)? as usize;
-                    let b = buf.get(pos..pos.checked_add(len).ok_or("bad length")?).ok_or("truncated field")?;
-                    pos += len;
-                    Wire::Bytes(b)
-                }
-                w => return Err(format!("unsupported wire type {w}")),
-            };
-            fields.push((field, v));
-        }
-        Ok(Msg(fields))
-    }
-    fn u64(&self, f: u32) -> Option<u64> {
-        self.0.iter().rev().find_map(|(n, v)| match (n, v) {
-            (n, Wire::Varint(x) | Wire::Fixed(x)) if *n == f => Some(*x),
-            _ => None,
-        })
-    }
-    fn bytes(&self, f: u32) -> Option<&'a [u8]> {
-        self.0.iter().rev().find_map(|(n, v)| match (n, v) {
-            (n, Wire::Bytes(b)) if *n == f => Some(*b),
-            _ => None,
-        })
-    }
-    fn str(&self, f: u32) -> Option<String> {
-        self.bytes(f).map(|b| String::from_utf8_lossy(b).into_owned())
-    }
-    fn msg(&self, f: u32) -> Option<Msg<'a>> {
-        self.bytes(f).and_then(|b| Msg::parse(b).ok())
-    }
-    /// A repeated integer field, packed or not.
-    fn repeated(&self, f: u32) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (n, v) in &self.0 {
-            if *n != f {
-                continue;
-            }
-            match v {
-                Wire::Varint(x) | Wire::Fixed(x) => out.push(*x),
-                Wire::Bytes(b) => {
-                    let mut p = 0;
-                    while p < b.len() {
-                        match varint(b, &mut p) {
-                            Ok(x) => out.push(x),
-                            Err(_) => break,
-                        }
-                    }
-                }
-            }
-        }
-        out
-    }
 }
 
 /// The protobuf entries of one image file.
@@ -147,8 +62,17 @@ fn entries(path: &Path) -> Result<Vec<Vec<u8>>, ImageError> {
     Ok(out)
 }
 
-fn parse_entry<'a>(path: &Path, buf: &'a [u8]) -> Result<Msg<'a>, ImageError> {
-    Msg::parse(buf).map_err(|why| ImageError::Damaged { path: path.into(), why })
+/// Every entry of an image file, decoded as `M` (CRIU's message for that image).
+fn read<M: Message>(path: &Path) -> Result<Vec<M>, ImageError> {
+    entries(path)?
+        .iter()
+        .map(|e| M::parse_from_bytes(e).map_err(|err| ImageError::Damaged { path: path.into(), why: err.to_string() }))
+        .collect()
+}
+
+/// The first entry of an image file that holds one (core, ids, mm).
+fn read_one<M: Message>(path: &Path) -> Result<M, ImageError> {
+    read(path)?.into_iter().next().ok_or_else(|| ImageError::Damaged { path: path.into(), why: "no entry".into() })
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -185,52 +109,43 @@ pub struct RegFile {
 
 /// Every regular file in the checkpoint's file table (files.img).
 pub fn regular_files(dir: &Path) -> Result<Vec<RegFile>, ImageError> {
-    let path = dir.join("files.img");
-    let mut out = Vec::new();
-    for e in entries(&path)? {
-        let m = parse_entry(&path, &e)?;
-        if m.u64(1) == Some(1) {
-            if let Some(reg) = m.msg(3) {
-                let name = reg.str(6).unwrap_or_default();
-                let path = if name.starts_with('/') { name } else { format!("/{name}") };
-                out.push(RegFile { path, flags: reg.u64(2).unwrap_or(0) as u32 });
-            }
-        }
-    }
-    Ok(out)
+    let files: Vec<File_entry> = read(&dir.join("files.img"))?;
+    Ok(files
+        .iter()
+        .filter(|f| f.type_() == Fd_types::REG)
+        .filter_map(|f| f.reg.as_ref())
+        .map(|reg| {
+            let name = reg.name();
+            let path = if name.starts_with('/') { name.to_string() } else { format!("/{name}") };
+            RegFile { path, flags: reg.flags() }
+        })
+        .collect())
 }
 
 /// The process tree of a checkpoint's images dir, with each process's files and memory.
 pub fn processes(dir: &Path) -> Result<Vec<Process>, ImageError> {
     let files = file_table(dir)?;
-    let pstree = dir.join("pstree.img");
     let mut out = Vec::new();
-    for e in entries(&pstree)? {
-        let m = parse_entry(&pstree, &e)?;
-        let pid = m.u64(1).unwrap_or(0) as u32;
-        let core_path = dir.join(format!("core-{pid}.img"));
-        let core_entries = entries(&core_path)?;
-        let core = core_entries.first().map(|c| parse_entry(&core_path, c)).transpose()?;
-        let comm = core.as_ref().and_then(|c| c.msg(3)).and_then(|tc| tc.str(6)).unwrap_or_default();
+    for entry in read::<Pstree_entry>(&dir.join("pstree.img"))? {
+        let pid = entry.pid();
+        let core: Core_entry = read_one(&dir.join(format!("core-{pid}.img")))?;
+        let comm = core.tc.as_ref().map(|tc| tc.comm().to_string()).unwrap_or_default();
         // task_kobj_ids_entry: in ids-<pid>.img (older CRIU: inside the core entry).
-        let ids_path = dir.join(format!("ids-{pid}.img"));
-        let ids = entries(&ids_path).ok().and_then(|e| e.into_iter().next());
-        let files_id = ids
-            .as_deref()
-            .and_then(|b| Msg::parse(b).ok())
-            .and_then(|ids| ids.u64(2))
-            .or_else(|| core.as_ref().and_then(|c| c.msg(4)).and_then(|ids| ids.u64(2)));
+        let files_id = read_one::<Task_kobj_ids_entry>(&dir.join(format!("ids-{pid}.img")))
+            .ok()
+            .map(|ids| ids.files_id())
+            .or_else(|| core.ids.as_ref().map(|ids| ids.files_id()));
         let (memory_bytes, cmdline) = memory(dir, pid)?;
         let open = match files_id {
-            Some(id) => open_files(dir, id as u32, &files)?,
+            Some(id) => open_files(dir, id, &files)?,
             None => Vec::new(),
         };
         out.push(Process {
             pid,
-            ppid: m.u64(2).unwrap_or(0) as u32,
-            pgid: m.u64(3).unwrap_or(0) as u32,
-            sid: m.u64(4).unwrap_or(0) as u32,
-            threads: m.repeated(5).len(),
+            ppid: entry.ppid(),
+            pgid: entry.pgid(),
+            sid: entry.sid(),
+            threads: entry.threads.len(),
             comm,
             cmdline,
             memory_bytes,
@@ -242,105 +157,92 @@ pub fn processes(dir: &Path) -> Result<Vec<Process>, ImageError> {
 
 /// files.img: what each file id is (a path, a pipe, a socket, ...).
 fn file_table(dir: &Path) -> Result<BTreeMap<u32, (String, String)>, ImageError> {
-    let path = dir.join("files.img");
-    let mut t = BTreeMap::new();
-    for e in entries(&path)? {
-        let m = parse_entry(&path, &e)?;
-        let id = m.u64(2).unwrap_or(0) as u32;
-        let (kind, what) = describe_file(&m);
-        t.insert(id, (kind, what));
-    }
-    Ok(t)
+    let files: Vec<File_entry> = read(&dir.join("files.img"))?;
+    Ok(files.iter().map(|f| (f.id(), describe_file(f))).collect())
 }
 
-fn describe_file(m: &Msg) -> (String, String) {
-    let kind = m.u64(1).unwrap_or(0);
-    match kind {
-        1 => {
-            let reg = m.msg(3);
-            let name = reg.as_ref().and_then(|r| r.str(6)).unwrap_or_default();
-            let pos = reg.as_ref().and_then(|r| r.u64(3)).unwrap_or(0);
-            ("file".into(), format!("{name} (offset {pos})"))
+fn describe_file(f: &File_entry) -> (String, String) {
+    let (kind, what): (&str, String) = match f.type_() {
+        Fd_types::REG => {
+            let reg = f.reg.as_ref();
+            let (name, pos) = reg.map_or(("", 0), |r| (r.name(), r.pos()));
+            ("file", format!("{name} (offset {pos})"))
         }
-        2 => ("pipe".into(), format!("pipe:[{}]", m.msg(18).and_then(|p| p.u64(2)).unwrap_or(0))),
-        3 => ("fifo".into(), "fifo".into()),
-        4 => ("socket".into(), m.msg(4).map(|s| describe_inet(&s)).unwrap_or_default()),
-        5 => {
-            let usk = m.msg(16);
-            let name = usk
-                .as_ref()
-                .and_then(|u| u.bytes(11))
-                .map(|b| String::from_utf8_lossy(b).replace('\0', "@"))
-                .unwrap_or_default();
-            let ty = match usk.as_ref().and_then(|u| u.u64(3)) {
+        Fd_types::PIPE => ("pipe", format!("pipe:[{}]", f.pipe.as_ref().map_or(0, |p| p.pipe_id()))),
+        Fd_types::FIFO => ("fifo", "fifo".into()),
+        Fd_types::INETSK => ("socket", f.isk.as_ref().map(describe_inet).unwrap_or_default()),
+        Fd_types::UNIXSK => {
+            let usk = f.usk.as_ref();
+            let name = usk.map(|u| String::from_utf8_lossy(u.name()).replace('\0', "@")).unwrap_or_default();
+            let ty = match usk.map(|u| u.type_()) {
                 Some(1) => "stream",
                 Some(2) => "dgram",
                 Some(5) => "seqpacket",
                 _ => "?",
             };
-            ("socket".into(), format!("unix {ty} {}", if name.is_empty() { "(unnamed)".into() } else { name }))
+            ("socket", format!("unix {ty} {}", if name.is_empty() { "(unnamed)".into() } else { name }))
         }
-        6 => ("eventfd".into(), "eventfd".into()),
-        7 => ("eventpoll".into(), "eventpoll".into()),
-        8 => ("inotify".into(), "inotify".into()),
-        9 => ("signalfd".into(), "signalfd".into()),
-        10 => ("socket".into(), "packet socket".into()),
-        11 => ("tty".into(), "tty".into()),
-        13 => ("socket".into(), "netlink socket".into()),
-        17 => ("timerfd".into(), "timerfd".into()),
-        18 => ("memfd".into(), "memfd".into()),
-        k => ("other".into(), format!("file type {k}")),
-    }
+        Fd_types::EVENTFD => ("eventfd", "eventfd".into()),
+        Fd_types::EVENTPOLL => ("eventpoll", "eventpoll".into()),
+        Fd_types::INOTIFY => ("inotify", "inotify".into()),
+        Fd_types::SIGNALFD => ("signalfd", "signalfd".into()),
+        Fd_types::PACKETSK => ("socket", "packet socket".into()),
+        Fd_types::TTY => ("tty", "tty".into()),
+        Fd_types::NETLINKSK => ("socket", "netlink socket".into()),
+        Fd_types::TIMERFD => ("timerfd", "timerfd".into()),
+        Fd_types::MEMFD => ("memfd", "memfd".into()),
+        k => ("other", format!("file type {}", k as i32)),
+    };
+    (kind.into(), what)
 }
 
-fn describe_inet(s: &Msg) -> String {
-    let family = s.u64(3).unwrap_or(0);
-    let proto = match s.u64(5) {
-        Some(6) => "tcp",
-        Some(17) => "udp",
+fn describe_inet(s: &Inet_sk_entry) -> String {
+    let proto = match s.proto() {
+        6 => "tcp",
+        17 => "udp",
         _ => "ip",
     };
-    let addr = |f: u32| -> String {
-        let words = s.repeated(f);
-        let bytes: Vec<u8> = words.iter().flat_map(|w| (*w as u32).to_le_bytes()).collect();
-        match (family, bytes.len()) {
+    let addr = |words: &[u32]| -> String {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        match (s.family(), bytes.len()) {
             (2, 4..) => std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).to_string(),
             (10, 16..) => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[..16]).unwrap()).to_string(),
             _ => "*".into(),
         }
     };
-    let state = match s.u64(6) {
-        Some(1) => "established",
-        Some(2) => "syn-sent",
-        Some(3) => "syn-recv",
-        Some(4) => "fin-wait1",
-        Some(5) => "fin-wait2",
-        Some(6) => "time-wait",
-        Some(7) => "close",
-        Some(8) => "close-wait",
-        Some(9) => "last-ack",
-        Some(10) => "listen",
-        Some(11) => "closing",
+    let state = match s.state() {
+        1 => "established",
+        2 => "syn-sent",
+        3 => "syn-recv",
+        4 => "fin-wait1",
+        5 => "fin-wait2",
+        6 => "time-wait",
+        7 => "close",
+        8 => "close-wait",
+        9 => "last-ack",
+        10 => "listen",
+        11 => "closing",
         _ => "?",
     };
-    let (sp, dp) = (s.u64(7).unwrap_or(0), s.u64(8).unwrap_or(0));
+    let (sp, dp) = (s.src_port(), s.dst_port());
     if state == "listen" || dp == 0 {
-        format!("{proto} {}:{sp} {state}", addr(11))
+        format!("{proto} {}:{sp} {state}", addr(&s.src_addr))
     } else {
-        format!("{proto} {}:{sp} -> {}:{dp} {state}", addr(11), addr(12))
+        format!("{proto} {}:{sp} -> {}:{dp} {state}", addr(&s.src_addr), addr(&s.dst_addr))
     }
 }
 
 /// fdinfo-<files_id>.img: the descriptors of one process, resolved through the file table.
 fn open_files(dir: &Path, files_id: u32, table: &BTreeMap<u32, (String, String)>) -> Result<Vec<OpenFile>, ImageError> {
-    let path = dir.join(format!("fdinfo-{files_id}.img"));
-    let mut out = Vec::new();
-    for e in entries(&path)? {
-        let m = parse_entry(&path, &e)?;
-        let id = m.u64(1).unwrap_or(0) as u32;
-        let (kind, what) = table.get(&id).cloned().unwrap_or_else(|| ("?".into(), format!("file id {id}")));
-        out.push(OpenFile { fd: m.u64(4).unwrap_or(0) as u32, kind, what });
-    }
+    let fds: Vec<Fdinfo_entry> = read(&dir.join(format!("fdinfo-{files_id}.img")))?;
+    let mut out: Vec<OpenFile> = fds
+        .iter()
+        .map(|fd| {
+            let (kind, what) =
+                table.get(&fd.id()).cloned().unwrap_or_else(|| ("?".into(), format!("file id {}", fd.id())));
+            OpenFile { fd: fd.fd(), kind, what }
+        })
+        .collect();
     out.sort_by_key(|f| f.fd);
     Ok(out)
 }
@@ -350,27 +252,27 @@ fn memory(dir: &Path, pid: u32) -> Result<(u64, Option<Vec<String>>), ImageError
     let pm_path = dir.join(format!("pagemap-{pid}.img"));
     let pm = entries(&pm_path)?;
     let Some(head) = pm.first() else { return Ok((0, None)) };
-    let pages_id = parse_entry(&pm_path, head)?.u64(1).unwrap_or(0);
+    let damaged = |e: protobuf::Error| ImageError::Damaged { path: pm_path.clone(), why: e.to_string() };
+    let pages_id = Pagemap_head::parse_from_bytes(head).map_err(damaged)?.pages_id();
     // (vaddr, bytes, offset in the pages image) of each present run of pages.
     let mut runs = Vec::new();
     let mut offset = 0u64;
     for e in &pm[1..] {
-        let m = parse_entry(&pm_path, e)?;
-        // nr_pages is field 5 since CRIU 3.x; field 2 is its 32-bit predecessor.
-        let (vaddr, n) = (m.u64(1).unwrap_or(0), m.u64(5).or(m.u64(2)).unwrap_or(0) * PAGE_SIZE);
-        if m.u64(4).unwrap_or(PE_PRESENT) & PE_PRESENT != 0 {
-            runs.push((vaddr, n, offset));
+        let m = Pagemap_entry::parse_from_bytes(e).map_err(damaged)?;
+        // nr_pages since CRIU 3.x; compat_nr_pages is its 32-bit predecessor.
+        let pages = if m.has_nr_pages() { m.nr_pages() } else { m.compat_nr_pages() as u64 };
+        let n = pages * PAGE_SIZE;
+        if !m.has_flags() || m.flags() & PE_PRESENT != 0 {
+            runs.push((m.vaddr(), n, offset));
             offset += n;
         }
     }
-    let mm_path = dir.join(format!("mm-{pid}.img"));
-    let cmdline = entries(&mm_path).ok().and_then(|mm| mm.first().cloned()).and_then(|mm| {
-        let m = Msg::parse(&mm).ok()?;
-        let (start, end) = (m.u64(8)?, m.u64(9)?);
+    let cmdline = read_one::<Mm_entry>(&dir.join(format!("mm-{pid}.img"))).ok().and_then(|mm| {
+        let (start, end) = (mm.mm_arg_start(), mm.mm_arg_end());
         let &(vaddr, _, off) = runs.iter().find(|(v, n, _)| start >= *v && end <= v + n)?;
         use std::os::unix::fs::FileExt;
         let pages = fs::File::open(dir.join(format!("pages-{pages_id}.img"))).ok()?;
-        let mut bytes = vec![0u8; usize::try_from(end - start).ok().filter(|n| *n <= 1 << 20)?];
+        let mut bytes = vec![0u8; usize::try_from(end.checked_sub(start)?).ok().filter(|n| *n <= 1 << 20)?];
         pages.read_exact_at(&mut bytes, off + start - vaddr).ok()?;
         Some(
             bytes
@@ -386,44 +288,6 @@ fn memory(dir: &Path, pid: u32) -> Result<(u64, Option<Vec<String>>), ImageError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    #[test]
-    fn decodes_varints_bytes_nested_and_packed_fields() {
-        let mut inner = Vec::new();
-        put_varint(&mut inner, (6 << 3) | 2);
-        put_varint(&mut inner, 4);
-        inner.extend_from_slice(b"sh\0x");
-        let mut buf = Vec::new();
-        put_varint(&mut buf, 1 << 3);
-        put_varint(&mut buf, 9001);
-        put_varint(&mut buf, (3 << 3) | 2);
-        put_varint(&mut buf, inner.len() as u64);
-        buf.extend_from_slice(&inner);
-        put_varint(&mut buf, (5 << 3) | 2); // packed repeated 5: [1, 300]
-        put_varint(&mut buf, 3);
-        put_varint(&mut buf, 1);
-        put_varint(&mut buf, 300);
-        put_varint(&mut buf, 5 << 3); // plus one unpacked element
-        put_varint(&mut buf, 7);
-        let m = Msg::parse(&buf).unwrap();
-        assert_eq!(m.u64(1), Some(9001));
-        assert_eq!(m.msg(3).unwrap().str(6).unwrap(), "sh\0x");
-        assert_eq!(m.repeated(5), vec![1, 300, 7]);
-        assert!(Msg::parse(&[0x0a, 0x05, 0x01]).is_err(), "truncated length-delimited field");
-        assert!(Msg::parse(&[0x08]).is_err(), "truncated varint");
-    }
 
     #[test]
     fn image_framing_skips_magics_and_rejects_truncation() {
@@ -441,6 +305,48 @@ mod tests {
         data.push(0);
         fs::write(&p, &data).unwrap();
         assert!(matches!(entries(&p), Err(ImageError::Damaged { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An image file as CRIU writes it: magics, then length-prefixed entries.
+    fn image(entries: &[Vec<u8>]) -> Vec<u8> {
+        let mut data = Vec::new();
+        data.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        data.extend_from_slice(&0x5060_5060u32.to_le_bytes());
+        for e in entries {
+            data.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            data.extend_from_slice(e);
+        }
+        data
+    }
+
+    #[test]
+    fn entries_decode_as_criu_messages_and_missing_required_fields_are_damage() {
+        let dir = std::env::temp_dir().join(format!("crik-images-msg-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("pstree.img");
+        let mut e = Pstree_entry::new();
+        (e.pid, e.ppid, e.pgid, e.sid, e.threads) = (Some(9001), Some(0), Some(9001), Some(9001), vec![9001, 9002]);
+        fs::write(&p, image(&[e.write_to_bytes().unwrap()])).unwrap();
+        let back: Vec<Pstree_entry> = read(&p).unwrap();
+        assert_eq!(back, vec![e]);
+        // pstree_entry.pid is required: an entry without it is a damaged image, not pid 0.
+        let only_ppid = vec![0x10, 0x01]; // field 2 (ppid) = 1
+        fs::write(&p, image(&[only_ppid])).unwrap();
+        assert!(matches!(read::<Pstree_entry>(&p), Err(ImageError::Damaged { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_entry_over_the_size_cap_is_refused_before_it_is_read() {
+        let dir = std::env::temp_dir().join(format!("crik-images-cap-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("core-1.img");
+        let mut data = image(&[]);
+        data.extend_from_slice(&((MAX_ENTRY + 1) as u32).to_le_bytes());
+        fs::write(&p, &data).unwrap();
+        let e = entries(&p).unwrap_err().to_string();
+        assert!(e.contains("larger than 64 MiB"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

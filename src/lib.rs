@@ -10,6 +10,7 @@ pub mod config;
 pub mod criu;
 pub mod files;
 pub mod host;
+pub mod image_types;
 pub mod images;
 pub mod inspect;
 pub mod integrity;
