@@ -252,23 +252,64 @@ impl<'de> Deserialize<'de> for AbsPath {
     }
 }
 
-/// An http(s) URL, checked when it is parsed.
+/// An http(s) URL with a host and an optional path, checked when it is parsed and kept in a
+/// normal form (`http://host:port/path`, path at least `/`). crik only ever appends path
+/// segments to it, so it needs no general URL parser (and PID 1 carries no IDNA tables).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpUrl(url::Url);
+pub struct HttpUrl(String);
 
 impl HttpUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let u = url::Url::parse(s).map_err(|e| format!("not a valid URL {s:?}: {e}"))?;
-        if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-            return Err(format!("must be an http:// or https:// URL with a host, got {s:?}"));
+        let bad = |why: &str| Err(format!("must be an http:// or https:// URL with a host ({why}), got {s:?}"));
+        let Some((scheme, rest)) = s.split_once("://") else { return bad("no scheme") };
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return bad("not http or https");
         }
-        Ok(HttpUrl(u))
+        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad("it contains spaces or control characters");
+        }
+        if rest.contains(['?', '#']) {
+            return bad("a query or fragment is not allowed");
+        }
+        let (authority, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, _)) if !h.ends_with(']') && h.contains(':') => (authority, None), // bare IPv6: invalid below
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+        } else {
+            !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        };
+        if !host_ok {
+            return bad("no valid host");
+        }
+        if let Some(p) = port {
+            if p.parse::<u16>().is_err() {
+                return bad("the port is not a number up to 65535");
+            }
+        }
+        Ok(HttpUrl(format!("{scheme}://{}{path}", authority.to_ascii_lowercase())))
     }
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
-    }
-    pub fn url(&self) -> &url::Url {
         &self.0
+    }
+    /// This URL with `segments` appended to its path, each percent-encoded.
+    pub fn join(&self, segments: &[&str]) -> String {
+        let mut u = self.0.strip_suffix('/').unwrap_or(&self.0).to_string();
+        for seg in segments {
+            u.push('/');
+            for b in seg.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    u.push(b as char);
+                } else {
+                    u.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        u
     }
 }
 

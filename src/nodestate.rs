@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{Config, NodeStateSource};
+use crate::config::{Config, HttpUrl, NodeStateSource};
 
 /// Environment variable holding the node's name (set from the downward API).
 pub const NODE_NAME_ENV: &str = "KUBERNETES_NODE_NAME";
@@ -20,9 +20,9 @@ pub const NODE_NAME_ENV: &str = "KUBERNETES_NODE_NAME";
 pub struct Query {
     pub source: NodeStateSource,
     /// The URL asked (for the server: `<url>/v1/nodes/<name>`).
-    pub endpoint: url::Url,
+    pub endpoint: String,
     /// AWS only: where the IMDSv2 session token comes from.
-    pub token_endpoint: Option<url::Url>,
+    pub token_endpoint: Option<String>,
     pub node_name: Option<String>,
     pub timeout: Duration,
 }
@@ -68,15 +68,12 @@ impl Query {
                 (ns.source, endpoint, ns.timeout)
             }
         };
-        let base = |default: &str| -> url::Url {
-            endpoint
-                .as_ref()
-                .map(|e| e.url().clone())
-                .unwrap_or_else(|| url::Url::parse(default).expect("valid default"))
+        let base = |default: &str| -> HttpUrl {
+            endpoint.clone().unwrap_or_else(|| HttpUrl::parse(default).expect("valid default"))
         };
         let node_name = node_name.filter(|n| !n.is_empty());
         let token_endpoint =
-            (source == NodeStateSource::Aws).then(|| join(&base(AWS_DEFAULT), &["latest", "api", "token"]));
+            (source == NodeStateSource::Aws).then(|| base(AWS_DEFAULT).join(&["latest", "api", "token"]));
         let endpoint = match source {
             NodeStateSource::Server => {
                 let Some(url) = &endpoint else {
@@ -87,14 +84,12 @@ impl Query {
                         "the node-state server needs the node's name in ${NODE_NAME_ENV} (set it from the downward API: spec.nodeName)"
                     ));
                 };
-                join(url.url(), &["v1", "nodes", name])
+                url.join(&["v1", "nodes", name])
             }
-            NodeStateSource::Aws => join(&base(AWS_DEFAULT), &["latest", "meta-data", "spot", "instance-action"]),
-            NodeStateSource::Gcp => join(&base(GCP_DEFAULT), &["computeMetadata", "v1", "instance", "preempted"]),
+            NodeStateSource::Aws => base(AWS_DEFAULT).join(&["latest", "meta-data", "spot", "instance-action"]),
+            NodeStateSource::Gcp => base(GCP_DEFAULT).join(&["computeMetadata", "v1", "instance", "preempted"]),
             NodeStateSource::Azure => {
-                let mut u = join(&base(AZURE_DEFAULT), &["metadata", "scheduledevents"]);
-                u.set_query(Some("api-version=2020-07-01"));
-                u
+                base(AZURE_DEFAULT).join(&["metadata", "scheduledevents"]) + "?api-version=2020-07-01"
             }
         };
         Ok(Some(Query { source, endpoint, token_endpoint, node_name, timeout }))
@@ -201,17 +196,6 @@ impl Query {
             None => Answer::Staying(format!("{} scheduled event(s), none is Preempt", ev.events.len())),
         })
     }
-}
-
-fn join(base: &url::Url, segments: &[&str]) -> url::Url {
-    let mut u = base.clone();
-    if let Ok(mut p) = u.path_segments_mut() {
-        p.pop_if_empty();
-        for s in segments {
-            p.push(s);
-        }
-    }
-    u
 }
 
 fn read(url: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<(u16, String), AskError> {
