@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: u32 = 1;
+/// Largest manifest crik reads (a real one is a few KiB).
+const MAX_MANIFEST: u64 = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -73,13 +75,13 @@ impl Manifest {
     }
 
     pub fn load(path: &std::path::Path) -> Result<Manifest, ManifestError> {
-        // Manifests are small; refuse to parse anything absurd.
-        let text = std::fs::read(path).map_err(|e| ManifestError::Read { path: path.into(), source: e })?;
-        if text.len() > 16 * 1024 * 1024 {
-            return Err(ManifestError::Read {
-                path: path.into(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, "manifest larger than 16 MiB"),
-            });
+        use std::io::Read;
+        let read_err = |e| ManifestError::Read { path: path.into(), source: e };
+        // Manifests are small: refuse to read (let alone parse) anything absurd.
+        let mut text = Vec::new();
+        std::fs::File::open(path).and_then(|f| f.take(MAX_MANIFEST + 1).read_to_end(&mut text)).map_err(read_err)?;
+        if text.len() as u64 > MAX_MANIFEST {
+            return Err(read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "manifest larger than 16 MiB")));
         }
         let m: Manifest =
             serde_json::from_slice(&text).map_err(|e| ManifestError::Parse { path: path.into(), source: e })?;
@@ -123,12 +125,20 @@ mod tests {
         std::fs::write(&p, m.to_json()).unwrap();
         assert_eq!(Manifest::load(&p).unwrap(), m);
 
-        let newer = Manifest { format: FORMAT + 1, ..m };
+        let newer = Manifest { format: FORMAT + 1, ..m.clone() };
         std::fs::write(&p, newer.to_json()).unwrap();
         assert!(matches!(Manifest::load(&p), Err(ManifestError::TooNew { .. })));
 
         std::fs::write(&p, "{ not json").unwrap();
         assert!(matches!(Manifest::load(&p), Err(ManifestError::Parse { .. })));
+
+        // Over the cap: refused without being parsed (it would be valid JSON otherwise).
+        let mut huge = m.to_json().into_bytes();
+        huge.pop(); // the newline
+        huge.resize(MAX_MANIFEST as usize + 1, b' ');
+        std::fs::write(&p, &huge).unwrap();
+        let e = Manifest::load(&p).unwrap_err().to_string();
+        assert!(e.contains("larger than 16 MiB"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,24 +12,11 @@ fn workload(name: &str) -> String {
     format!("{}/tests/workloads/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// SIGTERM → crik must checkpoint and exit 0. Returns the stdout lines the app printed.
-fn checkpoint(c: &mut Container) -> Vec<String> {
-    c.signal(libc::SIGTERM);
-    let code = c.wait_code(LONG);
-    assert_eq!(code, 0, "checkpoint failed:\n{}", c.stderr());
-    assert!(c.stderr().contains("complete in"), "{}", c.stderr());
-    c.stdout_seen.clone()
-}
-
-fn last_count(lines: &[String]) -> u64 {
-    lines.iter().rev().find_map(|l| count_of(l)).expect("no count printed")
-}
-
 /// Restores in a fresh container and checks the counter carries on from `last`, exactly.
 fn restore_counter(cfg: &Path, last: u64) -> Container {
     let mut c = Container::start(Spec::run(Some(cfg), &COUNTER));
     c.expect_count_after(last);
-    assert!(c.stderr().contains("restored app as pid"), "{}", c.stderr());
+    c.expect_event("restore_finished", &[]);
     c.expect_line(SHORT, "three more counts", |l| count_of(l) == Some(last + 4));
     c
 }
@@ -246,7 +233,8 @@ fn crik_restore_command_restores_in_the_foreground() {
     let last = last_count(&checkpoint(&mut c));
 
     let images = s.images();
-    let mut c = Container::start(Spec::args(&["restore", "--image-dir", images.to_str().unwrap()]));
+    let (cfg, images) = (cfg.to_str().unwrap(), images.to_str().unwrap());
+    let mut c = Container::start(Spec::args(&["restore", "--config", cfg, "--image-dir", images]));
     c.expect_count_after(last);
     assert!(c.stderr().contains("restore.log"), "must say where CRIU's log is: {}", c.stderr());
     // Left in place for another debugging round.
@@ -300,7 +288,7 @@ fn hard_kill_after_a_periodic_checkpoint_restores_from_it() {
     let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
     c.expect_line(SHORT, "count 3", |l| l == "count 3");
     // Wait for a periodic checkpoint, and see the app keep running after it.
-    assert!(eventually(SHORT, || c.stderr().contains("periodic checkpoint /")), "{}", c.stderr());
+    assert!(eventually(SHORT, || c.event("checkpoint_finished", &[("kind", "periodic")]).is_some()), "{}", c.stderr());
     let published = s.checkpoints();
     assert_eq!(published.len(), 1, "{published:?}");
     let seen_at_checkpoint = c.stdout_seen.len();
@@ -317,7 +305,7 @@ fn hard_kill_after_a_periodic_checkpoint_restores_from_it() {
     assert!(first > 1 && first <= last_seen + 1, "restored {first}, last seen {last_seen}\n{}", c.stderr());
     let next = count_of(&c.expect_line(SHORT, "the next count", |l| count_of(l).is_some())).unwrap();
     assert_eq!(next, first + 1);
-    assert!(c.stderr().contains("restored app as pid"), "{}", c.stderr());
+    c.expect_event("restore_finished", &[]);
 }
 
 #[test]
@@ -327,7 +315,7 @@ fn app_exiting_on_its_own_retires_periodic_checkpoints() {
     let app = "i=0; while [ $i -lt 15 ]; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done; exit 3";
     let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", app]));
     assert_eq!(c.wait_code(LONG), 3);
-    assert!(c.stderr().contains("periodic checkpoint /"), "{}", c.stderr());
+    c.expect_event("checkpoint_finished", &[("kind", "periodic")]);
     assert!(s.checkpoints().is_empty(), "a finished app must not be restored: {:?}", s.checkpoints());
     // So the next start runs the command fresh.
     let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", app]));
@@ -410,7 +398,7 @@ fn file_the_app_keeps_appending_to_is_archived_consistent_with_the_dump() {
     let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
     c.expect_line(LONG, "count 5", |l| l == "count 5");
     // A periodic checkpoint happened meanwhile and the app went on writing after it.
-    assert!(eventually(SHORT, || c.stderr().contains("periodic checkpoint /")), "{}", c.stderr());
+    assert!(eventually(SHORT, || c.event("checkpoint_finished", &[("kind", "periodic")]).is_some()), "{}", c.stderr());
     c.expect_line(LONG, "more counts", |l| count_of(l).is_some());
     let last = last_count(&checkpoint(&mut c));
     std::fs::remove_dir_all(&data).unwrap();

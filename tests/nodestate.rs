@@ -137,7 +137,7 @@ fn server_says_shutting_down_so_crik_checkpoints() {
     let seen = fake.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("GET", "/v1/nodes/node-a"));
-    assert!(c.stderr().contains("shutting-down"), "{}", c.stderr());
+    c.expect_event("node_state", &[("answer", "shutting-down")]);
 }
 
 #[test]
@@ -145,6 +145,7 @@ fn server_says_unknown_so_sigterm_is_forwarded() {
     let fake = server_answering(200, r#"{"name":"node-a","state":"unknown"}"#);
     let (c, _s) =
         sigterm_with("ns-unknown", &format!("nodeStateServerURL: {}\n", fake.url), Some("node-a"), Outcome::Forwarded);
+    c.expect_event("node_state", &[("answer", "staying")]);
     assert!(c.stderr().contains("not going away"), "{}", c.stderr());
 }
 
@@ -154,7 +155,7 @@ fn slow_server_past_the_timeout_checkpoints_by_default_or_forwards_with_skip() {
     let fake = slow();
     let yaml = format!("nodeState: {{source: server, endpoint: '{}', timeout: 0.5}}\n", fake.url);
     let (c, _s) = sigterm_with("ns-slow", &yaml, Some("n"), Outcome::Checkpointed);
-    assert!(c.stderr().contains("cannot learn the node state"), "{}", c.stderr());
+    c.expect_event("node_state", &[("answer", "error")]);
     let fake = slow();
     let yaml =
         format!("nodeState: {{source: server, endpoint: '{}', timeout: 0.5}}\nonNodeStateError: skip\n", fake.url);

@@ -14,11 +14,6 @@ fn app_pid(c: &mut Container) -> i32 {
     children_of(crik)[0].0
 }
 
-fn checkpoint(c: &mut Container) {
-    c.signal(libc::SIGTERM);
-    assert_eq!(c.wait_code(LONG), 0, "{}", c.stderr());
-}
-
 #[test]
 fn runtime_files_and_configured_mounts_point_to_the_new_pods_copies() {
     let s = Scratch::new("extmounts");
@@ -59,8 +54,11 @@ fn runtime_files_and_configured_mounts_point_to_the_new_pods_copies() {
 
     // With it, both files follow the pod.
     let cfg = s.path("with-mounts.yaml");
-    std::fs::write(&cfg, format!("imageDir: {}/images2\nexternalMounts: [{}]\n", s.dir.display(), mnt.display()))
-        .unwrap();
+    std::fs::write(
+        &cfg,
+        format!("imageDir: {}/images2\nlogFormat: json\nexternalMounts: [{}]\n", s.dir.display(), mnt.display()),
+    )
+    .unwrap();
     let mut c = run(&cfg, "a");
     c.expect_line(SHORT, "count 2", |l| l == "count 2");
     checkpoint(&mut c);

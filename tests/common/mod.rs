@@ -62,9 +62,11 @@ impl Scratch {
         self.dir.join("images")
     }
     /// Writes a config file with `imageDir` pointing into the scratch dir plus `extra` YAML.
+    /// crik logs JSON lines (unless `extra` sets `logFormat`), so tests can check its events.
     pub fn config(&self, extra: &str) -> PathBuf {
         let p = self.dir.join("config.yaml");
-        fs::write(&p, format!("imageDir: {}\n{extra}", self.images().display())).unwrap();
+        let format = if extra.contains("logFormat:") { "" } else { "logFormat: json\n" };
+        fs::write(&p, format!("imageDir: {}\n{format}{extra}", self.images().display())).unwrap();
         p
     }
     pub fn write_script(&self, name: &str, body: &str) -> PathBuf {
@@ -114,6 +116,8 @@ pub struct Spec {
     /// Shell commands run inside the fresh namespaces just before crik is exec'ed as PID 1
     /// (e.g. to make /proc/sys read-only as in an unprivileged container).
     pub setup: Option<String>,
+    /// A command crik is exec'ed through (e.g. `setpriv` dropping capabilities).
+    pub wrap: Vec<String>,
 }
 
 impl Spec {
@@ -127,7 +131,7 @@ impl Spec {
             args.push("--".into());
             args.extend(cmd.iter().map(|s| s.to_string()));
         }
-        Spec { args, pid1: true, env: Vec::new(), stray_fd: false, stdin: None, setup: None }
+        Spec { args, pid1: true, env: Vec::new(), stray_fd: false, stdin: None, setup: None, wrap: Vec::new() }
     }
     pub fn args(args: &[&str]) -> Spec {
         Spec {
@@ -137,6 +141,7 @@ impl Spec {
             stray_fd: false,
             stdin: None,
             setup: None,
+            wrap: Vec::new(),
         }
     }
 }
@@ -157,10 +162,13 @@ impl Container {
             let mut c = Command::new("unshare");
             c.args(["--pid", "--fork", "--mount-proc", "--ipc", "--uts"]);
             if let Some(setup) = &spec.setup {
-                c.args(["sh", "-c", &format!("{setup}\nexec \"$0\" \"$@\""), CRIK]);
-            } else {
-                c.arg(CRIK);
+                c.args(["sh", "-c", &format!("{setup}\nexec \"$0\" \"$@\"")]);
             }
+            c.args(&spec.wrap).arg(CRIK);
+            c
+        } else if let Some((first, rest)) = spec.wrap.split_first() {
+            let mut c = Command::new(first);
+            c.args(rest).arg(CRIK);
             c
         } else {
             Command::new(CRIK)
@@ -373,6 +381,55 @@ pub fn refused_at_start(cfg: &Path, env: &[(&str, &str)]) -> (i32, String) {
         c.stderr()
     );
     (code, c.stderr())
+}
+
+/// crik's JSON log lines that carry an `event` (lines that are not JSON objects, such as a
+/// fatal `crik: ...` message, are skipped).
+pub fn events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_some())
+        .collect()
+}
+
+impl Container {
+    /// The first logged event named `name` whose fields include every pair of `fields`.
+    pub fn event(&self, name: &str, fields: &[(&str, &str)]) -> Option<serde_json::Value> {
+        events(&self.stderr()).into_iter().find(|e| {
+            e["event"] == name
+                && fields
+                    .iter()
+                    .all(|(k, v)| e[*k].as_str().map(str::to_owned).unwrap_or_else(|| e[*k].to_string()) == *v)
+        })
+    }
+
+    /// Waits (up to `LONG`) for the event named `name` to be logged.
+    pub fn expect_event_eventually(&mut self, name: &str) -> serde_json::Value {
+        assert!(eventually(LONG, || self.event(name, &[]).is_some()), "no {name} event\n{}", self.stderr());
+        self.expect_event(name, &[])
+    }
+
+    /// Panics (with crik's log) unless the event was logged.
+    pub fn expect_event(&self, name: &str, fields: &[(&str, &str)]) -> serde_json::Value {
+        self.event(name, fields)
+            .unwrap_or_else(|| panic!("no {name} event with {fields:?}\ncrik's stderr:\n{}", self.stderr()))
+    }
+}
+
+/// SIGTERM → crik must complete a final checkpoint and exit 0. Returns the stdout lines the
+/// app printed.
+pub fn checkpoint(c: &mut Container) -> Vec<String> {
+    c.signal(libc::SIGTERM);
+    let code = c.wait_code(LONG);
+    assert_eq!(code, 0, "checkpoint failed:\n{}", c.stderr());
+    c.expect_event("checkpoint_finished", &[("kind", "final")]);
+    c.stdout_seen.clone()
+}
+
+/// The last "count N" the app printed.
+pub fn last_count(lines: &[String]) -> u64 {
+    lines.iter().rev().find_map(|l| count_of(l)).expect("no count printed")
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
