@@ -406,14 +406,19 @@ fn without_dac_override(mut spec: Spec) -> Spec {
     spec
 }
 
+/// A published checkpoint, then its `checkpoints/` made unreadable (mode 000); returns that dir.
+fn unreadable_store(s: &Scratch, cfg: &Path) -> PathBuf {
+    counter_checkpoint(s, cfg);
+    let published = s.images().join("checkpoints");
+    std::fs::set_permissions(&published, std::fs::Permissions::from_mode(0o000)).unwrap();
+    published
+}
+
 #[test]
 fn an_unreadable_store_at_start_is_retried_then_fails_and_never_silently_starts_fresh() {
     let s = Scratch::new("unreadable-fail");
     let cfg = s.config("onRestoreFailure: fail\n");
-    counter_checkpoint(&s, &cfg);
-    let published = s.images().join("checkpoints");
-    std::fs::set_permissions(&published, std::fs::Permissions::from_mode(0o000)).unwrap();
-
+    let published = unreadable_store(&s, &cfg);
     let mut c = Container::start(without_dac_override(Spec::run(Some(&cfg), &COUNTER)));
     let code = c.wait_code(LONG);
     let log = c.stderr();
@@ -434,10 +439,7 @@ fn an_unreadable_store_at_start_is_retried_then_fails_and_never_silently_starts_
 fn an_unreadable_store_with_cold_start_starts_fresh_and_says_so() {
     let s = Scratch::new("unreadable-cold");
     let cfg = s.config("");
-    counter_checkpoint(&s, &cfg);
-    let published = s.images().join("checkpoints");
-    std::fs::set_permissions(&published, std::fs::Permissions::from_mode(0o000)).unwrap();
-
+    let published = unreadable_store(&s, &cfg);
     let mut c = Container::start(without_dac_override(Spec::run(Some(&cfg), &COUNTER)));
     assert_eq!(c.expect_line(LONG, "a count", |l| count_of(l).is_some()), "count 1", "{}", c.stderr());
     c.expect_event("store_unreadable", &[]);
