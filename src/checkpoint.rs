@@ -145,6 +145,13 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         cgroups: crate::remap::own_cgroup_dirs(),
         rootfs,
         has_files_archive,
+        cpu: match crate::cpu::record(&images) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("cannot read the CPU record CRIU wrote: {e}; a restore will not check the CPU");
+                None
+            }
+        },
         crik_version: env!("CARGO_PKG_VERSION").to_string(),
         criu_version,
         kernel: host::kernel_release(),

@@ -308,6 +308,8 @@ fn op_name(kind: rpc::Criu_req_type) -> &'static str {
         rpc::Criu_req_type::RESTORE => "restore",
         rpc::Criu_req_type::VERSION => "version",
         rpc::Criu_req_type::CHECK => "check",
+        rpc::Criu_req_type::CPUINFO_DUMP => "cpuinfo dump",
+        rpc::Criu_req_type::CPUINFO_CHECK => "cpuinfo check",
         _ => "request",
     }
 }
@@ -342,6 +344,25 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
 pub fn major_minor(version: &str) -> (u32, u32) {
     let mut parts = version.split('.').map(|p| p.parse().unwrap_or(0));
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+/// `cpuinfo dump` (record this CPU into `dir`, as cpuinfo.img) or `cpuinfo check` (can the CPU
+/// recorded in `dir` run here?), with crik's CPU capabilities ([`crate::cpu::CPU_CAPS`]).
+pub fn cpuinfo(signals: &Signals, kind: rpc::Criu_req_type, dir: &File) -> Result<(), CriuError> {
+    let mut o = rpc::Criu_opts::new();
+    o.set_images_dir_fd(dir.as_raw_fd());
+    o.set_log_level(4);
+    o.set_log_file(CPUINFO_LOG.into());
+    o.set_cpu_cap(crate::cpu::CPU_CAPS);
+    let req = Request {
+        kind,
+        opts: Some(o),
+        inherit: Vec::new(),
+        deadline: Duration::from_secs(30),
+        writeback: None,
+        on_notify: None,
+    };
+    call(signals, req).map(|_| ())
 }
 
 /// Mounts CRIU treats as external: the runtime provides them in every container.
@@ -393,6 +414,8 @@ pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool, extra_mounts:
     let mut o = common_opts(images_dir, DUMP_LOG);
     o.set_pid(pid.as_raw());
     o.set_leave_running(leave_running);
+    // Record the CPU (cpuinfo.img), so a restore elsewhere can be checked against it first.
+    o.set_cpu_cap(crate::cpu::CPU_CAPS);
     // A connected client must never make the checkpoint fail.
     o.set_tcp_established(true);
     o.set_ext_unix_sk(true);
@@ -471,6 +494,7 @@ pub const LAZY_PAGES_SOCKET: &str = "lazy-pages.socket";
 pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
 pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
+pub const CPUINFO_LOG: &str = "cpuinfo.log";
 
 /// Renders CRIU's own error lines under a failure, so the user sees why, not just "failed".
 pub fn format_log(lines: &[String]) -> String {

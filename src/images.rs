@@ -71,7 +71,7 @@ fn read<M: Message>(path: &Path) -> Result<Vec<M>, ImageError> {
 }
 
 /// The first entry of an image file that holds one (core, ids, mm).
-fn read_one<M: Message>(path: &Path) -> Result<M, ImageError> {
+pub(crate) fn read_one<M: Message>(path: &Path) -> Result<M, ImageError> {
     read(path)?.into_iter().next().ok_or_else(|| ImageError::Damaged { path: path.into(), why: "no entry".into() })
 }
 

@@ -118,6 +118,18 @@ pub fn render(r: &Report) -> String {
         s.push_str(&format!("  taken:      {} (CRIU dump {} ms)\n", m.created, m.dump_millis));
         s.push_str(&format!("  command:    {}\n", m.command.join(" ")));
         s.push_str(&format!("  versions:   crik {}, CRIU {}, kernel {}\n", m.crik_version, m.criu_version, m.kernel));
+        match &m.cpu {
+            Some(c) if !c.model.is_empty() => s.push_str(&format!(
+                "  cpu:        {} {} {}, xsave {} bytes, features checked at restore: {}\n",
+                c.arch,
+                c.vendor,
+                c.model,
+                c.xsave_size,
+                c.features.join(" ")
+            )),
+            Some(c) => s.push_str(&format!("  cpu:        {}\n", c.arch)),
+            None => s.push_str("  cpu:        not recorded (taken by an older crik)\n"),
+        }
         s.push_str(&format!("  stdio:      stdin {}, stdout {}, stderr {}\n", m.stdio[0], m.stdio[1], m.stdio[2]));
         s.push_str(&format!(
             "  addresses:  {}\n",

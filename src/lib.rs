@@ -7,6 +7,7 @@ pub mod app;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod criu;
 pub mod files;
 pub mod host;

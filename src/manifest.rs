@@ -38,6 +38,9 @@ pub struct Manifest {
     /// Whether `files.tar` (additionalPaths) is part of the checkpoint.
     #[serde(default)]
     pub has_files_archive: bool,
+    /// The CPU the checkpoint was taken on; checked at restore (see [`crate::cpu`]).
+    #[serde(default)]
+    pub cpu: Option<crate::cpu::CpuRecord>,
     pub crik_version: String,
     pub criu_version: String,
     pub kernel: String,
@@ -103,6 +106,7 @@ impl Manifest {
             cgroups: vec![],
             rootfs: None,
             has_files_archive: false,
+            cpu: None,
             crik_version: env!("CARGO_PKG_VERSION").into(),
             criu_version: "4.2.1".into(),
             kernel: "6.18".into(),

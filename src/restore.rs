@@ -36,6 +36,10 @@ pub enum RestoreError {
     Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
+    /// The checkpoint is sound but needs a CPU this node does not have: it is kept for a node
+    /// that has one.
+    #[error("the checkpoint needs CPU features this node lacks: {missing}{}", criu::format_log(log_lines))]
+    IncompatibleCpu { missing: String, log_lines: Vec<String> },
     #[error("cannot lend stdio or re-pointed files to CRIU: {0}")]
     Stdio(std::io::Error),
     #[error("{source}{}\nfull CRIU log: {log}", criu::format_log(log_lines))]
@@ -64,6 +68,13 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         let t = std::time::Instant::now();
         std::thread::spawn(move || integrity::verify(&c.dir, &m, Scope::PageContents).map(|()| t.elapsed()))
     });
+    // Before anything is changed in this container (files put back); alongside the page check.
+    if let Err(e) = check_cpu(signals, ckpt, &manifest) {
+        if let Some(check) = pages_check.take() {
+            let _ = join_check(check);
+        }
+        return Err(e);
+    }
     log::info!(
         "restoring checkpoint {} (taken {}, command {:?})",
         ckpt.dir.display(),
@@ -159,6 +170,55 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
             Err(RestoreError::Criu { source: e, log_lines, log })
         }
     }
+}
+
+/// Refuses a checkpoint whose CPU record this CPU cannot satisfy, as CRIU's `cpuinfo check`
+/// judges it; when it refuses, crik names the missing features (CRIU's log does not).
+fn check_cpu(signals: &Signals, ckpt: &Checkpoint, manifest: &Manifest) -> Result<(), RestoreError> {
+    let Some(cpu) = &manifest.cpu else {
+        log::debug!("the checkpoint has no CPU record (taken by an older crik): not checked");
+        return Ok(());
+    };
+    let here = std::env::consts::ARCH;
+    if cpu.arch != here {
+        let missing = format!("it was taken on {}, this node is {here}", cpu.arch);
+        return Err(RestoreError::IncompatibleCpu { missing, log_lines: Vec::new() });
+    }
+    let images = ckpt.images_dir();
+    if !images.join(crate::cpu::CPUINFO_IMAGE).exists() {
+        return Ok(()); // not x86: the architecture is all CRIU records
+    }
+    let dir = File::open(&images).map_err(|e| RestoreError::ImagesDir { path: images.clone(), source: e })?;
+    let started = std::time::Instant::now();
+    let verdict = criu::cpuinfo(signals, criu::rpc::Criu_req_type::CPUINFO_CHECK, &dir);
+    log::debug!("CPU check by CRIU in {} ms", started.elapsed().as_millis());
+    if verdict.is_ok() {
+        return Ok(());
+    }
+    let log_lines = criu::log_errors(&images.join(criu::CPUINFO_LOG), 4);
+    let missing = match cpu_here(signals, ckpt).and_then(|now| {
+        let then = crate::cpu::read_x86(&images).map_err(|e| e.to_string())?.ok_or("no x86 record")?;
+        Ok(crate::cpu::missing(&then, &now))
+    }) {
+        Ok(m) if !m.is_empty() => m.join(", "),
+        Ok(_) => "CRIU refused the CPU (see its log)".to_string(),
+        Err(e) => format!("CRIU refused the CPU, and this CPU could not be described: {e}"),
+    };
+    Err(RestoreError::IncompatibleCpu { missing, log_lines })
+}
+
+/// This node's CPU as CRIU describes it (`cpuinfo dump` into a scratch dir of the checkpoint).
+fn cpu_here(signals: &Signals, ckpt: &Checkpoint) -> Result<crate::image_types::cpuinfo::Cpuinfo_x86_entry, String> {
+    let scratch = ckpt.dir.join("cpuinfo-here");
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
+    let result = File::open(&scratch)
+        .map_err(|e| e.to_string())
+        .and_then(|d| criu::cpuinfo(signals, criu::rpc::Criu_req_type::CPUINFO_DUMP, &d).map_err(|e| e.to_string()))
+        .and_then(|()| crate::cpu::read_x86(&scratch).map_err(|e| e.to_string()))
+        .and_then(|x| x.ok_or_else(|| "CRIU wrote no x86 record".to_string()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }
 
 fn join_check(h: std::thread::JoinHandle<Result<Duration, IntegrityError>>) -> Result<Duration, IntegrityError> {

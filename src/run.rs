@@ -10,7 +10,7 @@ use crate::checkpoint::{self, Target};
 use crate::cli::{InspectArgs, RestoreArgs, RunArgs};
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
 use crate::nodestate::{self, Answer, Query};
-use crate::restore::{self, Restored};
+use crate::restore::{self, RestoreError, Restored};
 use crate::store::{Checkpoint, Store, StoreError};
 use crate::supervisor::{self, Periodic, Signals, TermAction};
 
@@ -125,13 +125,8 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
             Ok(found) => found.map(|c| (store, c)),
             Err(e) => {
                 log::error!(event = "store_unreadable"; "cannot read the image dir after {STORE_READ_TRIES} tries: {e}");
-                if config.on_restore_failure == OnRestoreFailure::Fail || args.command.is_empty() {
-                    return Err(Fatal::failed("cannot read image dir", e));
-                }
-                log::warn!(
-                    "starting the command fresh (onRestoreFailure: coldStart): whatever checkpoint the image dir \
-                     holds is not restored"
-                );
+                log::warn!("whatever checkpoint the image dir holds is left as it is");
+                cold_start_or_fail(&config, &args.command, || Fatal::failed("cannot read image dir", e))?;
                 None
             }
         },
@@ -152,19 +147,23 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                 }
                 Some(r)
             }
+            Err(e @ RestoreError::IncompatibleCpu { .. }) => {
+                // Sound, just not for this node: kept (not quarantined) for one that can run it.
+                log::error!(event = "restore_refused", id = ckpt.id.as_str();
+                    "checkpoint {} cannot be restored on this node: {e}", ckpt.dir.display());
+                log::warn!("the checkpoint is kept: a start on a node with a compatible CPU restores it");
+                cold_start_or_fail(&config, &args.command, || Fatal::failed("restore refused", e))?;
+                None
+            }
             Err(e) => {
                 log::error!(event = "restore_failed", id = ckpt.id.as_str(); "restore of {} failed: {e}", ckpt.dir.display());
                 match store.quarantine(&ckpt) {
                     Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
                     Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
                 }
-                if config.on_restore_failure == OnRestoreFailure::Fail {
-                    return Err(Fatal::failed("restore failed", "onRestoreFailure is fail"));
-                }
-                if args.command.is_empty() {
-                    return Err(Fatal::failed("restore failed", "no command was given to start fresh instead"));
-                }
-                log::warn!("starting the command fresh (onRestoreFailure: coldStart)");
+                cold_start_or_fail(&config, &args.command, || {
+                    Fatal::failed("restore failed", "onRestoreFailure is fail")
+                })?;
                 None
             }
         },
@@ -187,6 +186,19 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
         }
     };
     Ok(supervise(&signals, &config, store.as_ref(), node_state.as_ref(), rootfs_upper.as_deref(), app, &command))
+}
+
+/// `onRestoreFailure` once no checkpoint could be restored: `fail` gives `on_fail`; `coldStart`
+/// starts CMD fresh (an error too when there is no CMD).
+fn cold_start_or_fail(config: &Config, command: &[OsString], on_fail: impl FnOnce() -> Fatal) -> Result<(), Fatal> {
+    if config.on_restore_failure == OnRestoreFailure::Fail {
+        return Err(on_fail());
+    }
+    if command.is_empty() {
+        return Err(Fatal::failed("no checkpoint restored", "no command was given to start fresh instead"));
+    }
+    log::warn!("starting the command fresh (onRestoreFailure: coldStart)");
+    Ok(())
 }
 
 /// How often the store is read at start before crik gives up on it (about 2 s in all).

@@ -47,6 +47,11 @@ fn inspect_shows_tree_command_lines_files_sockets_and_state() {
     // The human form says the same things.
     let (_, text) = inspect(&s.images(), &[]);
     assert!(text.contains("integrity:  intact") && text.contains("pipe:[") && text.contains(&script), "{text}");
+    // The CPU the checkpoint needs, as CRIU recorded it.
+    let cpu = &d["manifest"]["cpu"];
+    assert_eq!(cpu["arch"], std::env::consts::ARCH, "{cpu}");
+    assert!(cpu["features"].as_array().unwrap().iter().any(|f| f == "sse2"), "{cpu}");
+    assert!(text.contains("cpu:        x86_64") && text.contains("features checked at restore:"), "{text}");
 
     // After a restore the checkpoint shows as retired; a damaged one as damaged.
     let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
