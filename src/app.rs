@@ -173,7 +173,14 @@ pub fn kill_descendants() {
 
 /// Sends `sig` to every descendant of crik (the whole app tree, whatever its process groups).
 pub fn signal_descendants(sig: Signal) {
-    let me = std::process::id() as i32;
+    for pid in descendants_of(std::process::id() as i32) {
+        log::debug!("sending {sig} to {pid}");
+        let _ = kill(Pid::from_raw(pid), sig);
+    }
+}
+
+/// Every process below `root` (children first-level first), from /proc.
+pub fn descendants_of(root: i32) -> Vec<i32> {
     let mut parents: Vec<(i32, i32)> = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/proc") {
         for e in rd.flatten() {
@@ -188,17 +195,30 @@ pub fn signal_descendants(sig: Signal) {
             }
         }
     }
-    let mut tree = vec![me];
+    let mut tree = vec![root];
     let mut i = 0;
     while i < tree.len() {
         let p = tree[i];
         tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
         i += 1;
     }
-    for pid in tree.into_iter().skip(1) {
-        log::debug!("sending {sig} to {pid}");
-        let _ = kill(Pid::from_raw(pid), sig);
-    }
+    tree.remove(0);
+    tree
+}
+
+/// Anonymous memory of the app's tree (`root` and its descendants), in bytes: about what a
+/// CRIU dump of it writes.
+pub fn tree_memory(root: Pid) -> u64 {
+    let mut pids = vec![root.as_raw()];
+    pids.extend(descendants_of(root.as_raw()));
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+        .filter_map(|t| {
+            let kib = t.lines().find_map(|l| l.strip_prefix("Anonymous:"))?.trim().strip_suffix("kB")?.trim();
+            kib.parse::<u64>().ok()
+        })
+        .sum::<u64>()
+        * 1024
 }
 
 #[cfg(test)]
@@ -209,6 +229,31 @@ mod tests {
     fn spawn_errors_map_to_126_and_127() {
         assert_eq!(SpawnError::NotFound("x".into()).exit_code(), 127);
         assert_eq!(SpawnError::NotExecutable("x".into()).exit_code(), 126);
+    }
+
+    #[test]
+    fn tree_memory_counts_the_anonymous_memory_of_a_tree() {
+        // A child holding 32 MiB (touched), under a shell: the tree's root is the shell.
+        let mut sh = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "python3 -c 'import time; b = bytearray(32 << 20); print(1, flush=True); time.sleep(30)'; true",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(sh.stdout.take().unwrap()), &mut line).unwrap();
+        let root = Pid::from_raw(sh.id() as i32);
+        let kids = descendants_of(root.as_raw());
+        let mem = tree_memory(root);
+        for k in &kids {
+            let _ = kill(Pid::from_raw(*k), Signal::SIGKILL);
+        }
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert_eq!(kids.len(), 1, "{kids:?}");
+        assert!(mem >= 32 << 20 && mem < 128 << 20, "{mem}");
     }
 
     #[test]

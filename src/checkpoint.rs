@@ -15,6 +15,7 @@ use crate::files::{self, FilesError};
 use crate::host;
 use crate::manifest::{Manifest, FORMAT};
 use crate::sizes;
+use crate::status::CheckpointStatus;
 use crate::store::{Checkpoint, Store, StoreError};
 use crate::supervisor::Signals;
 
@@ -46,36 +47,55 @@ pub struct Target<'a> {
     pub leave_running: bool,
     /// The overlay upper dir of `/`, when `captureRootfsDiff` is on (found at start).
     pub rootfs_upper: Option<&'a std::path::Path>,
+    /// How long CRIU may take (`checkpointTimeout`, or less of a final checkpoint's budget).
+    pub deadline: std::time::Duration,
 }
 
 /// Checkpoints the app's whole tree and publishes it. CRIU stops the tree when the dump
-/// succeeds; when it fails, CRIU resumes the app and the staging dir is removed.
+/// succeeds; when it fails, CRIU resumes the app and the staging dir is removed. Either way the
+/// outcome goes into the image dir's status file.
 pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<Checkpoint, CheckpointError> {
+    let wall = SystemTime::now();
+    let kind = if target.leave_running { "periodic" } else { "final" };
+    let result = stage_dump_publish(signals, store, target, kind);
+    let mut status = CheckpointStatus::new(kind, if result.is_ok() { "complete" } else { "failed" }, wall);
+    match &result {
+        Ok((c, size)) => (status.id, status.size_bytes) = (Some(c.id.clone()), Some(*size)),
+        Err(e) => status.error = Some(e.to_string()),
+    }
+    crate::status::write(store.root(), status);
+    result.map(|(c, _)| c)
+}
+
+fn stage_dump_publish(
+    signals: &Signals,
+    store: &Store,
+    target: &Target,
+    kind: &str,
+) -> Result<(Checkpoint, u64), CheckpointError> {
     let started = Instant::now();
     let staged = store.stage()?;
-    let kind = if target.leave_running { "periodic" } else { "final" };
     log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
         "{kind} checkpoint of app (pid {}) into {}", target.app, staged.dir.display());
-    match dump_into(signals, &staged, target) {
-        Ok(manifest) => {
-            let published = store.publish(&staged, manifest.clone())?;
-            store.retire_all_but(&published, target.config.keep_checkpoints);
-            let (ms, size) = (started.elapsed().as_millis() as u64, sizes::dir_size(&published.dir));
-            log::info!(
-                event = "checkpoint_finished", kind, id = published.id.as_str(), duration_ms = ms,
-                dump_ms = manifest.dump_millis, size_bytes = size;
-                "{kind} checkpoint {} complete in {ms} ms (CRIU dump {} ms), {}",
-                published.dir.display(),
-                manifest.dump_millis,
-                sizes::human(size)
-            );
-            Ok(published)
-        }
+    let published = dump_into(signals, &staged, target).and_then(|m| Ok((store.publish(&staged, m.clone())?, m)));
+    let (published, manifest) = match published {
+        Ok(p) => p,
         Err(e) => {
             store.discard(&staged);
-            Err(e)
+            return Err(e);
         }
-    }
+    };
+    store.retire_all_but(&published, target.config.keep_checkpoints);
+    let (ms, size) = (started.elapsed().as_millis() as u64, sizes::dir_size(&published.dir));
+    log::info!(
+        event = "checkpoint_finished", kind, id = published.id.as_str(), duration_ms = ms,
+        dump_ms = manifest.dump_millis, size_bytes = size;
+        "{kind} checkpoint {} complete in {ms} ms (CRIU dump {} ms), {}",
+        published.dir.display(),
+        manifest.dump_millis,
+        sizes::human(size)
+    );
+    Ok((published, size))
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
@@ -87,6 +107,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
     let dir = File::open(&images).map_err(|e| CheckpointError::ImagesDir { path: images.clone(), source: e })?;
     let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
 
+    let app_memory_bytes = crate::app::tree_memory(target.app);
     let dump_started = Instant::now();
     let mut opts = criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts);
     // Files are archived in CRIU's "post-dump" notification: the tree is dumped but still
@@ -113,7 +134,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         kind: criu::rpc::Criu_req_type::DUMP,
         opts: Some(opts),
         inherit: Vec::new(),
-        deadline: target.config.checkpoint_timeout,
+        deadline: target.deadline,
         writeback: Some(images.clone()),
         on_notify: Some(&mut on_notify),
     };
@@ -156,6 +177,8 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         criu_version,
         kernel: host::kernel_release(),
         dump_millis,
+        seal_millis: 0, // measured by the store when it publishes
+        app_memory_bytes,
         files: Vec::new(), // filled in by the store when it publishes
     })
 }

@@ -70,6 +70,11 @@ pub struct Config {
     /// Upper bound for one CRIU dump, in seconds; CRIU is killed past it.
     #[serde(default = "default_checkpoint_timeout", deserialize_with = "seconds")]
     pub checkpoint_timeout: Duration,
+    /// How long a final checkpoint may take, in seconds (the pod's grace period minus a margin).
+    /// When the estimate from earlier checkpoints says it would not fit, the newest periodic
+    /// checkpoint is kept instead. Unset: no budget (only `checkpointTimeout`).
+    #[serde(default, deserialize_with = "some_seconds")]
+    pub checkpoint_budget: Option<Duration>,
     /// Upper bound for one CRIU restore, in seconds; CRIU and what it restored are killed past it.
     #[serde(default = "default_restore_timeout", deserialize_with = "seconds")]
     pub restore_timeout: Duration,
@@ -148,6 +153,7 @@ impl Default for Config {
             on_restore_failure: OnRestoreFailure::default(),
             keep_checkpoints: default_keep_checkpoints(),
             checkpoint_timeout: default_checkpoint_timeout(),
+            checkpoint_budget: None,
             restore_timeout: default_restore_timeout(),
             tcp_restore: TcpRestore::default(),
             node_state: None,

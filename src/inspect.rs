@@ -14,6 +14,10 @@ use crate::store::{self, Checkpoint, State};
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub image_dir: PathBuf,
+    /// The image dir's status file: the outcome of the last checkpoint.
+    pub status: Option<crate::status::Status>,
+    /// Why the status file could not be read, if it could not.
+    pub status_error: Option<String>,
     /// Every checkpoint in the dir, oldest first.
     pub checkpoints: Vec<Summary>,
     /// The one looked at in detail (the newest complete one unless asked otherwise).
@@ -73,7 +77,11 @@ pub fn inspect(image_dir: &Path, wanted: Option<&str>) -> Result<Report, Inspect
             .or_else(|| all.iter().rev().find(|(s, _)| *s != State::Partial)),
     };
     let detail = chosen.map(|(state, c)| detail(*state, c));
-    Ok(Report { image_dir: image_dir.into(), checkpoints, detail })
+    let (status, status_error) = match crate::status::read(image_dir) {
+        Ok(s) => (s, None),
+        Err(e) => (None, Some(e)),
+    };
+    Ok(Report { image_dir: image_dir.into(), status, status_error, checkpoints, detail })
 }
 
 fn detail(state: State, c: &Checkpoint) -> Detail {
@@ -110,6 +118,22 @@ pub fn render(r: &Report) -> String {
     }
     for c in &r.checkpoints {
         s.push_str(&format!("  {:<24} {:<12} {}\n", c.id, c.state, sizes::human(c.size_bytes)));
+    }
+    if let Some(st) = &r.status {
+        let l = &st.last_checkpoint;
+        s.push_str(&format!(
+            "  last checkpoint: {} {}, started {}, {} ms{}{}{}\n",
+            l.kind,
+            l.result,
+            l.started,
+            l.duration_ms,
+            l.size_bytes.map(|b| format!(", {}", sizes::human(b))).unwrap_or_default(),
+            l.id.as_ref().map(|i| format!(", {i}")).unwrap_or_default(),
+            l.error.as_ref().map(|e| format!("\n    {}", e.replace('\n', "\n    "))).unwrap_or_default()
+        ));
+    }
+    if let Some(e) = &r.status_error {
+        s.push_str(&format!("  status file unreadable: {e}\n"));
     }
     let Some(d) = &r.detail else { return s };
     s.push_str(&format!("\ncheckpoint {} ({})\n  path:       {}\n", d.id, d.state, d.path.display()));

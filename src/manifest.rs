@@ -47,6 +47,13 @@ pub struct Manifest {
     /// How long the CRIU dump took, in milliseconds.
     #[serde(default)]
     pub dump_millis: u64,
+    /// How long making it durable took (checksums, fsync), in milliseconds.
+    #[serde(default)]
+    pub seal_millis: u64,
+    /// The app tree's anonymous memory when it was checkpointed: with the two durations, what
+    /// a checkpoint of this app costs per byte (see [`crate::plan`]).
+    #[serde(default)]
+    pub app_memory_bytes: u64,
     /// Every file of the checkpoint (relative path, size, CRC-32), recorded at publish time and
     /// verified before a restore: CRIU can spin for ever on a truncated image.
     #[serde(default)]
@@ -111,6 +118,8 @@ impl Manifest {
             criu_version: "4.2.1".into(),
             kernel: "6.18".into(),
             dump_millis: 1,
+            seal_millis: 1,
+            app_memory_bytes: 0,
             files: vec![],
         }
     }

@@ -1,16 +1,19 @@
 //! `crik run` and `crik restore`: config → decision (restore or start) → supervise → on SIGTERM,
 //! checkpoint or forward.
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::app::{self, SpawnError};
 use crate::checkpoint::{self, Target};
 use crate::cli::{InspectArgs, RestoreArgs, RunArgs};
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
 use crate::nodestate::{self, Answer, Query};
+use crate::plan::{self, Decision};
 use crate::restore::{self, RestoreError, Restored};
+use crate::status::CheckpointStatus;
 use crate::store::{Checkpoint, Store, StoreError};
 use crate::supervisor::{self, Periodic, Signals, TermAction};
 
@@ -316,9 +319,12 @@ fn supervise(
     app: nix::unistd::Pid,
     command: &[String],
 ) -> i32 {
-    let mut checkpoint_failed = false;
-    let mut checkpointed = false;
+    // What the last SIGTERM did about the app's state.
+    let mut saved: Option<Saved> = None;
+    // Periodic checkpoints of this run, oldest first (the SIGTERM handler may keep the last).
+    let periodic_taken: RefCell<Vec<String>> = RefCell::new(Vec::new());
     let mut on_term = |pid| {
+        let term_received = std::time::Instant::now();
         let Some(store) = store else {
             log::info!("SIGTERM: checkpointing is off, passing it on to the app");
             return TermAction::Forward;
@@ -326,26 +332,58 @@ fn supervise(
         if !node_is_going_away(node_state, config.on_node_state_error) {
             return TermAction::Forward;
         }
-        let target = Target { config, app: pid, command, leave_running: false, rootfs_upper };
+        let deadline = match config.checkpoint_budget {
+            None => config.checkpoint_timeout,
+            Some(budget) => {
+                let left = budget.saturating_sub(term_received.elapsed());
+                let estimate = plan::estimate(&store.history(), app::tree_memory(pid));
+                let newest_periodic = periodic_taken.borrow().last().cloned();
+                match plan::decide(left, config.checkpoint_timeout, estimate, newest_periodic.as_deref()) {
+                    Decision::Dump { deadline } => deadline,
+                    Decision::DumpAnyway { deadline, estimate } => {
+                        log::warn!(
+                            "the final checkpoint will probably not fit: about {} ms, {} ms of checkpointBudget left, \
+                             and no periodic checkpoint to keep instead: trying anyway",
+                            estimate.as_millis(),
+                            left.as_millis()
+                        );
+                        deadline
+                    }
+                    Decision::KeepPeriodic { id, estimate } => {
+                        let (estimate_ms, left_ms) = (estimate.as_millis() as u64, left.as_millis() as u64);
+                        log::warn!(event = "checkpoint_skipped", kept = id.as_str(), estimate_ms, budget_left_ms = left_ms;
+                            "SIGTERM: a final checkpoint would take about {estimate_ms} ms, more than the {left_ms} ms \
+                             left of checkpointBudget: keeping periodic checkpoint {id} instead; passing SIGTERM on");
+                        let mut status = CheckpointStatus::new("final", "skipped", SystemTime::now());
+                        status.id = Some(id);
+                        status.error = Some(format!("would take about {estimate_ms} ms, {left_ms} ms of budget left"));
+                        crate::status::write(store.root(), status);
+                        saved = Some(Saved::KeptPeriodic);
+                        return TermAction::Forward;
+                    }
+                }
+            }
+        };
+        let target = Target { config, app: pid, command, leave_running: false, rootfs_upper, deadline };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => {
-                checkpointed = true;
+                saved = Some(Saved::Checkpointed);
                 TermAction::Exit(0)
             }
             Err(e) => {
                 log::error!(event = "checkpoint_failed"; "checkpoint failed: {e}");
                 log::warn!("the app keeps running; passing SIGTERM on so it can shut down cleanly");
-                checkpoint_failed = true;
+                saved = Some(Saved::Failed);
                 TermAction::Forward
             }
         }
     };
-    let mut periodic_taken: Vec<String> = Vec::new();
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
-        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper };
+        let deadline = config.checkpoint_timeout;
+        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper, deadline };
         match checkpoint::checkpoint(signals, store, &target) {
-            Ok(c) => periodic_taken.push(c.id),
+            Ok(c) => periodic_taken.borrow_mut().push(c.id),
             Err(e) => log::error!(event = "checkpoint_failed", kind = "periodic";
                 "periodic checkpoint failed (the app keeps running): {e}"),
         }
@@ -357,23 +395,54 @@ fn supervise(
         }
         _ => None,
     };
+    if let (Some(store), Some(budget), None) = (store, config.checkpoint_budget, config.checkpoint_interval) {
+        warn_if_too_large(store, budget, app);
+    }
     supervisor::release_startup_text();
     let code = supervisor::supervise(signals, app, &mut on_term, periodic);
-    if let (Some(store), false, false) = (store, checkpointed, checkpoint_failed) {
-        // The app ended on its own: its state ended with it. A periodic checkpoint of this run
-        // left behind would replay stale state at the next start (a finished job run again, a
-        // crash repeated). Older checkpoints, and any after a failed final checkpoint, are kept:
-        // they may be the only saved state.
-        let stale = store.retire_ids(&periodic_taken, config.keep_checkpoints);
-        if stale > 0 {
-            log::info!("the app exited: retired {stale} periodic checkpoint(s) of this run, the next start is fresh");
+    match (store, saved) {
+        (Some(store), None) => {
+            // The app ended on its own: its state ended with it. A periodic checkpoint of this
+            // run left behind would replay stale state at the next start (a finished job run
+            // again, a crash repeated). Older checkpoints, and those kept on SIGTERM or after a
+            // failed final checkpoint, stay: they may be the only saved state.
+            let stale = store.retire_ids(&periodic_taken.borrow(), config.keep_checkpoints);
+            if stale > 0 {
+                log::info!(
+                    "the app exited: retired {stale} periodic checkpoint(s) of this run, the next start is fresh"
+                );
+            }
+            code
         }
-    }
-    if checkpoint_failed && code == 0 {
         // The app shut down cleanly, but its state was not saved: say so in the exit status.
-        return 1;
+        (_, Some(Saved::Failed)) if code == 0 => 1,
+        _ => code,
     }
-    code
+}
+
+/// What a SIGTERM did with the app's state.
+enum Saved {
+    Checkpointed,
+    /// The final checkpoint would not have fit checkpointBudget: the newest periodic one stands.
+    KeptPeriodic,
+    Failed,
+}
+
+/// With a budget and no periodic checkpoints to fall back on, says at start when the app is
+/// already too large for a final checkpoint to fit.
+fn warn_if_too_large(store: &Store, budget: Duration, app: nix::unistd::Pid) {
+    let memory = app::tree_memory(app);
+    match plan::estimate(&store.history(), memory) {
+        Some(estimate) if estimate > budget => {
+            let (estimate_ms, budget_ms) = (estimate.as_millis() as u64, budget.as_millis() as u64);
+            log::warn!(event = "checkpoint_too_slow", estimate_ms, budget_ms, memory_bytes = memory;
+                "the app holds {} and a final checkpoint of it would take about {estimate_ms} ms, more than \
+                 checkpointBudget ({budget_ms} ms): set checkpointInterval, so that a periodic checkpoint can \
+                 stand in for it", crate::sizes::human(memory));
+        }
+        Some(estimate) => log::debug!("a final checkpoint would take about {} ms", estimate.as_millis()),
+        None => log::debug!("no earlier checkpoint to estimate a final one from"),
+    }
 }
 
 fn to_strings(v: &[OsString]) -> Vec<String> {

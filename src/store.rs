@@ -139,13 +139,29 @@ impl Store {
     /// Makes a staged checkpoint durable and publishes it with one rename. The manifest, with
     /// the size and checksum of every file, is written last: a published checkpoint always has one.
     pub fn publish(&self, staged: &Checkpoint, mut manifest: Manifest) -> Result<Checkpoint, StoreError> {
+        let sealing = std::time::Instant::now();
         manifest.files = seal_tree(&staged.dir)?;
+        manifest.seal_millis = sealing.elapsed().as_millis() as u64;
         write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
         let target = self.root.join(PUBLISHED).join(&staged.id);
         fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
         sync_dir(&self.root.join(PUBLISHED))?;
         sync_dir(&self.root.join(STAGING))?;
         Ok(Checkpoint { id: staged.id.clone(), dir: target })
+    }
+
+    /// The image dir.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Manifests of the published and retired checkpoints, newest first: what earlier
+    /// checkpoints of this app cost (see [`crate::plan`]). Unreadable ones are skipped.
+    pub fn history(&self) -> Vec<Manifest> {
+        let mut all: Vec<Checkpoint> = self.list_or_warn(PUBLISHED);
+        all.extend(self.list_or_warn(RETIRED));
+        all.sort_by(|a, b| b.id.cmp(&a.id));
+        all.iter().filter_map(|c| Manifest::load(&c.manifest_path()).ok()).collect()
     }
 
     /// Removes a staged checkpoint that failed.
