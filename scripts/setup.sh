@@ -7,6 +7,8 @@
 #   - tini (the bench compares crik's idle memory against it), util-linux (unshare), python3.
 #   - for scripts/check_shipping.py: debootstrap, and in a venv at /opt/crik-tools: hadolint
 #     (Dockerfile lint) and kubernetes-validate (manifest schemas), both from PyPI.
+#   - for the real-container tests: podman (daemonless) with both OCI runtimes, runc and crun,
+#     CNI plugins for its bridge network, iptables (CNI's NAT rules) and uidmap.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -31,6 +33,12 @@ command -v tini >/dev/null 2>&1 || need+=(tini)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 [ -x /usr/bin/python3 ] || need+=(python3)
 command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v runc >/dev/null 2>&1 || need+=(runc)
+command -v crun >/dev/null 2>&1 || need+=(crun)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 tools=/opt/crik-tools
 tools_ok() { [ -x $tools/bin/hadolint ] && [ -x $tools/bin/kubernetes-validate ]; }
@@ -45,7 +53,22 @@ install_tools() {
     tools_ok
 }
 
+# crun refuses a hybrid cgroup layout (cgroup v1 controllers plus a cgroup2 hierarchy at
+# /sys/fs/cgroup/unified) while the cgroup2 part still has controllers ("drop all controllers
+# from cgroupv2"). Bind each such controller to a v1 hierarchy of its own, as the others are.
+# Only on such hosts, and only while no cgroup2 group uses it (then the kernel allows it).
+hybrid_cgroups_for_crun() {
+    local u=/sys/fs/cgroup/unified c
+    [ -f $u/cgroup.controllers ] || return 0
+    for c in $(cat $u/cgroup.controllers); do
+        mkdir -p /sys/fs/cgroup/$c
+        mountpoint -q /sys/fs/cgroup/$c || mount -t cgroup -o "$c" cgroup /sys/fs/cgroup/$c ||
+            log "cannot bind cgroup controller $c to cgroup v1: crun will refuse to start containers"
+    done
+}
+
 if [ ${#need[@]} -eq 0 ]; then
+    hybrid_cgroups_for_crun
     install_tools
     log "everything present ($(criu --version | head -1))"
     exit 0
@@ -94,5 +117,6 @@ if [[ " ${need[*]} " == *" criu "* ]]; then
 fi
 rm -f "$aptlog"
 criu_ok || { echo "setup: CRIU 4.2 or newer could not be installed" >&2; exit 1; }
+hybrid_cgroups_for_crun
 install_tools
 log "done ($(criu --version | head -1))"

@@ -7,6 +7,8 @@ bash scripts/setup.sh
 # Formatting is part of the build (rustfmt.toml).
 cargo fmt --all --check
 cargo build --locked --workspace --all-targets
+# Container images for the podman tests (debootstrap + CRIU; rebuilt only when their recipe changes).
+python3 scripts/test_images.py
 if cargo nextest --version >/dev/null 2>&1; then
     # Per-test timeouts and serial execution come from .config/nextest.toml.
     cargo nextest run --locked --workspace --no-fail-fast "$@"

@@ -2,6 +2,8 @@
 //! with every wait bounded and only the processes a test started cleaned up.
 #![allow(dead_code)]
 
+pub mod podman;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Builds the container images crik's podman tests run (no registry is reachable here): a
+Debian bookworm root made with debootstrap, CRIU 4.2 from Debian testing (pinned low, as in
+Dockerfile.example), nftables and python3, imported with `podman import`; app images add the
+app's Debian packages to a copy of that root. crik itself is not in the images: the tests
+bind-mount the binary they test, so a code change needs no rebuild.
+
+An image is tagged with a hash of what goes into it and rebuilt only when that changes.
+
+Usage (as root): scripts/test_images.py [APP ...]   (APP: base, chromium, postgres, ...)
+"""
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORK = os.path.join(REPO, "target", "test-images")
+# name -> Debian packages on top of the base root.
+APPS = {
+    "base": [],
+}
+BASE_PACKAGES = ["nftables", "python3", "iproute2", "procps"]
+FORKY = """Types: deb
+URIs: {mirror}
+Suites: forky
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+PIN = "Package: *\nPin: release n=forky\nPin-Priority: 50\n"
+
+
+def log(msg):
+    print(f"test-images: {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    log("$ " + " ".join(cmd))
+    subprocess.run(cmd, check=True, **kw)
+
+
+def debian_mirror():
+    for f in sorted(os.listdir("/etc/apt/sources.list.d")):
+        if f.endswith(".sources"):
+            for line in open(os.path.join("/etc/apt/sources.list.d", f)):
+                if line.startswith("URIs:") and "security" not in line and line.split()[1].rstrip("/").endswith("debian"):
+                    return line.split()[1]
+    return "http://deb.debian.org/debian"
+
+
+def in_root(root, script):
+    """Runs a shell script chrooted into root, with /proc, /dev and DNS, in a private mount ns."""
+    setup = (
+        f"mount -t proc proc {root}/proc && mount --rbind /dev {root}/dev && "
+        f"cp /etc/resolv.conf {root}/etc/resolv.conf && exec chroot {root} /bin/sh -c \"$0\""
+    )
+    run(["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, script])
+
+
+def tag(app):
+    h = hashlib.sha256(repr((BASE_PACKAGES, APPS[app], FORKY, PIN, open(__file__).read())).encode())
+    return f"localhost/crik-test-{app}:{h.hexdigest()[:12]}"
+
+
+def have_image(name):
+    return subprocess.run(["podman", "image", "exists", name]).returncode == 0
+
+
+def base_root():
+    root = os.path.join(WORK, "base")
+    marker = os.path.join(root, ".crik-key")
+    key = tag("base")
+    if os.path.exists(marker) and open(marker).read() == key:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    mirror = debian_mirror()
+    run(["debootstrap", "--variant=minbase", "bookworm", root, mirror], stdout=subprocess.DEVNULL)
+    for f in os.listdir("/etc/apt/apt.conf.d"):
+        text = open(os.path.join("/etc/apt/apt.conf.d", f)).read()
+        if "Acquire::" in text:
+            shutil.copy2(os.path.join("/etc/apt/apt.conf.d", f), f"{root}/etc/apt/apt.conf.d/{f}")
+    open(f"{root}/etc/apt/sources.list.d/forky.sources", "w").write(FORKY.format(mirror=mirror))
+    open(f"{root}/etc/apt/preferences.d/forky", "w").write(PIN)
+    in_root(root, "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
+            f"apt-get install -y -qq --no-install-recommends {' '.join(BASE_PACKAGES)} >/dev/null && "
+            "apt-get install -y -qq --no-install-recommends -t forky criu >/dev/null && criu --version")
+    os.makedirs(f"{root}/etc/crik", exist_ok=True)
+    open(marker, "w").write(key)
+    return root
+
+
+def build(app):
+    name = tag(app)
+    if have_image(name):
+        log(f"{name} is there")
+        return name
+    root = base_root()
+    if APPS[app]:
+        app_root = os.path.join(WORK, app)
+        shutil.rmtree(app_root, ignore_errors=True)
+        run(["cp", "-a", root, app_root])
+        in_root(app_root, "export DEBIAN_FRONTEND=noninteractive && "
+                f"apt-get install -y -qq --no-install-recommends {' '.join(APPS[app])} >/dev/null")
+        root = app_root
+    tar = subprocess.Popen(["tar", "-C", root, "--exclude=./proc/*", "--exclude=./dev/*", "-c", "."], stdout=subprocess.PIPE)
+    run(["podman", "import", "--quiet", "-", name], stdin=tar.stdout, stdout=subprocess.DEVNULL)
+    if tar.wait() != 0:
+        raise SystemExit("tar failed")
+    log(f"built {name}")
+    return name
+
+
+def main():
+    if os.geteuid() != 0:
+        raise SystemExit("test-images: must run as root")
+    for app in sys.argv[1:] or list(APPS):
+        print(build(app))
+
+
+if __name__ == "__main__":
+    main()
