@@ -4,6 +4,7 @@
 //! Data flows one way: [`config`] → decision ([`run`]) → [`criu`] → [`store`].
 
 pub mod app;
+pub mod caps;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

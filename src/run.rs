@@ -97,9 +97,16 @@ fn rootfs_upper(config: &Config) -> Result<Option<PathBuf>, Fatal> {
     Ok(Some(upper))
 }
 
-/// With checkpointing on, CRIU must run: found at start, not when the node is going away.
-/// (Its version is cached for the checkpoints' manifests.)
+/// With checkpointing on, CRIU must run and have the privileges it needs: found at start, not
+/// when the node is going away. (Its version is cached for the checkpoints' manifests.)
 fn check_criu(signals: &Signals) -> Result<(), Fatal> {
+    let missing = crate::caps::missing();
+    if !missing.is_empty() {
+        return Err(Fatal::failed(
+            "checkpointing is on (imageDir) but CRIU would lack privileges",
+            format!("missing {}", missing.join(", ")),
+        ));
+    }
     let v = crate::criu::version(signals)
         .map_err(|e| Fatal::failed("checkpointing is on (imageDir) but CRIU cannot run", e))?;
     if crate::criu::major_minor(&v) < (4, 2) {

@@ -3,7 +3,7 @@
 //! restores, and the app's state carries on.
 
 mod common;
-use common::podman::{image, Pod, RUNTIMES};
+use common::podman::{image, Pod, LEAST_PRIVILEGE, RUNTIMES};
 use common::*;
 use std::time::Duration;
 
@@ -13,10 +13,12 @@ fn count_lines(c: &common::podman::Container) -> Vec<u64> {
     c.stdout_lines().iter().filter_map(|l| count_of(l)).collect()
 }
 
-/// start → stop (checkpoint) → rm → run (restore) three times; the counter never resets.
+/// start → stop (checkpoint) → rm → run (restore) three times, with the least privilege the
+/// README gives; the counter never resets.
 fn three_cycles(runtime: &str) {
     let s = Scratch::new(&format!("podman-{runtime}"));
-    let pod = Pod::new(&image("base"), runtime, &s.dir, "");
+    let mut pod = Pod::new(&image("base"), runtime, &s.dir, "");
+    pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
     let mut c = pod.start(&["run", "--", COUNTER[0], COUNTER[1], COUNTER[2]]);
     c.expect_line(LONG, "count 3", |l| l == "count 3");
     for cycle in 1..=3 {
@@ -41,4 +43,37 @@ fn runc_container_is_checkpointed_by_podman_stop_and_restored_by_a_new_run_three
 #[test]
 fn crun_container_is_checkpointed_by_podman_stop_and_restored_by_a_new_run_three_times() {
     three_cycles(RUNTIMES[1]);
+}
+
+/// The runtime's default privileges are not enough: crik says which are missing at start, and
+/// neither starts the app nor waits for a SIGTERM to find out.
+#[test]
+fn missing_privileges_are_named_at_start() {
+    let s = Scratch::new("podman-caps");
+    let mut pod = Pod::new(&image("base"), RUNTIMES[0], &s.dir, "");
+    for (args, expect) in [
+        (vec![], vec!["CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_TIME", "seccomp"]),
+        (vec!["--cap-add", "SYS_ADMIN,NET_ADMIN,SYS_TIME"], vec!["seccomp"]),
+        (
+            vec![
+                "--cap-drop",
+                "SYS_CHROOT",
+                "--cap-add",
+                "SYS_ADMIN,NET_ADMIN,SYS_TIME",
+                "--security-opt",
+                "seccomp=unconfined",
+            ],
+            vec!["CAP_SYS_CHROOT"],
+        ),
+    ] {
+        pod.run_args = args.iter().map(|a| a.to_string()).collect();
+        let c = pod.start(&["run", "--", "sh", "-c", "echo started; sleep 60"]);
+        assert_eq!(c.wait(LONG), 1, "{args:?}\n{}", c.logs().1);
+        let (out, err) = c.logs();
+        assert!(!out.contains("started"), "the app must not start: {out}");
+        assert!(err.contains("crik: checkpointing is on (imageDir) but CRIU would lack privileges"), "{err}");
+        for e in expect {
+            assert!(err.contains(e), "{args:?}: {e} not named in {err}");
+        }
+    }
 }

@@ -11,6 +11,17 @@ use super::{eventually, CRIK};
 
 pub const RUNTIMES: [&str; 2] = ["runc", "crun"];
 
+/// The least privilege crik's checkpoints work with (README, security model): every other
+/// capability dropped, an unconfined seccomp profile. (No AppArmor or SELinux on this host.)
+pub const LEAST_PRIVILEGE: [&str; 6] = [
+    "--cap-drop",
+    "ALL",
+    "--cap-add",
+    "SYS_ADMIN,NET_ADMIN,SYS_TIME,SETPCAP,SYS_CHROOT",
+    "--security-opt",
+    "seccomp=unconfined",
+];
+
 /// The image for `app` (`base`, ...), built by scripts/test_images.py if missing. Fails (never
 /// skips) when podman or a runtime is missing: scripts/setup.sh installs them.
 pub fn image(app: &str) -> String {
