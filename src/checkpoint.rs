@@ -152,7 +152,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         return Err(CheckpointError::Criu { source: e, log_lines });
     }
     let dump_millis = dump_started.elapsed().as_millis() as u64;
-    let (has_files_archive, rootfs) = match archived {
+    let Archived { has_files_archive, rootfs, runtime_tmpfs } = match archived {
         Some(r) => r?,
         None => return Err(CheckpointError::NoPostDump),
     };
@@ -166,6 +166,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         cgroups: crate::remap::own_cgroup_dirs(),
         rootfs,
         has_files_archive,
+        runtime_tmpfs,
         cpu: match crate::cpu::record(&images) {
             Ok(r) => Some(r),
             Err(e) => {
@@ -183,11 +184,16 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
     })
 }
 
-/// additionalPaths into files.tar, and the writable layer into rootfs.tar when captured.
-fn archive_files(
-    staged: &Checkpoint,
-    target: &Target,
-) -> Result<(bool, Option<crate::rootfs::RootfsDiff>), CheckpointError> {
+/// What was archived beside CRIU's images, while the dumped tree was frozen.
+struct Archived {
+    has_files_archive: bool,
+    rootfs: Option<crate::rootfs::RootfsDiff>,
+    runtime_tmpfs: Vec<String>,
+}
+
+/// additionalPaths into files.tar, the writable layer into rootfs.tar when captured, and the
+/// app's files on the runtime's tmpfs mounts (/dev/shm) into tmpfs.tar.
+fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, CheckpointError> {
     let has_files_archive = if target.config.additional_paths.is_empty() {
         false
     } else {
@@ -208,7 +214,36 @@ fn archive_files(
         }
         None => None,
     };
-    Ok((has_files_archive, rootfs))
+    let runtime_tmpfs = archive_runtime_tmpfs(staged)?;
+    Ok(Archived { has_files_archive, rootfs, runtime_tmpfs })
+}
+
+/// The files the app holds (open or mapped) on a tmpfs the runtime makes afresh, empty, for
+/// every container (/dev/shm: POSIX shared memory, named semaphores): CRIU records them by path
+/// only, so without their contents the restore in a new container would fail. Only the app's
+/// own files are taken (CRIU's file table says which), never the rest of the mount.
+fn archive_runtime_tmpfs(staged: &Checkpoint) -> Result<Vec<String>, CheckpointError> {
+    let open = crate::images::regular_files(&staged.images_dir()).map_err(|e| {
+        CheckpointError::Files(FilesError::Archive {
+            path: staged.images_dir(),
+            source: std::io::Error::other(e.to_string()),
+        })
+    })?;
+    let mut paths: Vec<String> = open
+        .into_iter()
+        .map(|f| f.path)
+        .filter(|p| files::RUNTIME_TMPFS.iter().any(|dir| std::path::Path::new(p).starts_with(dir)))
+        .filter(|p| std::path::Path::new(p).is_file()) // deleted ones are CRIU's ghosts
+        .collect();
+    paths.sort();
+    paths.dedup();
+    if paths.is_empty() {
+        return Ok(paths);
+    }
+    let abs: Vec<crate::config::AbsPath> = paths.iter().filter_map(|p| crate::config::AbsPath::new(p).ok()).collect();
+    files::archive_paths(&abs, &staged.dir.join(files::TMPFS_ARCHIVE))?;
+    log::info!("{} file(s) of the app on the runtime's tmpfs archived: {}", paths.len(), paths.join(", "));
+    Ok(paths)
 }
 
 /// "No space left on device" when the image dir's filesystem is (nearly) full.

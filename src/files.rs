@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 
 use crate::config::AbsPath;
 
+/// tmpfs mounts a container runtime creates empty in every container, on which apps keep files
+/// that back shared memory: the app's own files there travel with the checkpoint.
+pub const RUNTIME_TMPFS: [&str; 1] = ["/dev/shm"];
+pub const TMPFS_ARCHIVE: &str = "tmpfs.tar";
+
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("cannot archive {path}: {source}")]

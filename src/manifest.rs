@@ -38,6 +38,10 @@ pub struct Manifest {
     /// Whether `files.tar` (additionalPaths) is part of the checkpoint.
     #[serde(default)]
     pub has_files_archive: bool,
+    /// The app's files on the runtime's tmpfs mounts (/dev/shm), archived in `tmpfs.tar` and
+    /// put back before CRIU restores.
+    #[serde(default)]
+    pub runtime_tmpfs: Vec<String>,
     /// The CPU the checkpoint was taken on; checked at restore (see [`crate::cpu`]).
     #[serde(default)]
     pub cpu: Option<crate::cpu::CpuRecord>,
@@ -113,6 +117,7 @@ impl Manifest {
             cgroups: vec![],
             rootfs: None,
             has_files_archive: false,
+            runtime_tmpfs: vec![],
             cpu: None,
             crik_version: env!("CARGO_PKG_VERSION").into(),
             criu_version: "4.2.1".into(),

@@ -84,6 +84,10 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     if let Some(diff) = &manifest.rootfs {
         crate::rootfs::apply(diff, &ckpt.dir.join(crate::rootfs::ROOTFS_ARCHIVE))?;
     }
+    if !manifest.runtime_tmpfs.is_empty() {
+        files::extract(&ckpt.dir.join(files::TMPFS_ARCHIVE), Path::new("/"))?;
+        log::info!("the app's files on the runtime's tmpfs put back: {}", manifest.runtime_tmpfs.join(", "));
+    }
     if manifest.has_files_archive {
         files::extract(&ckpt.files_archive(), Path::new("/"))?;
         log::info!("additionalPaths put back from {}", ckpt.files_archive().display());

@@ -3,14 +3,7 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::time::Duration;
-
-fn workload(name: &str) -> String {
-    format!("{}/tests/workloads/{name}", env!("CARGO_MANIFEST_DIR"))
-}
 
 /// Restores in a fresh container and checks the counter carries on from `last`, exactly.
 fn restore_counter(cfg: &Path, last: u64) -> Container {
@@ -98,40 +91,6 @@ fn multi_process_tree_over_pipes_keeps_going() {
     let later = c.expect_line(SHORT, "5 more rounds", |l| parse(l).map(|p| p.0) == Some(last + 5));
     assert_eq!(parse(&later).unwrap().1, expected_total(last + 5));
     assert_eq!(children_of(c.crik_pid()).len(), 1, "the restored tree hangs off crik");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Client {
-    w: TcpStream,
-    r: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(port: u16) -> Client {
-        let mut last = None;
-        for _ in 0..250 {
-            match TcpStream::connect(("127.0.0.1", port)) {
-                Ok(s) => {
-                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    return Client { r: BufReader::new(s.try_clone().unwrap()), w: s };
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("cannot connect to 127.0.0.1:{port}: {last:?}");
-    }
-    fn ask(&mut self, line: &str) -> std::io::Result<String> {
-        self.w.write_all(format!("{line}\n").as_bytes())?;
-        let mut s = String::new();
-        if self.r.read_line(&mut s)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
-        }
-        Ok(s.trim_end().to_string())
-    }
 }
 
 fn tcp_server_keeps_its_data(name: &str, tcp_restore: &str) -> (Client, Container, Scratch) {

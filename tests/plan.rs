@@ -4,10 +4,6 @@
 mod common;
 use common::*;
 
-fn workload(name: &str) -> String {
-    format!("{}/tests/workloads/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn status(s: &Scratch) -> serde_json::Value {
     let text = std::fs::read_to_string(s.images().join("status.json")).expect("status.json");
     serde_json::from_str::<serde_json::Value>(&text).unwrap()["last_checkpoint"].clone()

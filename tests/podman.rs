@@ -77,3 +77,92 @@ fn missing_privileges_are_named_at_start() {
         }
     }
 }
+
+/// kvserver.py in a pod on podman's bridge network, its port published on 127.0.0.1; 300 keys
+/// written and a client left connected across `podman stop`, then a new container restores.
+/// Returns (the idle client, the restored container, the IPs before and after).
+fn kv_across_containers(
+    runtime: &str,
+    s: &Scratch,
+    ip: Option<&str>,
+) -> (Client, common::podman::Container, String, String) {
+    let port = free_port();
+    let mut pod = Pod::new(&image("base"), runtime, &s.dir, "");
+    pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
+    pod.run_args.extend(["-p".into(), format!("127.0.0.1:{port}:7000")]);
+    if let Some(ip) = ip {
+        pod.run_args.extend(["--ip".into(), ip.into()]);
+    }
+    let cmd = ["run", "--", "python3", "/workloads/kvserver.py", "7000", "0.0.0.0"];
+    let c = pod.start(&cmd);
+    c.expect_line(LONG, "listening", |l| l.starts_with("listening"));
+    let mut writer = Client::connect(port);
+    for i in 0..300 {
+        assert_eq!(writer.ask(&format!("SET key{i} value-{}", i * 7)).unwrap(), "OK");
+    }
+    drop(writer);
+    let mut idle = Client::connect(port);
+    assert_eq!(idle.ask("COUNT").unwrap(), "300");
+    let before = c.ip();
+    assert_eq!(c.stop(GRACE), 0, "{}", c.logs().1);
+    drop(c);
+    let c = pod.start(&cmd);
+    c.expect_event_eventually_in(LONG, "restore_finished");
+    // Listening again, on the same published port; the data is all there.
+    let mut fresh = Client::connect(port);
+    assert_eq!(fresh.ask("COUNT").unwrap(), "300", "{}", c.logs().1);
+    for i in (0..300).step_by(7) {
+        assert_eq!(fresh.ask(&format!("GET key{i}")).unwrap(), format!("value-{}", i * 7));
+    }
+    assert_eq!(fresh.ask("SET after restore").unwrap(), "OK");
+    assert_eq!(Client::connect(port).ask("GET after").unwrap(), "restore");
+    let after = c.ip();
+    (idle, c, before, after)
+}
+
+#[test]
+fn bridge_network_with_a_new_ip_listening_socket_and_state_come_back_old_connection_closed() {
+    let s = Scratch::new("podman-newip");
+    let (mut idle, c, before, after) = kv_across_containers(RUNTIMES[0], &s, None);
+    assert_ne!(before, after, "podman gave the new container another address");
+    assert!(c.logs().1.contains("restored closed (the container's address changed)"), "{}", c.logs().1);
+    // The connection to the old address could not survive; it does not hang the server either.
+    idle.set_timeout(Duration::from_secs(2));
+    assert!(idle.ask("GET key42").is_err());
+}
+
+#[test]
+fn bridge_network_with_the_same_ip_keeps_the_connection() {
+    let s = Scratch::new("podman-sameip");
+    let (mut idle, c, before, after) = kv_across_containers(RUNTIMES[1], &s, Some("10.88.0.77"));
+    assert_eq!((before.as_str(), after.as_str()), ("10.88.0.77", "10.88.0.77"));
+    assert!(c.logs().1.contains("will be re-established"), "{}", c.logs().1);
+    assert_eq!(
+        idle.ask("GET key42").unwrap(),
+        "value-294",
+        "the connection made before the checkpoint works\n{}",
+        c.logs().1
+    );
+}
+
+/// POSIX shared memory and a semaphore in the container's own /dev/shm (a fresh, empty tmpfs
+/// in every container): the app's files there travel with the checkpoint.
+#[test]
+fn posix_shared_memory_and_semaphores_in_dev_shm_come_back() {
+    let s = Scratch::new("podman-shm");
+    let mut pod = Pod::new(&image("base"), RUNTIMES[1], &s.dir, "");
+    pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
+    let shm = |l: &str| l.strip_prefix("shm ").and_then(|n| n.parse::<u64>().ok());
+    let cmd = ["run", "--", "python3", "/workloads/shm.py"];
+    let c = pod.start(&cmd);
+    c.expect_line(LONG, "shm 5", |l| l == "shm 5");
+    assert_eq!(c.stop(GRACE), 0, "{}", c.logs().1);
+    assert!(c.logs().1.contains("runtime's tmpfs archived: /dev/shm/crik-shm"), "{}", c.logs().1);
+    let last = c.stdout_lines().iter().filter_map(|l| shm(l)).last().unwrap();
+    drop(c);
+    let c = pod.start(&cmd);
+    c.expect_line(LONG, "the counter going on", |l| shm(l).is_some_and(|n| n >= last + 3));
+    let first = c.stdout_lines().iter().find_map(|l| shm(l)).unwrap();
+    assert!(first == last || first == last + 1, "restored at {first}, checkpointed at {last}\n{}", c.logs().1);
+    c.expect_event("restore_finished");
+}

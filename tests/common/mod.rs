@@ -458,3 +458,47 @@ pub const COUNTER: [&str; 3] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \
 pub fn count_of(line: &str) -> Option<u64> {
     line.strip_prefix("count ")?.parse().ok()
 }
+
+/// Path of a workload script in tests/workloads/.
+pub fn workload(name: &str) -> String {
+    format!("{}/tests/workloads/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A line-protocol client of tests/workloads/kvserver.py on 127.0.0.1.
+pub struct Client {
+    w: std::net::TcpStream,
+    r: BufReader<std::net::TcpStream>,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let mut last = None;
+        for _ in 0..250 {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    return Client { r: BufReader::new(s.try_clone().unwrap()), w: s };
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("cannot connect to 127.0.0.1:{port}: {last:?}");
+    }
+    pub fn set_timeout(&self, t: Duration) {
+        self.w.set_read_timeout(Some(t)).unwrap();
+    }
+    pub fn ask(&mut self, line: &str) -> std::io::Result<String> {
+        use std::io::Write;
+        self.w.write_all(format!("{line}\n").as_bytes())?;
+        let mut s = String::new();
+        if self.r.read_line(&mut s)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed"));
+        }
+        Ok(s.trim_end().to_string())
+    }
+}

@@ -89,6 +89,7 @@ impl Pod {
         cmd.extend(["-v".into(), format!("{}:/var/lib/crik", self.volume.display())]);
         cmd.extend(["-v".into(), format!("{}:/etc/crik/config.yaml:ro", self.config.display())]);
         cmd.extend(["-v".into(), format!("{CRIK}:/usr/local/bin/crik:ro")]);
+        cmd.extend(["-v".into(), format!("{}/tests/workloads:/workloads:ro", env!("CARGO_MANIFEST_DIR"))]);
         cmd.push(self.image.clone());
         cmd.push("crik".into());
         cmd.extend(args.iter().map(|s| s.to_string()));
@@ -147,6 +148,12 @@ impl Container {
         super::events(&self.logs().1).into_iter().find(|e| e["event"] == name)
     }
 
+    /// Waits up to `timeout` for the event to be logged.
+    pub fn expect_event_eventually_in(&self, timeout: Duration, name: &str) -> serde_json::Value {
+        assert!(eventually(timeout, || self.event(name).is_some()), "no {name} event\ncrik's log:\n{}", self.logs().1);
+        self.expect_event(name)
+    }
+
     pub fn expect_event(&self, name: &str) -> serde_json::Value {
         self.event(name).unwrap_or_else(|| panic!("no {name} event\ncrik's log:\n{}", self.logs().1))
     }
@@ -179,6 +186,12 @@ impl Container {
     fn exit_code(&self) -> i32 {
         let out = podman(&["inspect", "--format", "{{.State.ExitCode}}", &self.name]);
         String::from_utf8_lossy(&out.stdout).trim().parse().expect("exit code")
+    }
+
+    /// The container's IP address on its network.
+    pub fn ip(&self) -> String {
+        let out = podman(&["inspect", "--format", "{{.NetworkSettings.IPAddress}}", &self.name]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Runs a command inside the container (`podman exec`).

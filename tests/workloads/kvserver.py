@@ -1,4 +1,5 @@
-"""An in-memory key-value server on 127.0.0.1:PORT, one thread, many clients.
+"""An in-memory key-value server on HOST:PORT (HOST: 127.0.0.1 unless given), one thread,
+many clients.
 
 Lines: SET k v -> OK, GET k -> value or NIL, COUNT -> n, PID -> pid."""
 import os
@@ -7,11 +8,12 @@ import socket
 import sys
 
 port = int(sys.argv[1])
+host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
 data = {}
 sel = selectors.DefaultSelector()
 srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", port))
+srv.bind((host, port))
 srv.listen(16)
 sel.register(srv, selectors.EVENT_READ)
 buffers = {}
