@@ -29,6 +29,9 @@ pub enum CheckpointError {
     Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("CRIU finished the dump without its post-dump notification: files were not archived")]
     NoPostDump,
+    /// Something CRIU cannot checkpoint, found before the dump: the app keeps running untouched.
+    #[error("the app holds {what} (pid {pid}, fd {fd}), which CRIU cannot checkpoint")]
+    Unsupported { what: String, pid: i32, fd: i32 },
     #[error("cannot read the container's stdio links in /proc/{pid}/fd: {source}")]
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
@@ -99,6 +102,7 @@ fn stage_dump_publish(
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
+    refuse_unsupported(target.app)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
         files::delete_paths(&target.config.inotify_incompatible_paths)?;
@@ -192,7 +196,7 @@ struct Archived {
 }
 
 /// additionalPaths into files.tar, the writable layer into rootfs.tar when captured, and the
-/// app's files on the runtime's tmpfs mounts (/dev/shm) into tmpfs.tar.
+/// app's files on tmpfs mounts into tmpfs.tar.
 fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, CheckpointError> {
     let has_files_archive = if target.config.additional_paths.is_empty() {
         false
@@ -214,26 +218,36 @@ fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, Check
         }
         None => None,
     };
-    let runtime_tmpfs = archive_runtime_tmpfs(staged)?;
+    let runtime_tmpfs = archive_runtime_tmpfs(staged, target.config.image_dir.as_ref().map(|d| d.as_path()))?;
     Ok(Archived { has_files_archive, rootfs, runtime_tmpfs })
 }
 
-/// The files the app holds (open or mapped) on a tmpfs the runtime makes afresh, empty, for
-/// every container (/dev/shm: POSIX shared memory, named semaphores): CRIU records them by path
-/// only, so without their contents the restore in a new container would fail. Only the app's
-/// own files are taken (CRIU's file table says which), never the rest of the mount.
-fn archive_runtime_tmpfs(staged: &Checkpoint) -> Result<Vec<String>, CheckpointError> {
+/// The files the app holds (open or mapped) on tmpfs mounts: /dev/shm (POSIX shared memory,
+/// named semaphores), the /tmp and /run of a `--read-only` container, memory-backed volumes.
+/// A runtime makes them afresh, empty, for every container, and CRIU records such files by path
+/// only: without their contents the restore in a new container would fail. Only the app's own
+/// files are taken (CRIU's file table says which), never the rest of the mount.
+fn archive_runtime_tmpfs(
+    staged: &Checkpoint,
+    image_dir: Option<&std::path::Path>,
+) -> Result<Vec<String>, CheckpointError> {
     let open = crate::images::regular_files(&staged.images_dir()).map_err(|e| {
         CheckpointError::Files(FilesError::Archive {
             path: staged.images_dir(),
             source: std::io::Error::other(e.to_string()),
         })
     })?;
+    let mounts = crate::mountinfo::read().unwrap_or_default();
     let mut paths: Vec<String> = open
         .into_iter()
         .map(|f| f.path)
-        .filter(|p| files::RUNTIME_TMPFS.iter().any(|dir| std::path::Path::new(p).starts_with(dir)))
-        .filter(|p| std::path::Path::new(p).is_file()) // deleted ones are CRIU's ghosts
+        .filter(|p| {
+            let p = std::path::Path::new(p);
+            // The mount a path is on: the deepest mount point above it (the last such in mount order).
+            let mount = mounts.iter().filter(|m| p.starts_with(&m.point)).max_by_key(|m| m.point.components().count());
+            mount.is_some_and(|m| m.fstype == "tmpfs") && !image_dir.is_some_and(|d| p.starts_with(d)) && p.is_file()
+            // deleted ones are CRIU's ghosts
+        })
         .collect();
     paths.sort();
     paths.dedup();
@@ -242,8 +256,28 @@ fn archive_runtime_tmpfs(staged: &Checkpoint) -> Result<Vec<String>, CheckpointE
     }
     let abs: Vec<crate::config::AbsPath> = paths.iter().filter_map(|p| crate::config::AbsPath::new(p).ok()).collect();
     files::archive_paths(&abs, &staged.dir.join(files::TMPFS_ARCHIVE))?;
-    log::info!("{} file(s) of the app on the runtime's tmpfs archived: {}", paths.len(), paths.join(", "));
+    log::info!("{} file(s) of the app on tmpfs mounts archived: {}", paths.len(), paths.join(", "));
     Ok(paths)
+}
+
+/// Fails before the dump (the app is not even frozen) when a process of the tree holds what
+/// CRIU 4.2 cannot dump, naming it: CRIU itself would only say "Can't lookup mount".
+fn refuse_unsupported(app: Pid) -> Result<(), CheckpointError> {
+    const MQUEUE_MAGIC: i64 = 0x1980_0202;
+    let mut pids = vec![app.as_raw()];
+    pids.extend(crate::app::descendants_of(app.as_raw()));
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            let Ok(st) = nix::sys::statfs::statfs(&fd.path()) else { continue };
+            if st.filesystem_type().0 as i64 == MQUEUE_MAGIC {
+                let name = std::fs::read_link(fd.path()).map(|p| p.display().to_string()).unwrap_or_default();
+                return Err(CheckpointError::Unsupported { what: format!("POSIX message queue {name}"), pid, fd: n });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// "No space left on device" when the image dir's filesystem is (nearly) full.

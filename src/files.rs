@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::AbsPath;
 
-/// tmpfs mounts a container runtime creates empty in every container, on which apps keep files
-/// that back shared memory: the app's own files there travel with the checkpoint.
-pub const RUNTIME_TMPFS: [&str; 1] = ["/dev/shm"];
+/// The app's open files on tmpfs mounts (which a new container gets empty), see checkpoint.rs.
 pub const TMPFS_ARCHIVE: &str = "tmpfs.tar";
 
 #[derive(Debug, thiserror::Error)]

@@ -38,8 +38,8 @@ pub struct Manifest {
     /// Whether `files.tar` (additionalPaths) is part of the checkpoint.
     #[serde(default)]
     pub has_files_archive: bool,
-    /// The app's files on the runtime's tmpfs mounts (/dev/shm), archived in `tmpfs.tar` and
-    /// put back before CRIU restores.
+    /// The app's open files on tmpfs mounts (/dev/shm, a read-only container's /tmp, ...),
+    /// archived in `tmpfs.tar` and put back before CRIU restores.
     #[serde(default)]
     pub runtime_tmpfs: Vec<String>,
     /// The CPU the checkpoint was taken on; checked at restore (see [`crate::cpu`]).

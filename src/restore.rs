@@ -86,7 +86,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     }
     if !manifest.runtime_tmpfs.is_empty() {
         files::extract(&ckpt.dir.join(files::TMPFS_ARCHIVE), Path::new("/"))?;
-        log::info!("the app's files on the runtime's tmpfs put back: {}", manifest.runtime_tmpfs.join(", "));
+        log::info!("the app's files on tmpfs mounts put back: {}", manifest.runtime_tmpfs.join(", "));
     }
     if manifest.has_files_archive {
         files::extract(&ckpt.files_archive(), Path::new("/"))?;

@@ -157,7 +157,7 @@ fn posix_shared_memory_and_semaphores_in_dev_shm_come_back() {
     let c = pod.start(&cmd);
     c.expect_line(LONG, "shm 5", |l| l == "shm 5");
     assert_eq!(c.stop(GRACE), 0, "{}", c.logs().1);
-    assert!(c.logs().1.contains("runtime's tmpfs archived: /dev/shm/crik-shm"), "{}", c.logs().1);
+    assert!(c.logs().1.contains("on tmpfs mounts archived: /dev/shm/crik-shm"), "{}", c.logs().1);
     let last = c.stdout_lines().iter().filter_map(|l| shm(l)).last().unwrap();
     drop(c);
     let c = pod.start(&cmd);
@@ -165,4 +165,106 @@ fn posix_shared_memory_and_semaphores_in_dev_shm_come_back() {
     let first = c.stdout_lines().iter().find_map(|l| shm(l)).unwrap();
     assert!(first == last || first == last + 1, "restored at {first}, checkpointed at {last}\n{}", c.logs().1);
     c.expect_event("restore_finished");
+}
+
+/// A counter app in `pod`, checkpointed by `podman stop` and restored by a new `podman run`
+/// of `cmd`; checks that the count carried on. Returns the restored container.
+fn counter_round_trip(pod: &Pod, cmd: &[&str]) -> common::podman::Container {
+    let c = pod.start(cmd);
+    c.expect_line(LONG, "count 3", |l| l == "count 3");
+    assert_eq!(c.stop(GRACE), 0, "{}", c.logs().1);
+    let last = *count_lines(&c).last().unwrap();
+    drop(c);
+    let c = pod.start(cmd);
+    c.expect_line(LONG, "counts after the restore", |l| count_of(l).is_some_and(|n| n >= last + 2));
+    assert_eq!(count_lines(&c)[0], last + 1, "{}", c.logs().1);
+    c.expect_event("restore_finished");
+    c
+}
+
+fn least_privilege_pod(s: &Scratch, runtime: &str, config: &str, extra: &[&str]) -> Pod {
+    let mut pod = Pod::new(&image("base"), runtime, &s.dir, config);
+    pod.run_args = LEAST_PRIVILEGE.iter().chain(extra).map(|a| a.to_string()).collect();
+    pod
+}
+
+const LOOP: &str = "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.2; done";
+
+/// The runtime bind-mounts its own /etc/hosts into each container, with that container's name
+/// and address (another size): the app's open /etc/hosts points to the new one after restore.
+#[test]
+fn an_open_etc_hosts_points_to_the_new_containers_copy() {
+    let s = Scratch::new("podman-hosts");
+    let pod = least_privilege_pod(&s, RUNTIMES[0], "", &[]);
+    let script = format!("exec 3</etc/hosts; {LOOP}");
+    let c = counter_round_trip(&pod, &["run", "--", "sh", "-c", &script]);
+    assert!(c.logs().1.contains("open file /etc/hosts of the app now points to /etc/hosts"), "{}", c.logs().1);
+    let app = c.expect_event("restore_finished")["pid"].as_u64().unwrap();
+    let hosts = c.exec_ok(&["cat", &format!("/proc/{app}/fd/3")]);
+    assert_eq!(hosts, c.exec_ok(&["cat", "/etc/hosts"]), "fd 3 reads the new /etc/hosts");
+}
+
+/// `podman run -t`: the app writes to the container's terminal; the restored app writes to the
+/// new container's terminal.
+#[test]
+fn an_app_on_the_containers_terminal_is_restored_onto_the_new_terminal() {
+    let s = Scratch::new("podman-tty");
+    let pod = least_privilege_pod(&s, RUNTIMES[1], "", &["-t"]);
+    let c = counter_round_trip(&pod, &["run", "--", "sh", "-c", LOOP]);
+    let app = c.expect_event("restore_finished")["pid"].as_u64().unwrap();
+    let tty = c.exec_ok(&["readlink", &format!("/proc/{app}/fd/1")]);
+    assert!(tty.starts_with("/dev/pts/"), "{tty}");
+}
+
+/// `--read-only`: the root is read-only, /tmp a tmpfs (empty in every container). A file the
+/// app keeps open there travels with the checkpoint.
+#[test]
+fn a_read_only_container_with_an_open_file_on_its_tmpfs_is_restored() {
+    let s = Scratch::new("podman-ro");
+    let pod = least_privilege_pod(&s, RUNTIMES[0], "", &["--read-only"]);
+    let script = "exec 3>/tmp/state; i=0; while :; do i=$((i+1)); echo \"count $i\"; echo $i >&3; sleep 0.2; done";
+    let c = counter_round_trip(&pod, &["run", "--", "sh", "-c", script]);
+    assert!(c.logs().1.contains("on tmpfs mounts put back: /tmp/state"), "{}", c.logs().1);
+    let numbers: Vec<u64> = c.exec_ok(&["cat", "/tmp/state"]).lines().filter_map(|l| l.parse().ok()).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1) && numbers[0] == 1,
+        "one file, written before and after: {numbers:?}"
+    );
+    assert!(c.exec(&["touch", "/etc/x"]).status.code() != Some(0), "the root is read-only");
+}
+
+/// POSIX message queues: CRIU cannot dump them. The checkpoint fails before the app is even
+/// frozen, naming the queue; the app runs until it gets the SIGTERM.
+#[test]
+fn a_posix_message_queue_fails_the_checkpoint_cleanly_naming_it() {
+    let s = Scratch::new("podman-mq");
+    let pod = least_privilege_pod(&s, RUNTIMES[1], "", &[]);
+    let c = pod.start(&["run", "--", "python3", "/workloads/mqueue.py"]);
+    c.expect_line(LONG, "count 3", |l| l == "count 3");
+    assert_eq!(c.stop(GRACE), 128 + libc::SIGTERM, "the app shut down on SIGTERM\n{}", c.logs().1);
+    let failed = c.expect_event("checkpoint_failed");
+    let msg = failed["msg"].as_str().unwrap();
+    assert!(msg.contains("POSIX message queue /crikq") && msg.contains("which CRIU cannot checkpoint"), "{msg}");
+    assert!(pod.checkpoints().is_empty(), "no checkpoint that could not be restored");
+    assert!(c.event("checkpoint_started").is_some());
+}
+
+/// captureRootfsDiff with podman's overlay storage: the container's writable layer (a new file,
+/// a file the app appends to, a deleted file) follows the app into the new container. The layer's
+/// upper dir is a host path: podman's storage is mounted at the same path (README).
+#[test]
+fn the_writable_layer_of_podmans_overlay_follows_the_app() {
+    let s = Scratch::new("podman-rootfs");
+    let storage = "/var/lib/containers/storage";
+    let pod =
+        least_privilege_pod(&s, RUNTIMES[0], "captureRootfsDiff: true\n", &["-v", &format!("{storage}:{storage}")]);
+    let script = format!(
+        "mkdir -p /srv/data && echo made-here > /srv/data/new && rm /etc/debian_version && exec 3>>/srv/data/log; \
+         i=0; while :; do i=$((i+1)); echo \"count $i\"; echo \"tick $i\" >&3; sleep 0.2; done"
+    );
+    let c = counter_round_trip(&pod, &["run", "--", "sh", "-c", &script]);
+    assert_eq!(c.exec_ok(&["cat", "/srv/data/new"]), "made-here\n");
+    assert!(c.exec(&["test", "-e", "/etc/debian_version"]).status.code() == Some(1), "the deletion was replayed");
+    let log = c.exec_ok(&["cat", "/srv/data/log"]);
+    assert!(log.starts_with("tick 1\n") && log.lines().count() > 5, "{log}");
 }

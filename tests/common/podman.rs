@@ -121,8 +121,9 @@ impl Container {
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
+    /// The app's stdout lines (a terminal's `\r` removed).
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.logs().0.lines().map(String::from).collect()
+        self.logs().0.lines().map(|l| l.trim_end_matches('\r').to_string()).collect()
     }
 
     /// Waits until a stdout line satisfies `pred`; panics with the logs after `timeout`.
@@ -145,7 +146,9 @@ impl Container {
 
     /// crik's logged events (JSON lines on the container's stderr).
     pub fn event(&self, name: &str) -> Option<serde_json::Value> {
-        super::events(&self.logs().1).into_iter().find(|e| e["event"] == name)
+        // With a terminal (`-t`), crik's log shares the app's one stream.
+        let (out, err) = self.logs();
+        super::events(&err).into_iter().chain(super::events(&out)).find(|e| e["event"] == name)
     }
 
     /// Waits up to `timeout` for the event to be logged.
@@ -192,6 +195,18 @@ impl Container {
     pub fn ip(&self) -> String {
         let out = podman(&["inspect", "--format", "{{.NetworkSettings.IPAddress}}", &self.name]);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Runs a command inside the container; its stdout (panics if it fails).
+    pub fn exec_ok(&self, argv: &[&str]) -> String {
+        let out = self.exec(argv);
+        assert!(
+            out.status.success(),
+            "podman exec {argv:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs().1
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs a command inside the container (`podman exec`).
