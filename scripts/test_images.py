@@ -20,6 +20,12 @@ WORK = os.path.join(REPO, "target", "test-images")
 # name -> Debian packages on top of the base root.
 APPS = {
     "base": [],
+    "chromium": ["chromium", "fonts-dejavu-core"],
+    "postgres": ["postgresql-15"],
+    "jvm": ["openjdk-17-jdk-headless"],
+    "node": ["nodejs"],
+    "memcached": ["memcached"],
+    "nginx": ["nginx-light"],
 }
 BASE_PACKAGES = ["nftables", "python3", "iproute2", "procps"]
 FORKY = """Types: deb
@@ -58,8 +64,13 @@ def in_root(root, script):
     run(["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, script])
 
 
+# Bumped when the way images are made changes (not needed when a package list changes).
+RECIPE = 2
+
+
 def tag(app):
-    h = hashlib.sha256(repr((BASE_PACKAGES, APPS[app], FORKY, PIN, open(__file__).read())).encode())
+    base = (RECIPE, BASE_PACKAGES, FORKY, PIN)
+    h = hashlib.sha256(repr(base if app == "base" else (base, APPS[app])).encode())
     return f"localhost/crik-test-{app}:{h.hexdigest()[:12]}"
 
 
@@ -84,7 +95,7 @@ def base_root():
     open(f"{root}/etc/apt/preferences.d/forky", "w").write(PIN)
     in_root(root, "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
             f"apt-get install -y -qq --no-install-recommends {' '.join(BASE_PACKAGES)} >/dev/null && "
-            "apt-get install -y -qq --no-install-recommends -t forky criu >/dev/null && criu --version")
+            "apt-get install -y -qq --no-install-recommends -t forky criu >/dev/null && criu --version >&2")
     os.makedirs(f"{root}/etc/crik", exist_ok=True)
     open(marker, "w").write(key)
     return root

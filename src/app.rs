@@ -206,6 +206,36 @@ pub fn descendants_of(root: i32) -> Vec<i32> {
     tree
 }
 
+/// Processes below crik that are outside the app's tree (daemonized helpers re-parented to crik),
+/// as (pid, command name); CRIU's own processes are not counted.
+pub fn escaped_from(app: Pid) -> Vec<(i32, String)> {
+    let in_app: Vec<i32> = descendants_of(app.as_raw());
+    descendants_of(std::process::id() as i32)
+        .into_iter()
+        .filter(|p| *p != app.as_raw() && !in_app.contains(p))
+        .filter_map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?.trim().to_string();
+            (comm != "criu").then_some((p, comm))
+        })
+        .collect()
+}
+
+/// SIGKILLs `pids` and waits (at most `limit`) until each has exited (gone, or a zombie: its
+/// files are closed then). The supervisor reaps them.
+pub fn kill_and_wait(pids: &[i32], limit: std::time::Duration) {
+    for p in pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + limit;
+    let exited = |p: &i32| match std::fs::read_to_string(format!("/proc/{p}/stat")) {
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    };
+    while !pids.iter().all(exited) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Anonymous memory of the app's tree (`root` and its descendants), in bytes: about what a
 /// CRIU dump of it writes.
 pub fn tree_memory(root: Pid) -> u64 {

@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use nix::unistd::Pid;
 
-use crate::config::Config;
+use crate::config::{Config, OnEscapedProcesses};
 use crate::criu::{self, CriuError};
 use crate::files::{self, FilesError};
 use crate::host;
@@ -32,6 +32,14 @@ pub enum CheckpointError {
     /// Something CRIU cannot checkpoint, found before the dump: the app keeps running untouched.
     #[error("the app holds {what} (pid {pid}, fd {fd}), which CRIU cannot checkpoint")]
     Unsupported { what: String, pid: i32, fd: i32 },
+    /// Processes the app started that left its tree: the checkpoint would lack them.
+    #[error(
+        "processes of the app left its tree (daemonized, re-parented to crik): {}; CRIU dumps only \
+         the app's tree, so the restored app would lack them: keep them from daemonizing, or set \
+         onEscapedProcesses: kill if the app does without them",
+        escaped.iter().map(|(p, c)| format!("{p} ({c})")).collect::<Vec<_>>().join(", ")
+    )]
+    Escaped { escaped: Vec<(i32, String)> },
     #[error("cannot read the container's stdio links in /proc/{pid}/fd: {source}")]
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
@@ -53,6 +61,9 @@ pub struct Target<'a> {
     /// How long CRIU may take (`checkpointTimeout`, or less of a final checkpoint's budget).
     pub deadline: std::time::Duration,
 }
+
+/// Where the CRIU log of the last failed dump is kept, in the image dir.
+pub const FAILED_DUMP_LOG: &str = "failed-dump.log";
 
 /// Checkpoints the app's whole tree and publishes it. CRIU stops the tree when the dump
 /// succeeds; when it fails, CRIU resumes the app and the staging dir is removed. Either way the
@@ -84,6 +95,11 @@ fn stage_dump_publish(
     let (published, manifest) = match published {
         Ok(p) => p,
         Err(e) => {
+            // CRIU's whole log outlives the discarded staging dir, for whoever debugs it.
+            let kept = store.root().join(FAILED_DUMP_LOG);
+            if std::fs::rename(staged.images_dir().join(criu::DUMP_LOG), &kept).is_ok() {
+                log::warn!("CRIU's log of the failed dump: {}", kept.display());
+            }
             store.discard(&staged);
             return Err(e);
         }
@@ -102,7 +118,7 @@ fn stage_dump_publish(
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
-    refuse_unsupported(target.app)?;
+    refuse_unsupported(target.app, target.config.on_escaped_processes)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
         files::delete_paths(&target.config.inotify_incompatible_paths)?;
@@ -262,7 +278,19 @@ fn archive_runtime_tmpfs(
 
 /// Fails before the dump (the app is not even frozen) when a process of the tree holds what
 /// CRIU 4.2 cannot dump, naming it: CRIU itself would only say "Can't lookup mount".
-fn refuse_unsupported(app: Pid) -> Result<(), CheckpointError> {
+fn refuse_unsupported(app: Pid, on_escaped: OnEscapedProcesses) -> Result<(), CheckpointError> {
+    let escaped = crate::app::escaped_from(app);
+    match (escaped.is_empty(), on_escaped) {
+        (true, _) => {}
+        (false, OnEscapedProcesses::Fail) => return Err(CheckpointError::Escaped { escaped }),
+        (false, OnEscapedProcesses::Kill) => {
+            let names: Vec<String> = escaped.iter().map(|(p, c)| format!("{p} ({c})")).collect();
+            log::warn!(event = "escaped_killed"; "killing processes that left the app's tree before the dump \
+                (onEscapedProcesses: kill): {}", names.join(", "));
+            let pids: Vec<i32> = escaped.iter().map(|(p, _)| *p).collect();
+            crate::app::kill_and_wait(&pids, std::time::Duration::from_secs(2));
+        }
+    }
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
     let mut pids = vec![app.as_raw()];
     pids.extend(crate::app::descendants_of(app.as_raw()));

@@ -13,6 +13,17 @@ use serde::{Deserialize, Deserializer};
 /// Where crik looks when neither `--config` nor `CRIK_CONFIG` names a file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/crik/config.yaml";
 
+/// What to do at a checkpoint about processes that left the app's tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum OnEscapedProcesses {
+    /// Fail the checkpoint (the app keeps running): the restored app would lack them.
+    #[default]
+    Fail,
+    /// SIGKILL them first (helpers the app can do without, such as a browser's crash handler).
+    Kill,
+}
+
 /// What to do when a restore fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -95,6 +106,10 @@ pub struct Config {
     /// Restore with CRIU's lazy-pages daemon: the app runs before all its memory is read back.
     #[serde(default)]
     pub lazy_pages: bool,
+    /// Processes the app daemonized (re-parented to crik, outside the tree CRIU dumps): `fail`
+    /// the checkpoint, or `kill` them first.
+    #[serde(default)]
+    pub on_escaped_processes: OnEscapedProcesses,
     /// crik's own log lines: `text` or `json`.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
@@ -161,6 +176,7 @@ impl Default for Config {
             log_format: crate::logging::LogFormat::default(),
             checkpoint_interval: None,
             lazy_pages: false,
+            on_escaped_processes: OnEscapedProcesses::default(),
         }
     }
 }

@@ -421,8 +421,15 @@ pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool, extra_mounts:
     o.set_ext_unix_sk(true);
     // `mnt[PATH]:NAME` at dump.
     push_ext_mounts(&mut o, external_mounts(extra_mounts));
+    // An inotify watch is dumped as a path. On overlayfs (every container's root) CRIU cannot
+    // reopen the watched inode by handle and searches known dirs instead ("irmap": /etc, /,
+    // ...); these are watched too (a browser watches the time zone) and are added to them.
+    o.irmap_scan_paths.extend(IRMAP_SCAN_PATHS.iter().map(|p| p.to_string()));
     o
 }
+
+/// Where CRIU also looks for the paths of inotify watches, besides its own list.
+pub const IRMAP_SCAN_PATHS: [&str; 1] = ["/usr/share/zoneinfo"];
 
 fn push_ext_mounts(o: &mut rpc::Criu_opts, pairs: impl IntoIterator<Item = (String, String)>) {
     for (key, val) in pairs {

@@ -55,14 +55,33 @@ pub fn archive_paths(paths: &[AbsPath], archive: &Path) -> Result<usize, FilesEr
             }
             Err(e) => return Err(FilesError::Archive { path: p.into(), source: e }),
         };
-        let rel = p.strip_prefix("/").unwrap_or(p);
-        let r = if md.is_dir() { b.append_dir_all(rel, p) } else { b.append_path_with_name(p, rel) };
-        r.map_err(|e| FilesError::Archive { path: p.into(), source: e })?;
+        if md.is_dir() {
+            for entry in walkdir::WalkDir::new(p).follow_links(false) {
+                let entry = entry.map_err(|e| FilesError::Archive { path: p.into(), source: e.into() })?;
+                append(&mut b, entry.path(), entry.file_type())?;
+            }
+        } else {
+            append(&mut b, p, md.file_type())?;
+        }
         n += 1;
     }
     let f = b.into_inner().map_err(|e| FilesError::Archive { path: archive.into(), source: e })?;
     f.sync_all().map_err(|e| FilesError::Archive { path: archive.into(), source: e })?;
     Ok(n)
+}
+
+/// Appends one entry (not a directory's contents) under its path relative to `/`. Unix sockets
+/// are left out: they cannot be archived, and CRIU binds a listening socket anew at restore
+/// (a leftover file at its path would make that bind fail).
+fn append(b: &mut tar::Builder<File>, p: &Path, ty: std::fs::FileType) -> Result<(), FilesError> {
+    use std::os::unix::fs::FileTypeExt;
+    if ty.is_socket() {
+        log::debug!("{} is a socket: not archived", p.display());
+        return Ok(());
+    }
+    let rel = p.strip_prefix("/").unwrap_or(p);
+    let r = if ty.is_dir() { b.append_dir(rel, p) } else { b.append_path_with_name(p, rel) };
+    r.map_err(|e| FilesError::Archive { path: p.into(), source: e })
 }
 
 /// Unpacks an archive made by [`archive_paths`] under `root` (normally `/`).
@@ -94,6 +113,7 @@ mod tests {
         symlink("sub/secret", src.join("link")).unwrap();
         let single = base.join("single.txt");
         fs::write(&single, b"one").unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(src.join("sub/app.sock")).unwrap();
 
         let archive = base.join("files.tar");
         let paths = vec![
@@ -113,6 +133,7 @@ mod tests {
         assert_eq!((md.uid(), md.gid()), (1234, 4321));
         assert_eq!(fs::read_link(back.join("link")).unwrap(), Path::new("sub/secret"));
         assert_eq!(fs::read(root.join(single.strip_prefix("/").unwrap())).unwrap(), b"one");
+        assert!(!back.join("sub/app.sock").exists(), "sockets are left out (CRIU binds them anew)");
 
         delete_paths(&[AbsPath::new(&src).unwrap(), AbsPath::new(&single).unwrap()]).unwrap();
         assert!(!src.exists() && !single.exists());

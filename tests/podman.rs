@@ -268,3 +268,63 @@ fn the_writable_layer_of_podmans_overlay_follows_the_app() {
     let log = c.exec_ok(&["cat", "/srv/data/log"]);
     assert!(log.starts_with("tick 1\n") && log.lines().count() > 5, "{log}");
 }
+
+/// The flags the README's Chromium recipe gives.
+const CHROMIUM: [&str; 6] = [
+    "chromium",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--remote-debugging-port=9222",
+    "--user-data-dir=/tmp/profile",
+];
+
+/// Evaluates `expr` in the browser's page over a new DevTools connection (tests/workloads/cdp.py
+/// inside the container), retrying while the browser is not answering yet.
+fn devtools(c: &common::podman::Container, expr: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let out = c.exec(&["python3", "/workloads/cdp.py", "9222", expr]);
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "DevTools does not answer: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.logs().1
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Headless Chromium with a page whose JavaScript keeps a counter in memory: after each restore
+/// the same tab (same heap: its first tick's timestamp) keeps counting, and DevTools answers a
+/// new connection. Two cycles, with the least privilege.
+#[test]
+fn headless_chromium_keeps_its_tab_counting_across_two_cycles() {
+    let s = Scratch::new("podman-chromium");
+    let mut pod =
+        Pod::new(&image("chromium"), RUNTIMES[1], &s.dir, "additionalPaths: [/tmp]\nonEscapedProcesses: kill\n");
+    pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
+    let mut cmd = vec!["run", "--"];
+    cmd.extend(CHROMIUM);
+    cmd.push("file:///workloads/counter.html");
+    let mut c = pod.start(&cmd);
+    assert!(eventually(LONG, || devtools(&c, "window.counter").as_u64().unwrap_or(0) >= 10), "{}", c.logs().1);
+    let first_tick = devtools(&c, "window.ticks[0]");
+    for cycle in 1..=2 {
+        let before = devtools(&c, "window.counter").as_u64().unwrap();
+        assert_eq!(c.stop(GRACE), 0, "cycle {cycle}: {}", c.logs().1);
+        c.expect_event("checkpoint_finished");
+        drop(c);
+        c = pod.start(&cmd);
+        c.expect_event_eventually_in(LONG, "restore_finished");
+        let after = devtools(&c, "[window.counter, window.ticks.length, window.ticks[0]]");
+        let n = after[0].as_u64().unwrap();
+        assert!(n >= before, "cycle {cycle}: the counter went back from {before} to {n}");
+        assert_eq!(after[1].as_u64(), Some(n), "cycle {cycle}: one tick per count, none lost");
+        assert_eq!(after[2], first_tick, "cycle {cycle}: the same tab, the same heap");
+        assert!(eventually(SHORT, || devtools(&c, "window.counter").as_u64().unwrap() > n + 5), "keeps counting");
+    }
+}

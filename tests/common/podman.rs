@@ -34,7 +34,8 @@ pub fn image(app: &str) -> String {
         .output()
         .expect("run scripts/test_images.py");
     assert!(out.status.success(), "building the {app} image failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    // The name is the last line (a build may print more before it).
+    String::from_utf8(out.stdout).unwrap().lines().last().expect("an image name").trim().to_string()
 }
 
 fn podman(args: &[&str]) -> Output {
