@@ -21,7 +21,6 @@ WORK = os.path.join(REPO, "target", "test-images")
 APPS = {
     "base": [],
     "chromium": ["chromium", "fonts-dejavu-core"],
-    "postgres": ["postgresql-15"],
     "jvm": ["openjdk-17-jdk-headless"],
     "node": ["nodejs"],
     "memcached": ["memcached"],

@@ -15,6 +15,25 @@ pub const REQUIRED: [(u32, &str, &str); 5] = [
     (18, "CAP_SYS_CHROOT", "restoring the app's root directory"),
 ];
 
+/// Needed as well when the app has processes of another user: CRIU seizes them (ptrace across
+/// users needs CAP_SYS_PTRACE) and reads their resource limits (prlimit across users needs
+/// CAP_SYS_RESOURCE).
+pub const FOR_OTHER_USERS: [(u32, &str); 2] = [(19, "CAP_SYS_PTRACE"), (24, "CAP_SYS_RESOURCE")];
+
+/// Whether crik has capability `bit` in its effective set.
+pub fn has(bit: u32) -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    effective(&status) & (1 << bit) != 0
+}
+
+fn effective(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
 /// What is missing for checkpointing, from `/proc/self/status`; empty when all is there.
 pub fn missing() -> Vec<String> {
     match std::fs::read_to_string("/proc/self/status") {
@@ -25,7 +44,7 @@ pub fn missing() -> Vec<String> {
 
 fn missing_in(status: &str) -> Vec<String> {
     let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
-    let eff = field("CapEff:").and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
+    let eff = effective(status);
     let mut out: Vec<String> = REQUIRED
         .iter()
         .filter(|(bit, _, _)| eff & (1 << bit) == 0)

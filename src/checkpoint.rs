@@ -32,6 +32,11 @@ pub enum CheckpointError {
     /// Something CRIU cannot checkpoint, found before the dump: the app keeps running untouched.
     #[error("the app holds {what} (pid {pid}, fd {fd}), which CRIU cannot checkpoint")]
     Unsupported { what: String, pid: i32, fd: i32 },
+    #[error(
+        "process {pid} ({name}) of the app runs as uid {uid}: CRIU can dump the processes of another \
+         user only with CAP_SYS_PTRACE and CAP_SYS_RESOURCE, and crik lacks {lacking}"
+    )]
+    OtherUser { pid: i32, name: String, uid: u32, lacking: String },
     /// Processes the app started that left its tree: the checkpoint would lack them.
     #[error(
         "processes of the app left its tree (daemonized, re-parented to crik): {}; CRIU dumps only \
@@ -294,6 +299,21 @@ fn refuse_unsupported(app: Pid, on_escaped: OnEscapedProcesses) -> Result<(), Ch
     const MQUEUE_MAGIC: i64 = 0x1980_0202;
     let mut pids = vec![app.as_raw()];
     pids.extend(crate::app::descendants_of(app.as_raw()));
+    // SAFETY: geteuid never fails.
+    let me = unsafe { libc::geteuid() };
+    let lacking: Vec<&str> =
+        crate::caps::FOR_OTHER_USERS.iter().filter(|(bit, _)| !crate::caps::has(*bit)).map(|(_, n)| *n).collect();
+    for &pid in pids.iter().filter(|_| !lacking.is_empty()) {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok());
+        if let Some(uid) = uid.filter(|u| *u != me) {
+            let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_string();
+            return Err(CheckpointError::OtherUser { pid, name, uid, lacking: lacking.join(" and ") });
+        }
+    }
     for pid in pids {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for fd in fds.flatten() {

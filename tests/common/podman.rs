@@ -55,6 +55,11 @@ fn ulimits() -> Vec<String> {
     vec!["--ulimit".into(), format!("nofile={nofile}:{nofile}"), "--ulimit".into(), format!("nproc={nproc}:{nproc}")]
 }
 
+/// What the README tells users to add to their runtime's default capabilities (which include
+/// SETPCAP and SYS_CHROOT, and what apps need themselves: SETUID, NET_BIND_SERVICE, ...).
+pub const DEFAULTS_PLUS: [&str; 4] =
+    ["--cap-add", "SYS_ADMIN,NET_ADMIN,SYS_TIME", "--security-opt", "seccomp=unconfined"];
+
 /// How one container is run: the volume and config every start of "the pod" shares.
 #[derive(Clone)]
 pub struct Pod {
