@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from debian_root import copy_apt_settings, debian_mirror, in_root
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = "/opt/crik-tools/bin"
 WORK = os.path.join(REPO, "target", "shipping")
@@ -86,24 +88,6 @@ def build_stage(stage, out):
         run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
 
 
-def debian_mirror():
-    for f in os.listdir("/etc/apt/sources.list.d"):
-        if f.endswith(".sources"):
-            for line in open(os.path.join("/etc/apt/sources.list.d", f)):
-                if line.startswith("URIs:") and "security" not in line and line.split()[1].rstrip("/").endswith("debian"):
-                    return line.split()[1]
-    return "http://deb.debian.org/debian"
-
-
-def in_root(root, argv, **kw):
-    """Runs argv chrooted into root, with /proc, /dev and DNS, in a private mount namespace."""
-    setup = (
-        f"mount -t proc proc {root}/proc && mount --rbind /dev {root}/dev && "
-        f"cp /etc/resolv.conf {root}/etc/resolv.conf && exec chroot {root} \"$@\""
-    )
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, "sh", *argv]
-
-
 def runtime_stage(stage, build_out, root):
     assert stage["from"] == "debian:bookworm-slim", stage["from"]
     key = hashlib.sha256(json.dumps(stage["steps"]).encode()).hexdigest()[:16]
@@ -114,12 +98,7 @@ def runtime_stage(stage, build_out, root):
         shutil.rmtree(root, ignore_errors=True)
         run(["debootstrap", "--variant=minbase", "bookworm", root, debian_mirror()],
             stdout=subprocess.DEVNULL)
-        # Network settings of this machine's package mirror (a docker build would get them as
-        # build-time configuration): e.g. a frozen snapshot needs Check-Valid-Until false.
-        for f in os.listdir("/etc/apt/apt.conf.d"):
-            text = open(os.path.join("/etc/apt/apt.conf.d", f)).read()
-            if "Acquire::" in text:
-                shutil.copy2(os.path.join("/etc/apt/apt.conf.d", f), f"{root}/etc/apt/apt.conf.d/{f}")
+        copy_apt_settings(root)
         shell = ["/bin/sh", "-c"]
         for instr, args in stage["steps"]:
             if instr == "SHELL":

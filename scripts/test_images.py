@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import sys
 
+from debian_root import copy_apt_settings, debian_mirror, in_root
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(REPO, "target", "test-images")
 # name -> Debian packages on top of the base root.
@@ -45,22 +47,8 @@ def run(cmd, **kw):
     subprocess.run(cmd, check=True, **kw)
 
 
-def debian_mirror():
-    for f in sorted(os.listdir("/etc/apt/sources.list.d")):
-        if f.endswith(".sources"):
-            for line in open(os.path.join("/etc/apt/sources.list.d", f)):
-                if line.startswith("URIs:") and "security" not in line and line.split()[1].rstrip("/").endswith("debian"):
-                    return line.split()[1]
-    return "http://deb.debian.org/debian"
-
-
-def in_root(root, script):
-    """Runs a shell script chrooted into root, with /proc, /dev and DNS, in a private mount ns."""
-    setup = (
-        f"mount -t proc proc {root}/proc && mount --rbind /dev {root}/dev && "
-        f"cp /etc/resolv.conf {root}/etc/resolv.conf && exec chroot {root} /bin/sh -c \"$0\""
-    )
-    run(["unshare", "--mount", "--propagation", "private", "sh", "-c", setup, script])
+def chrooted(root, script):
+    run(in_root(root, ["/bin/sh", "-c", script]))
 
 
 # Bumped when the way images are made changes (not needed when a package list changes).
@@ -86,13 +74,10 @@ def base_root():
     shutil.rmtree(root, ignore_errors=True)
     mirror = debian_mirror()
     run(["debootstrap", "--variant=minbase", "bookworm", root, mirror], stdout=subprocess.DEVNULL)
-    for f in os.listdir("/etc/apt/apt.conf.d"):
-        text = open(os.path.join("/etc/apt/apt.conf.d", f)).read()
-        if "Acquire::" in text:
-            shutil.copy2(os.path.join("/etc/apt/apt.conf.d", f), f"{root}/etc/apt/apt.conf.d/{f}")
+    copy_apt_settings(root)
     open(f"{root}/etc/apt/sources.list.d/forky.sources", "w").write(FORKY.format(mirror=mirror))
     open(f"{root}/etc/apt/preferences.d/forky", "w").write(PIN)
-    in_root(root, "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
+    chrooted(root, "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
             f"apt-get install -y -qq --no-install-recommends {' '.join(BASE_PACKAGES)} >/dev/null && "
             "apt-get install -y -qq --no-install-recommends -t forky criu >/dev/null && criu --version >&2")
     os.makedirs(f"{root}/etc/crik", exist_ok=True)
@@ -110,7 +95,7 @@ def build(app):
         app_root = os.path.join(WORK, app)
         shutil.rmtree(app_root, ignore_errors=True)
         run(["cp", "-a", root, app_root])
-        in_root(app_root, "export DEBIAN_FRONTEND=noninteractive && "
+        chrooted(app_root, "export DEBIAN_FRONTEND=noninteractive && "
                 f"apt-get install -y -qq --no-install-recommends {' '.join(APPS[app])} >/dev/null")
         root = app_root
     tar = subprocess.Popen(["tar", "-C", root, "--exclude=./proc/*", "--exclude=./dev/*", "-c", "."], stdout=subprocess.PIPE)

@@ -1,5 +1,6 @@
 """Benchmark workload: MIB MiB of incompressible memory spread over CHILDREN+1 processes; the
-parent answers PING with PONG on 127.0.0.1:PORT (so "answering again" is measurable) and,
+parent answers PING with PONG on HOST:PORT (HOST: 127.0.0.1 unless given; so "answering again"
+is measurable) and,
 on CHECK, re-hashes all of its memory and answers with the digest (to verify a restore)."""
 import hashlib
 import os
@@ -8,6 +9,7 @@ import sys
 import time
 
 port, mib, children = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+host = sys.argv[4] if len(sys.argv) > 4 else "127.0.0.1"
 share = mib // (children + 1)
 
 
@@ -25,7 +27,7 @@ for _ in range(children):
 mem = hold(mib - share * children)
 srv = socket.socket()
 srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-srv.bind(("127.0.0.1", port))
+srv.bind((host, port))
 srv.listen(8)
 print("ready", flush=True)
 while True:
