@@ -135,7 +135,8 @@ fn memcached_keeps_its_keys_across_two_cycles() {
     let port = free_port();
     let pod = app_pod(&s, "memcached", RUNTIMES[0], port, 11211, "");
     let cmd = ["run", "--", "memcached", "-u", "root", "-m", "64", "-p", "11211", "-t", "4"];
-    let ask = |req: &str, until: &str| -> String {
+    // Sends `req`, reads until the answer holds `until` `times` times.
+    let ask = |req: &str, until: &str, times: usize| -> String {
         let deadline = std::time::Instant::now() + LONG;
         loop {
             if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -148,8 +149,9 @@ fn memcached_keeps_its_keys_across_two_cycles() {
                             break;
                         }
                         out.extend_from_slice(&buf[..n]);
-                        if out.ends_with(until.as_bytes()) {
-                            return String::from_utf8_lossy(&out).into_owned();
+                        let text = String::from_utf8_lossy(&out);
+                        if text.ends_with(until) && text.matches(until).count() >= times {
+                            return text.into_owned();
                         }
                     }
                 }
@@ -171,13 +173,13 @@ fn memcached_keeps_its_keys_across_two_cycles() {
         &cmd,
         |_| {
             if !stored {
-                let answer = ask(&set, "STORED\r\n");
+                let answer = ask(&set, "STORED\r\n", 200);
                 assert_eq!(answer.matches("STORED").count(), 200, "{answer}");
                 stored = true;
             }
         },
         |c, cycle| {
-            let answer = ask(&get, "END\r\n");
+            let answer = ask(&get, "END\r\n", 1);
             for i in (0..200).step_by(17) {
                 assert!(
                     answer.contains(&format!("value-{}\r\n", i * 13)),
