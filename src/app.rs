@@ -90,7 +90,9 @@ impl SpawnError {
 }
 
 /// Starts the app in its own session with stdin, stdout and stderr passed through.
-pub fn spawn_app(signals: &Signals, argv: &[OsString]) -> Result<Pid, SpawnError> {
+/// With `isolate_ipc`, the app gets an IPC namespace of its own (CRIU dumps and restores it with
+/// the app: System V shared memory, semaphores, message queues).
+pub fn spawn_app(signals: &Signals, argv: &[OsString], isolate_ipc: bool) -> Result<Pid, SpawnError> {
     let name = argv[0].to_string_lossy().into_owned();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
@@ -105,6 +107,18 @@ pub fn spawn_app(signals: &Signals, argv: &[OsString]) -> Result<Pid, SpawnError
         cmd.stderr(f);
     }
     signals.prepare_child(&mut cmd, true, Vec::new());
+    if isolate_ipc {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: unshare is async-signal-safe; runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWIPC) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     match cmd.spawn() {
         Ok(child) => Ok(Pid::from_raw(child.id() as i32)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpawnError::NotFound(name)),

@@ -37,6 +37,12 @@ pub enum CheckpointError {
          user only with CAP_SYS_PTRACE and CAP_SYS_RESOURCE, and crik lacks {lacking}"
     )]
     OtherUser { pid: i32, name: String, uid: u32, lacking: String },
+    #[error(
+        "process {pid} of the app has System V shared memory attached ({key}), which lives in the \
+         container's IPC namespace: CRIU saves it only with an IPC namespace of the app's own \
+         (set isolateIpc: true)"
+    )]
+    SysvIpc { pid: i32, key: String },
     /// Processes the app started that left its tree: the checkpoint would lack them.
     #[error(
         "processes of the app left its tree (daemonized, re-parented to crik): {}; CRIU dumps only \
@@ -123,7 +129,7 @@ fn stage_dump_publish(
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
-    refuse_unsupported(target.app, target.config.on_escaped_processes)?;
+    refuse_unsupported(target.app, target.config)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
         files::delete_paths(&target.config.inotify_incompatible_paths)?;
@@ -283,9 +289,9 @@ fn archive_runtime_tmpfs(
 
 /// Fails before the dump (the app is not even frozen) when a process of the tree holds what
 /// CRIU 4.2 cannot dump, naming it: CRIU itself would only say "Can't lookup mount".
-fn refuse_unsupported(app: Pid, on_escaped: OnEscapedProcesses) -> Result<(), CheckpointError> {
+fn refuse_unsupported(app: Pid, config: &Config) -> Result<(), CheckpointError> {
     let escaped = crate::app::escaped_from(app);
-    match (escaped.is_empty(), on_escaped) {
+    match (escaped.is_empty(), config.on_escaped_processes) {
         (true, _) => {}
         (false, OnEscapedProcesses::Fail) => return Err(CheckpointError::Escaped { escaped }),
         (false, OnEscapedProcesses::Kill) => {
@@ -312,6 +318,15 @@ fn refuse_unsupported(app: Pid, on_escaped: OnEscapedProcesses) -> Result<(), Ch
         if let Some(uid) = uid.filter(|u| *u != me) {
             let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_string();
             return Err(CheckpointError::OtherUser { pid, name, uid, lacking: lacking.join(" and ") });
+        }
+    }
+    // System V shared memory lives in the IPC namespace: CRIU saves it only with a namespace
+    // of the app's own.
+    for &pid in pids.iter().filter(|_| !config.isolate_ipc) {
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        if let Some(line) = maps.lines().find(|l| l.contains("/SYSV")) {
+            let key = line.split_whitespace().last().unwrap_or("").to_string();
+            return Err(CheckpointError::SysvIpc { pid, key });
         }
     }
     for pid in pids {

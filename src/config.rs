@@ -106,6 +106,10 @@ pub struct Config {
     /// Restore with CRIU's lazy-pages daemon: the app runs before all its memory is read back.
     #[serde(default)]
     pub lazy_pages: bool,
+    /// Start the app in an IPC namespace of its own, which CRIU then checkpoints with it: System
+    /// V shared memory, semaphores and message queues (PostgreSQL) live in it.
+    #[serde(default)]
+    pub isolate_ipc: bool,
     /// Processes the app daemonized (re-parented to crik, outside the tree CRIU dumps): `fail`
     /// the checkpoint, or `kill` them first.
     #[serde(default)]
@@ -177,6 +181,7 @@ impl Default for Config {
             checkpoint_interval: None,
             lazy_pages: false,
             on_escaped_processes: OnEscapedProcesses::default(),
+            isolate_ipc: false,
         }
     }
 }

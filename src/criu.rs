@@ -349,7 +349,7 @@ pub fn major_minor(version: &str) -> (u32, u32) {
 /// `cpuinfo dump` (record this CPU into `dir`, as cpuinfo.img) or `cpuinfo check` (can the CPU
 /// recorded in `dir` run here?), with crik's CPU capabilities ([`crate::cpu::CPU_CAPS`]).
 pub fn cpuinfo(signals: &Signals, kind: rpc::Criu_req_type, dir: &File) -> Result<(), CriuError> {
-    let mut o = rpc::Criu_opts::new();
+    let mut o = base_opts();
     o.set_images_dir_fd(dir.as_raw_fd());
     o.set_log_level(4);
     o.set_log_file(CPUINFO_LOG.into());
@@ -379,9 +379,21 @@ pub const EXTERNAL_MOUNTS: [(&str, &str); 7] = [
 /// Ghost (deleted but open) files up to this size are saved into the image (as the original).
 pub const GHOST_LIMIT: u32 = 500 * 1024 * 1024;
 
+/// Options every request with options carries.
+fn base_opts() -> rpc::Criu_opts {
+    let mut o = rpc::Criu_opts::new();
+    // crik running as another user than root (with the capabilities CRIU needs, e.g. ambient
+    // ones): CRIU then accepts the limits of its non-root mode.
+    // SAFETY: geteuid never fails.
+    if unsafe { libc::geteuid() } != 0 {
+        o.set_unprivileged(true);
+    }
+    o
+}
+
 /// Options shared by dump and restore.
 fn common_opts(images_dir: &File, log_file: &str) -> rpc::Criu_opts {
-    let mut o = rpc::Criu_opts::new();
+    let mut o = base_opts();
     o.set_images_dir_fd(images_dir.as_raw_fd());
     o.set_log_level(4);
     o.set_log_file(log_file.into());

@@ -190,7 +190,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                 ));
             }
             app::reserve_low_pids();
-            let pid = app::spawn_app(&signals, &args.command)?;
+            let pid = app::spawn_app(&signals, &args.command, config.isolate_ipc)?;
             log::info!("started {:?} as pid {pid}", args.command);
             (pid, to_strings(&args.command), Vec::new())
         }

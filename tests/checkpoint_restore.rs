@@ -391,3 +391,35 @@ fn established_connection_keeps_working_across_periodic_checkpoints() {
         assert_eq!(client.ask("GET k").unwrap(), format!("v{round}"));
     }
 }
+
+/// System V shared memory lives in the IPC namespace: without one of the app's own the
+/// checkpoint is refused before the dump, naming it; with `isolateIpc` CRIU saves the namespace
+/// with the app and the counter in the segment carries on.
+#[test]
+fn system_v_shared_memory_needs_isolate_ipc_and_then_comes_back() {
+    let s = Scratch::new("sysv");
+    let sysv = |l: &str| l.strip_prefix("sysv ").and_then(|n| n.parse::<u64>().ok());
+    let script = workload("sysv.py");
+    let cfg = s.config("");
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
+    c.expect_line(SHORT, "sysv 3", |l| l == "sysv 3");
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_code(LONG), 128 + libc::SIGTERM, "{}", c.stderr());
+    let failed = c.expect_event("checkpoint_failed", &[]);
+    assert!(
+        failed["msg"].as_str().unwrap().contains("System V shared memory")
+            && failed["msg"].as_str().unwrap().contains("isolateIpc"),
+        "{failed}"
+    );
+    assert!(s.checkpoints().is_empty());
+
+    let cfg = s.config("isolateIpc: true\n");
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
+    c.expect_line(SHORT, "sysv 3", |l| l == "sysv 3");
+    let last = checkpoint(&mut c).iter().filter_map(|l| sysv(l)).last().unwrap();
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
+    let first = sysv(&c.expect_line(LONG, "the counter", |l| sysv(l).is_some())).unwrap();
+    assert!(first == last || first == last + 1, "restored at {first}, checkpointed at {last}\n{}", c.stderr());
+    c.expect_line(SHORT, "it goes on", |l| sysv(l).is_some_and(|n| n >= last + 3));
+    c.expect_event("restore_finished", &[]);
+}
