@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime};
 
 use nix::unistd::Pid;
 
-use crate::config::{Config, OnEscapedProcesses};
+use crate::config::Config;
 use crate::criu::{self, CriuError};
 use crate::files::{self, FilesError};
 use crate::host;
@@ -29,28 +29,8 @@ pub enum CheckpointError {
     Rootfs(#[from] crate::rootfs::RootfsError),
     #[error("CRIU finished the dump without its post-dump notification: files were not archived")]
     NoPostDump,
-    /// Something CRIU cannot checkpoint, found before the dump: the app keeps running untouched.
-    #[error("the app holds {what} (pid {pid}, fd {fd}), which CRIU cannot checkpoint")]
-    Unsupported { what: String, pid: i32, fd: i32 },
-    #[error(
-        "process {pid} ({name}) of the app runs as uid {uid}: CRIU can dump the processes of another \
-         user only with CAP_SYS_PTRACE and CAP_SYS_RESOURCE, and crik lacks {lacking}"
-    )]
-    OtherUser { pid: i32, name: String, uid: u32, lacking: String },
-    #[error(
-        "process {pid} of the app has System V shared memory attached ({key}), which lives in the \
-         container's IPC namespace: CRIU saves it only with an IPC namespace of the app's own \
-         (set isolateIpc: true)"
-    )]
-    SysvIpc { pid: i32, key: String },
-    /// Processes the app started that left its tree: the checkpoint would lack them.
-    #[error(
-        "processes of the app left its tree (daemonized, re-parented to crik): {}; CRIU dumps only \
-         the app's tree, so the restored app would lack them: keep them from daemonizing, or set \
-         onEscapedProcesses: kill if the app does without them",
-        escaped.iter().map(|(p, c)| format!("{p} ({c})")).collect::<Vec<_>>().join(", ")
-    )]
-    Escaped { escaped: Vec<(i32, String)> },
+    #[error(transparent)]
+    Preflight(#[from] crate::preflight::PreflightError),
     #[error("cannot read the container's stdio links in /proc/{pid}/fd: {source}")]
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
@@ -129,7 +109,7 @@ fn stage_dump_publish(
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
-    refuse_unsupported(target.app, target.config)?;
+    crate::preflight::check(target.app, target.config)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
         files::delete_paths(&target.config.inotify_incompatible_paths)?;
@@ -285,62 +265,6 @@ fn archive_runtime_tmpfs(
     files::archive_paths(&abs, &staged.dir.join(files::TMPFS_ARCHIVE))?;
     log::info!("{} file(s) of the app on tmpfs mounts archived: {}", paths.len(), paths.join(", "));
     Ok(paths)
-}
-
-/// Fails before the dump (the app is not even frozen) when a process of the tree holds what
-/// CRIU 4.2 cannot dump, naming it: CRIU itself would only say "Can't lookup mount".
-fn refuse_unsupported(app: Pid, config: &Config) -> Result<(), CheckpointError> {
-    let escaped = crate::app::escaped_from(app);
-    match (escaped.is_empty(), config.on_escaped_processes) {
-        (true, _) => {}
-        (false, OnEscapedProcesses::Fail) => return Err(CheckpointError::Escaped { escaped }),
-        (false, OnEscapedProcesses::Kill) => {
-            let names: Vec<String> = escaped.iter().map(|(p, c)| format!("{p} ({c})")).collect();
-            log::warn!(event = "escaped_killed"; "killing processes that left the app's tree before the dump \
-                (onEscapedProcesses: kill): {}", names.join(", "));
-            let pids: Vec<i32> = escaped.iter().map(|(p, _)| *p).collect();
-            crate::app::kill_and_wait(&pids, std::time::Duration::from_secs(2));
-        }
-    }
-    const MQUEUE_MAGIC: i64 = 0x1980_0202;
-    let mut pids = vec![app.as_raw()];
-    pids.extend(crate::app::descendants_of(app.as_raw()));
-    // SAFETY: geteuid never fails.
-    let me = unsafe { libc::geteuid() };
-    let lacking: Vec<&str> =
-        crate::caps::FOR_OTHER_USERS.iter().filter(|(bit, _)| !crate::caps::has(*bit)).map(|(_, n)| *n).collect();
-    for &pid in pids.iter().filter(|_| !lacking.is_empty()) {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let uid = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok());
-        if let Some(uid) = uid.filter(|u| *u != me) {
-            let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("").trim().to_string();
-            return Err(CheckpointError::OtherUser { pid, name, uid, lacking: lacking.join(" and ") });
-        }
-    }
-    // System V shared memory lives in the IPC namespace: CRIU saves it only with a namespace
-    // of the app's own.
-    for &pid in pids.iter().filter(|_| !config.isolate_ipc) {
-        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-        if let Some(line) = maps.lines().find(|l| l.contains("/SYSV")) {
-            let key = line.split_whitespace().last().unwrap_or("").to_string();
-            return Err(CheckpointError::SysvIpc { pid, key });
-        }
-    }
-    for pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        for fd in fds.flatten() {
-            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            let Ok(st) = nix::sys::statfs::statfs(&fd.path()) else { continue };
-            if st.filesystem_type().0 as i64 == MQUEUE_MAGIC {
-                let name = std::fs::read_link(fd.path()).map(|p| p.display().to_string()).unwrap_or_default();
-                return Err(CheckpointError::Unsupported { what: format!("POSIX message queue {name}"), pid, fd: n });
-            }
-        }
-    }
-    Ok(())
 }
 
 /// "No space left on device" when the image dir's filesystem is (nearly) full.

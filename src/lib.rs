@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod mountinfo;
 pub mod nodestate;
 pub mod plan;
+pub mod preflight;
 pub mod remap;
 pub mod restore;
 pub mod rootfs;
