@@ -37,6 +37,34 @@ pub struct CpuRecord {
     pub features: Vec<String>,
     pub xfeatures_mask: u64,
     pub xsave_size: u32,
+    /// A digest of what the kernel says of the CPU (/proc/cpuinfo's model name and flags) and of
+    /// the kernel release: the same on a node of the same type, where CRIU's check (a process
+    /// start, tens of ms on the restore's critical path) is then skipped.
+    #[serde(default)]
+    pub fingerprint: String,
+}
+
+/// This node's CPU fingerprint (see [`CpuRecord::fingerprint`]); empty when unreadable.
+pub fn fingerprint() -> String {
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else { return String::new() };
+    fingerprint_of(&info, &crate::host::kernel_release())
+}
+
+fn fingerprint_of(cpuinfo: &str, kernel: &str) -> String {
+    // The first CPU's entry: model and flags are the same on every core of a node.
+    let first = cpuinfo.split("\n\n").next().unwrap_or("");
+    let field = |name: &str| {
+        first.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let (model, flags) =
+        (field("model name").unwrap_or_default(), field("flags").or(field("Features")).unwrap_or_default());
+    if flags.is_empty() {
+        return String::new();
+    }
+    format!("{:08x}", crc32fast::hash(format!("{model}\n{flags}\n{kernel}").as_bytes()))
 }
 
 /// The x86 entry of a cpuinfo image, if the images hold one.
@@ -70,6 +98,7 @@ pub fn record(images: &Path) -> Result<CpuRecord, ImageError> {
             features: INSTRUCTION_FEATURES.iter().filter(|f| has(&x, f)).map(|(_, _, n)| n.to_string()).collect(),
             xfeatures_mask: x.xfeatures_mask(),
             xsave_size: x.xsave_size(),
+            fingerprint: fingerprint(),
         },
         None => CpuRecord {
             arch,
@@ -78,6 +107,7 @@ pub fn record(images: &Path) -> Result<CpuRecord, ImageError> {
             features: Vec::new(),
             xfeatures_mask: 0,
             xsave_size: 0,
+            fingerprint: fingerprint(),
         },
     })
 }
@@ -166,6 +196,19 @@ mod tests {
         assert!(missing(&cpu(&[(0, 0), (9, 5), (9, 16), (7, 2)], 0b111, 832), &here).is_empty());
         assert_eq!(missing(&cpu(&[(10, 3)], 0, 832), &cpu(&[], 0, 832)), vec!["xsaves"]);
         assert_eq!(missing(&cpu(&[(0, 0)], 0, 832), &cpu(&[], 0, 832)), vec!["fpu"], "named once");
+    }
+
+    #[test]
+    fn fingerprints_follow_model_flags_and_kernel() {
+        let info =
+            "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2\n\nprocessor\t: 1\nflags\t\t: other\n";
+        let a = fingerprint_of(info, "6.18");
+        assert_eq!(a.len(), 8);
+        assert_eq!(a, fingerprint_of(info, "6.18"));
+        assert_ne!(a, fingerprint_of(info, "6.19"), "another kernel");
+        assert_ne!(a, fingerprint_of(&info.replace("avx2", "avx512f"), "6.18"), "other flags");
+        assert_eq!(fingerprint_of("processor\t: 0\n", "6.18"), "", "nothing to go by");
+        assert!(!fingerprint().is_empty(), "this machine's /proc/cpuinfo");
     }
 
     #[test]

@@ -192,6 +192,10 @@ fn check_cpu(signals: &Signals, ckpt: &Checkpoint, manifest: &Manifest) -> Resul
     if !images.join(crate::cpu::CPUINFO_IMAGE).exists() {
         return Ok(()); // not x86: the architecture is all CRIU records
     }
+    if !cpu.fingerprint.is_empty() && cpu.fingerprint == crate::cpu::fingerprint() {
+        log::debug!("same CPU type and kernel as at the checkpoint: CRIU's CPU check is not needed");
+        return Ok(());
+    }
     let dir = File::open(&images).map_err(|e| RestoreError::ImagesDir { path: images.clone(), source: e })?;
     let started = std::time::Instant::now();
     let verdict = criu::cpuinfo(signals, criu::rpc::Criu_req_type::CPUINFO_CHECK, &dir);

@@ -18,9 +18,10 @@ fn lacking_feature() -> (usize, u32, &'static str) {
     *CANDIDATES.iter().find(|(_, _, n)| !flags.contains(n)).expect("this CPU has every candidate feature")
 }
 
-/// Rewrites the checkpoint's cpuinfo.img to claim `feature`, keeping the manifest's size and
-/// checksum of it true (so only the CPU is wrong). Returns the original bytes.
-fn claim_feature(ckpt: &Path, (word, bit, _): (usize, u32, &str)) -> Vec<u8> {
+/// Rewrites the checkpoint's cpuinfo.img to claim `feature`, as taken on another type of node
+/// (another CPU fingerprint), keeping the manifest's size and checksum of it true (so only the
+/// CPU is wrong). Returns the original bytes and fingerprint.
+fn claim_feature(ckpt: &Path, (word, bit, _): (usize, u32, &str)) -> (Vec<u8>, serde_json::Value) {
     let img = ckpt.join("images/cpuinfo.img");
     let original = std::fs::read(&img).unwrap();
     // Two magics, a length, one cpuinfo_entry.
@@ -31,18 +32,21 @@ fn claim_feature(ckpt: &Path, (word, bit, _): (usize, u32, &str)) -> Vec<u8> {
     let mut edited = original[..8].to_vec();
     edited.extend_from_slice(&(body.len() as u32).to_le_bytes());
     edited.extend_from_slice(&body);
-    write_with_manifest(ckpt, &edited);
-    original
+    let fingerprint = write_with_manifest(ckpt, &edited, "another-node".into());
+    (original, fingerprint)
 }
 
-fn write_with_manifest(ckpt: &Path, cpuinfo: &[u8]) {
+/// Writes cpuinfo.img and the manifest's record of it; returns the fingerprint it replaced.
+fn write_with_manifest(ckpt: &Path, cpuinfo: &[u8], fingerprint: serde_json::Value) -> serde_json::Value {
     std::fs::write(ckpt.join("images/cpuinfo.img"), cpuinfo).unwrap();
     let manifest = ckpt.join("manifest.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let old = std::mem::replace(&mut m["cpu"]["fingerprint"], fingerprint);
     let f = m["files"].as_array_mut().unwrap().iter_mut().find(|f| f["path"] == "images/cpuinfo.img").unwrap();
     f["size"] = cpuinfo.len().into();
     f["crc32"] = crc32fast::hash(cpuinfo).into();
     std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    old
 }
 
 fn only_checkpoint(s: &Scratch) -> PathBuf {
@@ -60,7 +64,7 @@ fn a_checkpoint_needing_missing_cpu_features_is_refused_named_and_kept() {
     let last = last_count(&checkpoint(&mut c));
     let ckpt = only_checkpoint(&s);
     let feature = lacking_feature();
-    let original = claim_feature(&ckpt, feature);
+    let (original, fingerprint) = claim_feature(&ckpt, feature);
 
     // coldStart (the default): refused before CRIU restores, the app starts fresh, the
     // checkpoint stays published (it is not damaged).
@@ -83,8 +87,35 @@ fn a_checkpoint_needing_missing_cpu_features_is_refused_named_and_kept() {
     assert!(log.contains(feature.2), "{log}");
 
     // On a node with the features (the record as CRIU wrote it), the same checkpoint restores.
-    write_with_manifest(&ckpt, &original);
+    write_with_manifest(&ckpt, &original, fingerprint);
     let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
     c.expect_count_after(last);
     c.expect_event("restore_finished", &[]);
+}
+
+/// On a node of the same type (the same CPU fingerprint), CRIU's CPU check is skipped: it would
+/// cost the restore a CRIU start.
+#[test]
+fn the_same_cpu_type_is_not_checked_again() {
+    let s = Scratch::new("cpu-same");
+    let cfg = s.config("");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let last = last_count(&checkpoint(&mut c));
+    let ckpt = only_checkpoint(&s);
+    let mut c =
+        Container::start(Spec { env: vec![("RUST_LOG".into(), "debug".into())], ..Spec::run(Some(&cfg), &COUNTER) });
+    c.expect_count_after(last);
+    assert!(c.stderr().contains("CRIU's CPU check is not needed"), "{}", c.stderr());
+    assert!(
+        !ckpt.join("images/cpuinfo.log").exists()
+            && !s
+                .images()
+                .join("retired")
+                .read_dir()
+                .unwrap()
+                .flatten()
+                .any(|e| e.path().join("images/cpuinfo.log").exists()),
+        "CRIU was not asked"
+    );
 }
