@@ -195,43 +195,65 @@ pub fn signal_descendants(sig: Signal) {
 
 /// Every process below `root` (children first-level first), from /proc.
 pub fn descendants_of(root: i32) -> Vec<i32> {
-    let mut parents: Vec<(i32, i32)> = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                // The command name may contain spaces and parentheses: parse after the last ')'.
-                if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) {
-                    if let Ok(ppid) = ppid.parse() {
-                        parents.push((pid, ppid));
+    ProcessTable::read().descendants(root)
+}
+
+/// The parent of every process, read from /proc once: several questions about the tree (the
+/// app's processes, those outside it) answered from one scan.
+pub struct ProcessTable(Vec<(i32, i32)>);
+
+impl ProcessTable {
+    pub fn read() -> ProcessTable {
+        let mut parents: Vec<(i32, i32)> = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+                if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                    // The command name may contain spaces and parentheses: parse after the last ')'.
+                    if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) {
+                        if let Ok(ppid) = ppid.parse() {
+                            parents.push((pid, ppid));
+                        }
                     }
                 }
             }
         }
+        ProcessTable(parents)
     }
-    let mut tree = vec![root];
-    let mut i = 0;
-    while i < tree.len() {
-        let p = tree[i];
-        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
-        i += 1;
-    }
-    tree.remove(0);
-    tree
-}
 
-/// Processes below crik that are outside the app's tree (daemonized helpers re-parented to crik),
-/// as (pid, command name); CRIU's own processes are not counted.
-pub fn escaped_from(app: Pid) -> Vec<(i32, String)> {
-    let in_app: Vec<i32> = descendants_of(app.as_raw());
-    descendants_of(std::process::id() as i32)
-        .into_iter()
-        .filter(|p| *p != app.as_raw() && !in_app.contains(p))
-        .filter_map(|p| {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?.trim().to_string();
-            (comm != "criu").then_some((p, comm))
-        })
-        .collect()
+    /// Every process below `root`, children first-level first.
+    pub fn descendants(&self, root: i32) -> Vec<i32> {
+        let mut tree = vec![root];
+        let mut i = 0;
+        while i < tree.len() {
+            let p = tree[i];
+            tree.extend(self.0.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+            i += 1;
+        }
+        tree.remove(0);
+        tree
+    }
+
+    /// The app's tree: `app` and its descendants.
+    pub fn tree(&self, app: Pid) -> Vec<i32> {
+        let mut pids = vec![app.as_raw()];
+        pids.extend(self.descendants(app.as_raw()));
+        pids
+    }
+
+    /// Processes below crik that are outside the app's tree (daemonized helpers re-parented to
+    /// crik), as (pid, command name); CRIU's own processes are not counted.
+    pub fn escaped_from(&self, app: Pid) -> Vec<(i32, String)> {
+        let in_app = self.tree(app);
+        self.descendants(std::process::id() as i32)
+            .into_iter()
+            .filter(|p| !in_app.contains(p))
+            .filter_map(|p| {
+                let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?.trim().to_string();
+                (comm != "criu").then_some((p, comm))
+            })
+            .collect()
+    }
 }
 
 /// SIGKILLs `pids` and waits (at most `limit`) until each has exited (gone, or a zombie: its
@@ -253,8 +275,11 @@ pub fn kill_and_wait(pids: &[i32], limit: std::time::Duration) {
 /// Anonymous memory of the app's tree (`root` and its descendants), in bytes: about what a
 /// CRIU dump of it writes.
 pub fn tree_memory(root: Pid) -> u64 {
-    let mut pids = vec![root.as_raw()];
-    pids.extend(descendants_of(root.as_raw()));
+    memory_of(&ProcessTable::read().tree(root))
+}
+
+/// Anonymous memory of these processes, in bytes.
+pub fn memory_of(pids: &[i32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
         .filter_map(|t| {

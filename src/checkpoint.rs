@@ -109,7 +109,7 @@ fn stage_dump_publish(
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
-    crate::preflight::check(target.app, target.config)?;
+    let app_tree = crate::preflight::check(target.app, target.config)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
         files::delete_paths(&target.config.inotify_incompatible_paths)?;
@@ -118,7 +118,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
     let dir = File::open(&images).map_err(|e| CheckpointError::ImagesDir { path: images.clone(), source: e })?;
     let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
 
-    let app_memory_bytes = crate::app::tree_memory(target.app);
+    let app_memory_bytes = crate::app::memory_of(&app_tree);
     let dump_started = Instant::now();
     let mut opts = criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts);
     // Files are archived in CRIU's "post-dump" notification: the tree is dumped but still

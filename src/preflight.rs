@@ -4,6 +4,7 @@
 
 use nix::unistd::Pid;
 
+use crate::app::ProcessTable;
 use crate::config::{Config, OnEscapedProcesses};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,20 +35,22 @@ pub enum PreflightError {
 
 /// Fails when a process of the app's tree holds what CRIU 4.2 cannot dump, or the tree lacks a
 /// process of the app, naming it. With `onEscapedProcesses: kill`, escaped processes are killed.
-pub fn check(app: Pid, config: &Config) -> Result<(), PreflightError> {
-    escaped(app, config.on_escaped_processes)?;
-    let mut pids = vec![app.as_raw()];
-    pids.extend(crate::app::descendants_of(app.as_raw()));
+/// Returns the app tree's PIDs.
+pub fn check(app: Pid, config: &Config) -> Result<Vec<i32>, PreflightError> {
+    let table = ProcessTable::read();
+    escaped(&table, app, config.on_escaped_processes)?;
+    let pids = table.tree(app);
     other_users(&pids)?;
     if !config.isolate_ipc {
         system_v_shared_memory(&pids)?;
     }
-    message_queues(&pids)
+    message_queues(&pids)?;
+    Ok(pids)
 }
 
 /// Processes below crik but outside the app's tree: CRIU dumps one tree.
-fn escaped(app: Pid, policy: OnEscapedProcesses) -> Result<(), PreflightError> {
-    let escaped = crate::app::escaped_from(app);
+fn escaped(table: &ProcessTable, app: Pid, policy: OnEscapedProcesses) -> Result<(), PreflightError> {
+    let escaped = table.escaped_from(app);
     if escaped.is_empty() {
         return Ok(());
     }
