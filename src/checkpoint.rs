@@ -65,11 +65,23 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<C
     let result = stage_dump_publish(signals, store, target, kind);
     let mut status = CheckpointStatus::new(kind, if result.is_ok() { "complete" } else { "failed" }, wall);
     match &result {
-        Ok((c, size)) => (status.id, status.size_bytes) = (Some(c.id.clone()), Some(*size)),
+        Ok(p) => (status.id, status.size_bytes) = (Some(p.checkpoint.id.clone()), Some(p.size)),
         Err(e) => status.error = Some(e.to_string()),
     }
+    // The status file is current before the event says the checkpoint is done: whoever acts
+    // on the event (an operator, a test) reads the outcome it announces.
     crate::status::write(store.root(), status);
-    result.map(|(c, _)| c)
+    let p = result?;
+    log::info!(
+        event = "checkpoint_finished", kind, id = p.checkpoint.id.as_str(), duration_ms = p.millis,
+        dump_ms = p.dump_millis, size_bytes = p.size;
+        "{kind} checkpoint {} complete in {} ms (CRIU dump {} ms), {}",
+        p.checkpoint.dir.display(),
+        p.millis,
+        p.dump_millis,
+        sizes::human(p.size)
+    );
+    Ok(p.checkpoint)
 }
 
 fn stage_dump_publish(
@@ -77,7 +89,7 @@ fn stage_dump_publish(
     store: &Store,
     target: &Target,
     kind: &str,
-) -> Result<(Checkpoint, u64), CheckpointError> {
+) -> Result<Published, CheckpointError> {
     let started = Instant::now();
     let staged = store.stage()?;
     log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
@@ -97,15 +109,15 @@ fn stage_dump_publish(
     };
     store.retire_all_but(&published, target.config.keep_checkpoints);
     let (ms, size) = (started.elapsed().as_millis() as u64, sizes::dir_size(&published.dir));
-    log::info!(
-        event = "checkpoint_finished", kind, id = published.id.as_str(), duration_ms = ms,
-        dump_ms = manifest.dump_millis, size_bytes = size;
-        "{kind} checkpoint {} complete in {ms} ms (CRIU dump {} ms), {}",
-        published.dir.display(),
-        manifest.dump_millis,
-        sizes::human(size)
-    );
-    Ok((published, size))
+    Ok(Published { checkpoint: published, size, millis: ms, dump_millis: manifest.dump_millis })
+}
+
+/// A checkpoint just published, with what its `checkpoint_finished` event reports.
+struct Published {
+    checkpoint: Checkpoint,
+    size: u64,
+    millis: u64,
+    dump_millis: u64,
 }
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
