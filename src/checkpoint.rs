@@ -37,6 +37,9 @@ pub enum CheckpointError {
     ImagesDir { path: PathBuf, source: std::io::Error },
     #[error("{source}{}", criu::format_log(log_lines))]
     Criu { source: CriuError, log_lines: Vec<String> },
+    /// The checkpoint is complete in imageDir, but not in object storage.
+    #[error("checkpoint {id} is complete in the image dir but its upload to {url} failed: {source}")]
+    Upload { id: String, url: String, source: crate::remote::RemoteError },
 }
 
 /// What a checkpoint needs besides the store: the config and the app being checkpointed.
@@ -49,8 +52,11 @@ pub struct Target<'a> {
     pub leave_running: bool,
     /// The overlay upper dir of `/`, when `captureRootfsDiff` is on (found at start).
     pub rootfs_upper: Option<&'a std::path::Path>,
-    /// How long CRIU may take (`checkpointTimeout`, or less of a final checkpoint's budget).
+    /// How long CRIU may take (`checkpointTimeout`, or less of a final checkpoint's budget);
+    /// the upload to object storage must end within it too.
     pub deadline: std::time::Duration,
+    /// Object storage the published checkpoint is uploaded to.
+    pub remote: Option<&'a crate::remote::Remote>,
 }
 
 /// Where the CRIU log of the last failed dump is kept, in the image dir.
@@ -94,7 +100,7 @@ fn stage_dump_publish(
     let staged = store.stage()?;
     log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
         "{kind} checkpoint of app (pid {}) into {}", target.app, staged.dir.display());
-    let published = dump_into(signals, &staged, target).and_then(|m| Ok((store.publish(&staged, m.clone())?, m)));
+    let published = dump_into(signals, &staged, target).and_then(|m| Ok(store.publish_sealed(&staged, m)?));
     let (published, manifest) = match published {
         Ok(p) => p,
         Err(e) => {
@@ -108,8 +114,39 @@ fn stage_dump_publish(
         }
     };
     store.retire_all_but(&published, target.config.keep_checkpoints);
+    if let Some(remote) = target.remote {
+        upload(remote, &published, &manifest, target, started + target.deadline)?;
+    }
     let (ms, size) = (started.elapsed().as_millis() as u64, sizes::dir_size(&published.dir));
     Ok(Published { checkpoint: published, size, millis: ms, dump_millis: manifest.dump_millis })
+}
+
+/// Uploads a published checkpoint; after a periodic one, unreferenced chunks are removed (never
+/// on the final one: the notice is short, and the next run's first checkpoint does it).
+fn upload(
+    remote: &crate::remote::Remote,
+    published: &Checkpoint,
+    manifest: &Manifest,
+    target: &Target,
+    deadline: Instant,
+) -> Result<(), CheckpointError> {
+    let up = remote
+        .upload(published, manifest, target.config.keep_checkpoints, deadline)
+        .map_err(|e| CheckpointError::Upload { id: published.id.clone(), url: remote.url.clone(), source: e })?;
+    log::info!(
+        event = "checkpoint_uploaded", id = published.id.as_str(), chunks = up.chunks, new_chunks = up.new_chunks,
+        sent_bytes = up.sent_bytes, bytes = up.bytes, duration_ms = up.millis;
+        "uploaded checkpoint {} to {} in {} ms: {} new of {} chunks, {} sent for {}",
+        published.id, remote.url, up.millis, up.new_chunks, up.chunks, sizes::human(up.sent_bytes), sizes::human(up.bytes)
+    );
+    if target.leave_running {
+        match remote.collect_garbage(deadline) {
+            Ok(0) => {}
+            Ok(n) => log::info!("storage: removed {n} chunk(s) no checkpoint refers to"),
+            Err(e) => log::warn!("storage: garbage collection failed (tried again after the next checkpoint): {e}"),
+        }
+    }
+    Ok(())
 }
 
 /// A checkpoint just published, with what its `checkpoint_finished` event reports.

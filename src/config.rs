@@ -117,6 +117,80 @@ pub struct Config {
     /// crik's own log lines: `text` or `json`.
     #[serde(default)]
     pub log_format: crate::logging::LogFormat,
+    /// Object storage every checkpoint is uploaded to (imageDir stays the local staging dir).
+    #[serde(default)]
+    pub storage: Option<StorageConfig>,
+}
+
+/// `storage:`: an S3 bucket (or any S3-compatible store) that checkpoints are mirrored to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `s3://bucket/prefix`: one app (one crik at a time) per prefix.
+    pub url: S3Url,
+    /// An S3-compatible endpoint (`http://minio:9000`, `https://storage.googleapis.com`),
+    /// addressed path-style; unset: AWS S3 in `region`.
+    #[serde(default)]
+    pub endpoint: Option<HttpUrl>,
+    /// Unset: `AWS_REGION`, `AWS_DEFAULT_REGION`, else us-east-1.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Upper bound for one request, in seconds.
+    #[serde(default = "default_request_timeout", deserialize_with = "seconds")]
+    pub request_timeout: Duration,
+    /// Requests in flight at once (uploads, downloads).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_concurrency() -> usize {
+    8
+}
+
+/// `s3://bucket[/prefix]`, checked when parsed; the prefix is kept ending in `/` (or empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Url {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl S3Url {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let Some(rest) = s.strip_prefix("s3://") else { return Err(format!("must start with s3://, got {s:?}")) };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        // S3's bucket naming rules (3-63 of a-z 0-9 . -, starting and ending alphanumeric).
+        let ok = (3..=63).contains(&bucket.len())
+            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(format!("{bucket:?} is not a valid bucket name (3-63 characters: a-z, 0-9, '.', '-')"));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|c| c == "." || c == "..")
+            || prefix.contains("//")
+            || prefix.chars().any(char::is_control)
+        {
+            return Err(format!("the prefix {prefix:?} must not hold empty, '.' or '..' components"));
+        }
+        let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        Ok(S3Url { bucket: bucket.into(), prefix })
+    }
+}
+
+impl std::fmt::Display for S3Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.prefix.trim_end_matches('/'))
+    }
+}
+
+impl<'de> Deserialize<'de> for S3Url {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(Checked::new("an s3://bucket/prefix URL", |v| str_only(v, S3Url::parse)))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -182,6 +256,7 @@ impl Default for Config {
             lazy_pages: false,
             on_escaped_processes: OnEscapedProcesses::default(),
             isolate_ipc: false,
+            storage: None,
         }
     }
 }

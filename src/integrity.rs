@@ -76,7 +76,7 @@ pub fn verify(dir: &Path, manifest: &Manifest, scope: Scope) -> Result<(), Integ
 }
 
 /// A manifest path that stays inside the checkpoint: relative, no `..`, no empty component.
-fn is_safe_relative(p: &str) -> bool {
+pub(crate) fn is_safe_relative(p: &str) -> bool {
     !p.starts_with('/') && !p.split('/').any(|c| c == ".." || c.is_empty())
 }
 

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::app::{self, SpawnError};
-use crate::checkpoint::{self, Target};
+use crate::checkpoint::{self, CheckpointError, Target};
 use crate::cli::{InspectArgs, RestoreArgs, RunArgs};
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
 use crate::nodestate::{self, Answer, Query};
 use crate::plan::{self, Decision};
+use crate::remote::{Remote, RemoteError, RemoteManifest};
 use crate::restore::{self, RestoreError, Restored};
 use crate::status::CheckpointStatus;
 use crate::store::{Checkpoint, Store, StoreError};
@@ -129,8 +130,9 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     if store.is_some() {
         check_criu(&signals)?;
     }
+    let remote = open_remote(&config)?;
 
-    let latest = match &store {
+    let mut latest = match &store {
         Some(store) => match latest_checkpoint(store) {
             Ok(found) => found.map(|c| (store, c)),
             Err(e) => {
@@ -142,9 +144,50 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
         },
         None => None,
     };
+    // The id of storage's newest checkpoint, retired once a restore succeeds.
+    let mut remote_newest = None;
+    if let (Some(store), Some(remote)) = (&store, &remote) {
+        let local = latest.as_ref().map(|(_, c)| c.id.clone());
+        match from_storage(store, remote, &config, local.as_deref()) {
+            Ok(Pick::Local { remote_id }) => remote_newest = remote_id,
+            Ok(Pick::Downloaded(c)) => {
+                remote_newest = Some(c.id.clone());
+                latest = Some((store, c));
+            }
+            Err(e @ RemoteError::S3(_)) if auth_error(&e) => {
+                return Err(Fatal::failed(format!("cannot use storage {}", remote.url), e))
+            }
+            Err(e) => {
+                if let RemoteError::Damaged { id, .. } = &e {
+                    log::error!(event = "restore_failed", id = id.as_str(); "cannot restore from {}: {e}", remote.url);
+                    match remote.quarantine(id) {
+                        Ok(()) => log::warn!(
+                            "moved checkpoint {id} to quarantine/ in {} (it will not be retried)",
+                            remote.url
+                        ),
+                        Err(qe) => log::error!("cannot quarantine checkpoint {id} in storage: {qe}"),
+                    }
+                } else {
+                    log::error!(event = "store_unreadable"; "cannot read storage {}: {e}", remote.url);
+                    log::warn!("whatever checkpoint storage holds is left as it is");
+                }
+                if latest.is_none() {
+                    cold_start_or_fail(&config, &args.command, || Fatal::failed("no checkpoint restored", e))?;
+                } else {
+                    log::warn!("restoring the image dir's own (older) checkpoint instead");
+                }
+            }
+        }
+    }
     let restored = match latest {
         Some((store, ckpt)) => match restore::restore(&signals, &config, &ckpt) {
             Ok(r) => {
+                if let (Some(remote), Some(id)) = (&remote, &remote_newest) {
+                    match remote.retire(id, config.keep_checkpoints) {
+                        Ok(()) => log::info!("checkpoint {id} retired in {}", remote.url),
+                        Err(e) => log::warn!("cannot retire checkpoint {id} in storage: {e}"),
+                    }
+                }
                 // Retire it: if the restored app crashes later, the next start must not replay
                 // this (by then stale) state.
                 match store.retire(&ckpt, config.keep_checkpoints) {
@@ -171,6 +214,11 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                     Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
                     Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
                 }
+                if let (Some(remote), Some(id)) = (&remote, remote_newest.as_ref().filter(|id| **id == ckpt.id)) {
+                    if let Err(qe) = remote.quarantine(id) {
+                        log::error!("cannot quarantine checkpoint {id} in storage: {qe}");
+                    }
+                }
                 cold_start_or_fail(&config, &args.command, || {
                     Fatal::failed("restore failed", "onRestoreFailure is fail")
                 })?;
@@ -195,7 +243,8 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
             (pid, to_strings(&args.command), Vec::new())
         }
     };
-    Ok(supervise(&signals, &config, store.as_ref(), node_state.as_ref(), rootfs_upper.as_deref(), app, &command))
+    let ctx = Context { store: store.as_ref(), remote: remote.as_ref(), node_state: node_state.as_ref() };
+    Ok(supervise(&signals, &config, ctx, rootfs_upper.as_deref(), app, &command))
 }
 
 /// `onRestoreFailure` once no checkpoint could be restored: `fail` gives `on_fail`; `coldStart`
@@ -209,6 +258,84 @@ fn cold_start_or_fail(config: &Config, command: &[OsString], on_fail: impl FnOnc
     }
     log::warn!("starting the command fresh (onRestoreFailure: coldStart)");
     Ok(())
+}
+
+/// `storage:` is checked at start (credentials, bucket, endpoint), not when the node is going
+/// away.
+fn open_remote(config: &Config) -> Result<Option<Remote>, Fatal> {
+    let Some(cfg) = &config.storage else { return Ok(None) };
+    if config.image_dir.is_none() {
+        return Err(Fatal::Invalid("storage needs imageDir: the local dir CRIU dumps into before the upload".into()));
+    }
+    if cfg
+        .endpoint
+        .as_ref()
+        .is_some_and(|e| e.as_str().split_once("://").is_some_and(|(_, r)| r.trim_end_matches('/').contains('/')))
+    {
+        return Err(Fatal::Invalid("storage.endpoint must be scheme://host[:port], with no path".into()));
+    }
+    let remote = Remote::new(cfg, &|k| std::env::var(k).ok())
+        .map_err(|e| Fatal::failed(format!("cannot use storage {}", cfg.url), e))?;
+    log::info!("checkpoints are uploaded to {}", remote.url);
+    Ok(Some(remote))
+}
+
+fn auth_error(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::S3(s) if s.is_auth())
+}
+
+/// Which checkpoint to restore when storage is configured.
+enum Pick {
+    /// The image dir's own (newest, or as new as storage's; `remote_id`: storage's newest).
+    Local { remote_id: Option<String> },
+    /// Storage's newest, downloaded into the image dir.
+    Downloaded(Checkpoint),
+}
+
+/// Storage's newest checkpoint, downloaded unless the image dir already holds it (or a newer
+/// one: its upload failed, and the volume came back with it).
+fn from_storage(store: &Store, remote: &Remote, config: &Config, local: Option<&str>) -> Result<Pick, RemoteError> {
+    let Some((id, manifest)) = remote.latest()? else { return Ok(Pick::Local { remote_id: None }) };
+    if local.is_some_and(|l| l >= id.as_str()) {
+        log::info!(
+            "the image dir holds checkpoint {} (storage's newest: {id}): no download",
+            local.unwrap_or_default()
+        );
+        return Ok(Pick::Local { remote_id: Some(id) });
+    }
+    let manifest = manifest?;
+    download(store, remote, &manifest, config).map(Pick::Downloaded)
+}
+
+fn download(store: &Store, remote: &Remote, m: &RemoteManifest, config: &Config) -> Result<Checkpoint, RemoteError> {
+    let staged = store.stage_as(&m.id).map_err(|e| RemoteError::Local {
+        step: "stage",
+        path: store.root().display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    log::info!(event = "download_started", id = m.id.as_str(); "downloading checkpoint {} from {}", m.id, remote.url);
+    let deadline = std::time::Instant::now() + config.restore_timeout;
+    let done = remote.download(m, &staged.dir, deadline).and_then(|d| {
+        let c = store.publish_as_is(&staged, &m.manifest).map_err(|e| RemoteError::Local {
+            step: "publish",
+            path: staged.dir.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok((c, d))
+    });
+    match done {
+        Ok((c, d)) => {
+            log::info!(event = "download_finished", id = m.id.as_str(), duration_ms = d.millis,
+                received_bytes = d.received_bytes, bytes = d.bytes, chunks = d.fetched_chunks;
+                "downloaded checkpoint {} in {} ms: {} chunks, {} received for {}", m.id, d.millis,
+                d.fetched_chunks, crate::sizes::human(d.received_bytes), crate::sizes::human(d.bytes));
+            Ok(c)
+        }
+        Err(e) => {
+            store.discard(&staged);
+            Err(e)
+        }
+    }
 }
 
 /// How often the store is read at start before crik gives up on it (about 2 s in all).
@@ -266,21 +393,23 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let signals = setup_process()?;
     let store = open_store(dir.as_path())?;
     check_criu(&signals)?;
-    let ckpt = latest_checkpoint(&store)
-        .map_err(|e| Fatal::failed("cannot read image dir", e))?
-        .ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
+    let remote = open_remote(&config)?;
+    let mut ckpt = latest_checkpoint(&store).map_err(|e| Fatal::failed("cannot read image dir", e))?;
+    if let Some(remote) = &remote {
+        // A debugging restore fetches storage's newest too, and leaves storage as it was.
+        let local = ckpt.as_ref().map(|c| c.id.clone());
+        match from_storage(&store, remote, &config, local.as_deref()) {
+            Ok(Pick::Downloaded(c)) => ckpt = Some(c),
+            Ok(Pick::Local { .. }) => {}
+            Err(e) => return Err(Fatal::failed(format!("cannot restore from {}", remote.url), e)),
+        }
+    }
+    let ckpt = ckpt.ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
     let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
-    Ok(supervise(
-        &signals,
-        &config,
-        Some(&store),
-        node_state.as_ref(),
-        rootfs_upper.as_deref(),
-        r.pid,
-        &r.manifest.command,
-    ))
+    let ctx = Context { store: Some(&store), remote: remote.as_ref(), node_state: node_state.as_ref() };
+    Ok(supervise(&signals, &config, ctx, rootfs_upper.as_deref(), r.pid, &r.manifest.command))
 }
 
 /// Whether this SIGTERM should checkpoint: only when the node is going away (as far as a
@@ -316,16 +445,24 @@ fn node_is_going_away(query: Option<&Query>, on_error: OnNodeStateError) -> bool
     }
 }
 
+/// Where checkpoints go and whom to ask on SIGTERM.
+#[derive(Clone, Copy)]
+struct Context<'a> {
+    store: Option<&'a Store>,
+    remote: Option<&'a Remote>,
+    node_state: Option<&'a Query>,
+}
+
 /// Supervises until the app exits or a SIGTERM checkpoint completes.
 fn supervise(
     signals: &Signals,
     config: &Config,
-    store: Option<&Store>,
-    node_state: Option<&Query>,
+    ctx: Context,
     rootfs_upper: Option<&Path>,
     app: nix::unistd::Pid,
     command: &[String],
 ) -> i32 {
+    let Context { store, remote, node_state } = ctx;
     // What the last SIGTERM did about the app's state.
     let mut saved: Option<Saved> = None;
     // Periodic checkpoints of this run, oldest first (the SIGTERM handler may keep the last).
@@ -371,11 +508,17 @@ fn supervise(
                 }
             }
         };
-        let target = Target { config, app: pid, command, leave_running: false, rootfs_upper, deadline };
+        let target = Target { config, app: pid, command, leave_running: false, rootfs_upper, deadline, remote };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => {
                 saved = Some(Saved::Checkpointed);
                 TermAction::Exit(0)
+            }
+            Err(e @ CheckpointError::Upload { .. }) => {
+                // CRIU stopped the app with its state in the image dir: a restart on this node
+                // restores it; a new node restores storage's newest (an older one, or none).
+                log::error!(event = "checkpoint_failed", kind = "final", uploaded = false; "{e}");
+                TermAction::Exit(1)
             }
             Err(e) => {
                 log::error!(event = "checkpoint_failed"; "checkpoint failed: {e}");
@@ -388,9 +531,15 @@ fn supervise(
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
         let deadline = config.checkpoint_timeout;
-        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper, deadline };
+        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper, deadline, remote };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(c) => periodic_taken.borrow_mut().push(c.id),
+            Err(CheckpointError::Upload { id, url, source }) => {
+                // Published in the image dir all the same: one of this run's checkpoints.
+                log::error!(event = "checkpoint_failed", kind = "periodic", uploaded = false, id = id.as_str();
+                    "periodic checkpoint {id} is in the image dir only (the app keeps running): upload to {url} failed: {source}");
+                periodic_taken.borrow_mut().push(id);
+            }
             Err(e) => log::error!(event = "checkpoint_failed", kind = "periodic";
                 "periodic checkpoint failed (the app keeps running): {e}"),
         }

@@ -138,12 +138,58 @@ impl Store {
 
     /// Makes a staged checkpoint durable and publishes it with one rename. The manifest, with
     /// the size and checksum of every file, is written last: a published checkpoint always has one.
-    pub fn publish(&self, staged: &Checkpoint, mut manifest: Manifest) -> Result<Checkpoint, StoreError> {
+    pub fn publish(&self, staged: &Checkpoint, manifest: Manifest) -> Result<Checkpoint, StoreError> {
+        self.publish_sealed(staged, manifest).map(|(c, _)| c)
+    }
+
+    /// [`Store::publish`], returning the manifest as written (with the files' sums).
+    pub fn publish_sealed(
+        &self,
+        staged: &Checkpoint,
+        mut manifest: Manifest,
+    ) -> Result<(Checkpoint, Manifest), StoreError> {
         let sealing = std::time::Instant::now();
         manifest.files = seal_tree(&staged.dir)?;
         manifest.seal_millis = sealing.elapsed().as_millis() as u64;
         write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
         let target = self.root.join(PUBLISHED).join(&staged.id);
+        fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
+        sync_dir(&self.root.join(PUBLISHED))?;
+        sync_dir(&self.root.join(STAGING))?;
+        Ok((Checkpoint { id: staged.id.clone(), dir: target }, manifest))
+    }
+
+    /// Starts a staged checkpoint under a given id: one downloaded from object storage keeps
+    /// the id it has there.
+    pub fn stage_as(&self, id: &str) -> Result<Checkpoint, StoreError> {
+        if !is_valid_id(id) {
+            return Err(StoreError::Unsafe {
+                path: self.root.join(STAGING),
+                why: format!("{id:?} is not a checkpoint id"),
+            });
+        }
+        let dir = self.root.join(STAGING).join(id);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+        }
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err("create", &dir))?;
+        Ok(Checkpoint { id: id.into(), dir })
+    }
+
+    /// Publishes a staged checkpoint whose files were written durably with their manifest's
+    /// sums already known (a download: checked against it before the restore, like any other).
+    /// A published checkpoint of the same id (an older local copy) is replaced.
+    pub fn publish_as_is(&self, staged: &Checkpoint, manifest: &Manifest) -> Result<Checkpoint, StoreError> {
+        write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
+        for sub in walkdir::WalkDir::new(&staged.dir).into_iter().filter_map(Result::ok) {
+            if sub.file_type().is_dir() {
+                sync_dir(sub.path())?;
+            }
+        }
+        let target = self.root.join(PUBLISHED).join(&staged.id);
+        if target.exists() {
+            fs::remove_dir_all(&target).map_err(io_err("remove", &target))?;
+        }
         fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
         sync_dir(&self.root.join(PUBLISHED))?;
         sync_dir(&self.root.join(STAGING))?;
@@ -331,6 +377,15 @@ fn list_area(root: &Path, area: &str) -> Result<Vec<Checkpoint>, StoreError> {
 pub fn new_id(t: SystemTime) -> String {
     let s = humantime::format_rfc3339_millis(t).to_string();
     s.chars().filter(|c| *c != '-' && *c != ':').collect()
+}
+
+/// Whether `id` can be a checkpoint id: what [`new_id`] makes (and its `-N` suffix), never a
+/// path. Ids read from object storage are checked before they name a local directory.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !id.starts_with('.')
 }
 
 /// A checkpoint holds the app's whole memory, secrets included, and restoring it runs code as

@@ -1,0 +1,458 @@
+//! The object-storage store: checkpoints mirrored to an S3 bucket as content-addressed,
+//! compressed chunks (see [`crate::chunks`]), so that a node in another zone can restore them.
+//!
+//! ```text
+//! s3://bucket/prefix/
+//! ├── chunks/<blake3>             zstd of one chunk; shared by every checkpoint that has it
+//! ├── checkpoints/<id>.json       a complete checkpoint: crik's manifest + each file's chunks
+//! ├── retired/<id>.json           restored once (history, keepCheckpoints of them)
+//! └── quarantine/<id>.json        failed to restore; never retried
+//! ```
+//!
+//! A checkpoint's chunks are all uploaded before its manifest, so a listed manifest always
+//! names chunks that are there: an upload cut short leaves only unlisted chunks, which the
+//! next garbage collection removes. One crik writes a prefix at a time (one app per prefix).
+//! The local image dir stays the staging area: CRIU dumps there, crik uploads from there,
+//! and a restore downloads there first.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{mpsc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunks::{self, ChunkError, ChunkRef};
+use crate::config::StorageConfig;
+use crate::manifest::Manifest;
+use crate::s3::{Bucket, S3Error};
+use crate::store::Checkpoint;
+
+const FORMAT: u32 = 1;
+const CHUNKS: &str = "chunks/";
+const PUBLISHED: &str = "checkpoints/";
+const RETIRED: &str = "retired/";
+const QUARANTINE: &str = "quarantine/";
+const MAX_MANIFEST: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    /// The checkpoint in storage is not restorable (a chunk missing or damaged, a manifest
+    /// that does not parse): quarantined, never retried.
+    #[error("checkpoint {id} in storage is damaged: {why}")]
+    Damaged { id: String, why: String },
+    #[error("{step} {path}: {source}")]
+    Local { step: &'static str, path: String, source: std::io::Error },
+    #[error(transparent)]
+    Chunk(#[from] ChunkError),
+}
+
+fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RemoteError + 'a {
+    move |source| RemoteError::Local { step, path: path.display().to_string(), source }
+}
+
+/// A checkpoint as stored: crik's manifest (with each file's CRC-32, checked again at
+/// restore) and the chunks each file is made of.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteManifest {
+    pub format: u32,
+    pub id: String,
+    pub manifest: Manifest,
+    pub files: Vec<RemoteFile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoteFile {
+    pub path: String,
+    pub size: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+impl RemoteManifest {
+    fn chunk_hashes(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.hash.as_str()))
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Uploaded {
+    /// The checkpoint's size, uncompressed.
+    pub bytes: u64,
+    pub chunks: usize,
+    /// Chunks the store did not have yet, and their compressed bytes sent.
+    pub new_chunks: usize,
+    pub sent_bytes: u64,
+    pub millis: u64,
+}
+
+/// What a download did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Downloaded {
+    pub bytes: u64,
+    pub fetched_chunks: usize,
+    pub received_bytes: u64,
+    pub millis: u64,
+}
+
+pub struct Remote {
+    bucket: Bucket,
+    /// Key prefix, empty or ending in `/`.
+    prefix: String,
+    /// `s3://bucket/prefix`, for messages.
+    pub url: String,
+    concurrency: usize,
+    request_timeout: Duration,
+    /// Chunks known to be in the store (listed once, then kept up to date by this crik).
+    known: Mutex<Option<HashSet<String>>>,
+}
+
+impl Remote {
+    pub fn new(cfg: &StorageConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Remote, S3Error> {
+        let region = cfg
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into());
+        let endpoint = cfg.endpoint.as_ref().map(|e| e.as_str().to_string());
+        let bucket = Bucket::new(&cfg.url.bucket, endpoint.as_deref(), &region, cfg.request_timeout, env)?;
+        Ok(Remote {
+            bucket,
+            prefix: cfg.url.prefix.clone(),
+            url: cfg.url.to_string(),
+            concurrency: cfg.concurrency.max(1),
+            request_timeout: cfg.request_timeout,
+            known: Mutex::new(None),
+        })
+    }
+
+    fn key(&self, area: &str, name: &str) -> String {
+        format!("{}{area}{name}", self.prefix)
+    }
+
+    fn soon(&self) -> Instant {
+        Instant::now() + self.request_timeout * 2
+    }
+
+    /// One listing, at start: bucket, endpoint and credentials work (or why not).
+    pub fn check(&self) -> Result<(), S3Error> {
+        self.bucket.list(&self.key(PUBLISHED, ""), self.soon()).map(|_| ())
+    }
+
+    /// Ids in an area, oldest first.
+    fn ids(&self, area: &str, deadline: Instant) -> Result<Vec<String>, S3Error> {
+        let base = self.key(area, "");
+        let mut ids: Vec<String> = self
+            .bucket
+            .list(&base, deadline)?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&base)?.strip_suffix(".json").map(String::from))
+            .filter(|id| crate::store::is_valid_id(id))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The newest complete checkpoint in storage: `Ok(None)` when there is none; the inner
+    /// error when its manifest is there but unusable.
+    pub fn latest(&self) -> Result<Option<(String, Result<RemoteManifest, RemoteError>)>, RemoteError> {
+        let deadline = self.soon();
+        let Some(id) = self.ids(PUBLISHED, deadline)?.pop() else { return Ok(None) };
+        let bytes = self.bucket.get(&self.key(PUBLISHED, &format!("{id}.json")), deadline)?;
+        let damaged = |why: String| Err(RemoteError::Damaged { id: id.clone(), why });
+        let parsed = match bytes {
+            // Listed a moment ago, gone now: retired or quarantined in between.
+            None => damaged("its manifest disappeared while being read".into()),
+            Some(b) if b.len() > MAX_MANIFEST => damaged("manifest larger than 16 MiB".into()),
+            Some(b) => match serde_json::from_slice::<RemoteManifest>(&b) {
+                Err(e) => damaged(format!("manifest does not parse: {e}")),
+                Ok(m) if m.format > FORMAT => {
+                    damaged(format!("format {} is newer than this crik's {FORMAT}", m.format))
+                }
+                Ok(m) if m.id != id => damaged(format!("manifest says it is {}", m.id)),
+                Ok(m) => Ok(m),
+            },
+        };
+        Ok(Some((id.clone(), parsed)))
+    }
+
+    fn known_chunks(&self, deadline: Instant) -> Result<HashSet<String>, S3Error> {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.is_none() {
+            let base = self.key(CHUNKS, "");
+            let listed = self.bucket.list(&base, deadline)?;
+            *known = Some(listed.into_iter().filter_map(|o| o.key.strip_prefix(&base).map(String::from)).collect());
+        }
+        Ok(known.clone().unwrap_or_default())
+    }
+
+    /// Uploads a published local checkpoint: its new chunks in parallel, then its manifest.
+    /// Older checkpoints in storage are retired once it is there.
+    pub fn upload(
+        &self,
+        ckpt: &Checkpoint,
+        manifest: &Manifest,
+        keep: usize,
+        deadline: Instant,
+    ) -> Result<Uploaded, RemoteError> {
+        let started = Instant::now();
+        let known = self.known_chunks(deadline)?;
+        // Chunks this upload claimed (sent, or being sent) and the refs of every file's chunks.
+        let claimed: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
+        let refs: Mutex<Vec<(usize, usize, ChunkRef)>> = Mutex::new(Vec::new());
+        let sent = Mutex::new((0usize, 0u64));
+        let failed: Mutex<Option<RemoteError>> = Mutex::new(None);
+        let (tx, rx) = mpsc::sync_channel::<(usize, usize, Vec<u8>)>(self.concurrency);
+        let rx = Mutex::new(rx);
+        let mut total = 0u64;
+        let mut counts = vec![0usize; manifest.files.len()];
+
+        std::thread::scope(|s| -> Result<(), RemoteError> {
+            for _ in 0..self.concurrency {
+                s.spawn(|| loop {
+                    let Ok((file, n, data)) = rx.lock().unwrap_or_else(|p| p.into_inner()).recv() else { return };
+                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        continue; // drain: the upload already failed
+                    }
+                    let r = ChunkRef { hash: chunks::hash(&data), len: data.len() as u32 };
+                    let new = !known.contains(&r.hash)
+                        && claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(r.hash.clone());
+                    if new {
+                        let z = chunks::compress(&data);
+                        if let Err(e) = self.bucket.put(&self.key(CHUNKS, &r.hash), &z, deadline) {
+                            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.into());
+                            continue;
+                        }
+                        let mut s = sent.lock().unwrap_or_else(|p| p.into_inner());
+                        (s.0, s.1) = (s.0 + 1, s.1 + z.len() as u64);
+                    }
+                    refs.lock().unwrap_or_else(|p| p.into_inner()).push((file, n, r));
+                });
+            }
+            let mut produce = || -> Result<(), RemoteError> {
+                for (i, f) in manifest.files.iter().enumerate() {
+                    let path = ckpt.dir.join(&f.path);
+                    let file = File::open(&path).map_err(local("open", &path))?;
+                    chunks::split::<RemoteError>(&f.path, std::io::BufReader::with_capacity(1 << 20, file), |data| {
+                        total += data.len() as u64;
+                        counts[i] += 1;
+                        if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                            return Err(RemoteError::Damaged { id: String::new(), why: "upload failed".into() });
+                        }
+                        tx.send((i, counts[i] - 1, data)).expect("workers run until the channel closes");
+                        Ok(())
+                    })?;
+                }
+                Ok(())
+            };
+            let r = produce();
+            drop(tx);
+            r
+        })
+        .or_else(|e| match failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(first) => Err(first),
+            None => Err(e),
+        })?;
+        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+
+        let mut files: Vec<RemoteFile> = manifest
+            .files
+            .iter()
+            .zip(&counts)
+            .map(|(f, n)| RemoteFile { path: f.path.clone(), size: f.size, chunks: Vec::with_capacity(*n) })
+            .collect();
+        let mut refs = refs.into_inner().unwrap_or_else(|p| p.into_inner());
+        refs.sort_by_key(|(f, n, _)| (*f, *n));
+        for (f, _, r) in refs {
+            files[f].chunks.push(r);
+        }
+        let remote = RemoteManifest { format: FORMAT, id: ckpt.id.clone(), manifest: manifest.clone(), files };
+        let body = serde_json::to_vec(&remote).expect("manifest serializes");
+        self.bucket.put(&self.key(PUBLISHED, &format!("{}.json", ckpt.id)), &body, deadline)?;
+
+        let claimed = claimed.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = self.known.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            k.extend(claimed);
+        }
+        let (new_chunks, sent_bytes) = sent.into_inner().unwrap_or_else(|p| p.into_inner());
+        let chunks = counts.iter().sum();
+        // Older checkpoints now stand behind this one.
+        for id in self.ids(PUBLISHED, deadline)? {
+            if id != ckpt.id {
+                self.move_manifest(&id, PUBLISHED, RETIRED, deadline)?;
+            }
+        }
+        self.prune(RETIRED, keep, deadline)?;
+        let millis = started.elapsed().as_millis() as u64;
+        Ok(Uploaded { bytes: total, chunks, new_chunks, sent_bytes, millis })
+    }
+
+    /// Downloads a checkpoint into `dir` (a staging dir), every chunk checked against its hash.
+    pub fn download(&self, m: &RemoteManifest, dir: &Path, deadline: Instant) -> Result<Downloaded, RemoteError> {
+        let started = Instant::now();
+        let damaged = |why: String| RemoteError::Damaged { id: m.id.clone(), why };
+        // Where each distinct chunk goes (a chunk may appear several times: zero pages).
+        let mut places: HashMap<&str, (u32, Vec<(usize, u64)>)> = HashMap::new();
+        let mut files = Vec::with_capacity(m.files.len());
+        for (i, f) in m.files.iter().enumerate() {
+            if !crate::integrity::is_safe_relative(&f.path) {
+                return Err(damaged(format!("unsafe path {:?}", f.path)));
+            }
+            let sum: u64 = f.chunks.iter().map(|c| c.len as u64).sum();
+            if sum != f.size {
+                return Err(damaged(format!("{}: chunks add up to {sum} bytes, the file has {}", f.path, f.size)));
+            }
+            let path = dir.join(&f.path);
+            if let Some(parent) = path.parent() {
+                fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(local("create", parent))?;
+            }
+            let file = File::create(&path).map_err(local("create", &path))?;
+            file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(local("chmod", &path))?;
+            file.set_len(f.size).map_err(local("size", &path))?;
+            let mut offset = 0;
+            for c in &f.chunks {
+                places.entry(&c.hash).or_insert((c.len, Vec::new())).1.push((i, offset));
+                offset += c.len as u64;
+            }
+            files.push((file, path));
+        }
+        let work: Mutex<Vec<(&str, (u32, Vec<(usize, u64)>))>> = Mutex::new(places.into_iter().collect());
+        let fetched = work.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let received = Mutex::new(0u64);
+        let failed: Mutex<Option<RemoteError>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..self.concurrency {
+                s.spawn(|| loop {
+                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                        return;
+                    }
+                    let Some((hash, (len, at))) = work.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return };
+                    let r = self.fetch_chunk(&m.id, hash, len, deadline).and_then(|(stored, data)| {
+                        *received.lock().unwrap_or_else(|p| p.into_inner()) += stored;
+                        for (f, off) in at {
+                            let (file, path) = &files[f];
+                            file.write_all_at(&data, off).map_err(local("write", path))?;
+                        }
+                        Ok(())
+                    });
+                    if let Err(e) = r {
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        return;
+                    }
+                });
+            }
+        });
+        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        for (file, path) in &files {
+            file.sync_all().map_err(local("fsync", path))?;
+        }
+        Ok(Downloaded {
+            bytes: m.files.iter().map(|f| f.size).sum(),
+            fetched_chunks: fetched,
+            received_bytes: received.into_inner().unwrap_or_else(|p| p.into_inner()),
+            millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    fn fetch_chunk(&self, id: &str, hash: &str, len: u32, deadline: Instant) -> Result<(u64, Vec<u8>), RemoteError> {
+        let damaged = |why: String| RemoteError::Damaged { id: id.into(), why };
+        let stored = self
+            .bucket
+            .get(&self.key(CHUNKS, hash), deadline)?
+            .ok_or_else(|| damaged(format!("chunk {hash} is missing")))?;
+        let data = chunks::open(&stored, &ChunkRef { hash: hash.into(), len }).map_err(|e| match e {
+            ChunkError::Damaged { .. } => damaged(e.to_string()),
+            ChunkError::Read { .. } => damaged(e.to_string()),
+        })?;
+        Ok((stored.len() as u64, data))
+    }
+
+    /// After a restore: the checkpoint goes to retired/ (keeping `keep` of them), so a crash
+    /// of the restored app never replays it.
+    pub fn retire(&self, id: &str, keep: usize) -> Result<(), RemoteError> {
+        let deadline = self.soon();
+        self.move_manifest(id, PUBLISHED, RETIRED, deadline)?;
+        self.prune(RETIRED, keep, deadline)
+    }
+
+    /// After a failed restore: the checkpoint goes to quarantine/, never retried.
+    pub fn quarantine(&self, id: &str) -> Result<(), RemoteError> {
+        self.move_manifest(id, PUBLISHED, QUARANTINE, self.soon())
+    }
+
+    /// S3 has no rename: the manifest is written under its new name, then removed.
+    fn move_manifest(&self, id: &str, from: &str, to: &str, deadline: Instant) -> Result<(), RemoteError> {
+        let name = format!("{id}.json");
+        let Some(body) = self.bucket.get(&self.key(from, &name), deadline)? else { return Ok(()) };
+        self.bucket.put(&self.key(to, &name), &body, deadline)?;
+        self.bucket.delete(&self.key(from, &name), deadline)?;
+        Ok(())
+    }
+
+    fn prune(&self, area: &str, keep: usize, deadline: Instant) -> Result<(), RemoteError> {
+        let ids = self.ids(area, deadline)?;
+        for id in &ids[..ids.len().saturating_sub(keep)] {
+            self.bucket.delete(&self.key(area, &format!("{id}.json")), deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the chunks no manifest (published, retired or quarantined) refers to: those of
+    /// pruned checkpoints and of uploads cut short. Returns how many were removed.
+    pub fn collect_garbage(&self, deadline: Instant) -> Result<usize, RemoteError> {
+        let mut referenced: HashSet<String> = HashSet::new();
+        for area in [PUBLISHED, RETIRED, QUARANTINE] {
+            for id in self.ids(area, deadline)? {
+                let Some(body) = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)? else { continue };
+                match serde_json::from_slice::<RemoteManifest>(&body) {
+                    Ok(m) => referenced.extend(m.chunk_hashes().map(String::from)),
+                    // A manifest this crik cannot read may still be restorable by another:
+                    // nothing is collected rather than a chunk it needs.
+                    Err(e) => {
+                        log::warn!("storage: {area}{id}.json does not parse ({e}): no garbage collected");
+                        return Ok(0);
+                    }
+                }
+            }
+        }
+        let base = self.key(CHUNKS, "");
+        let garbage: Vec<String> = self
+            .bucket
+            .list(&base, deadline)?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&base).map(String::from))
+            .filter(|h| !referenced.contains(h))
+            .collect();
+        let work = Mutex::new(garbage.clone());
+        let failed: Mutex<Option<S3Error>> = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..self.concurrency {
+                s.spawn(|| loop {
+                    let Some(h) = work.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return };
+                    if let Err(e) = self.bucket.delete(&self.key(CHUNKS, &h), deadline) {
+                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        return;
+                    }
+                });
+            }
+        });
+        if let Some(k) = self.known.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            for h in &garbage {
+                k.remove(h);
+            }
+        }
+        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e.into()),
+            None => Ok(garbage.len()),
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! A small S3 client: the five calls the remote store needs (PUT, GET, DELETE, list, and
+//! STS's AssumeRoleWithWebIdentity for credentials), SigV4-signed, blocking, every request
+//! bounded in time. Works with AWS S3 and the S3 interoperability of GCS, R2, MinIO, Ceph.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::sigv4::{self, Keys};
+
+/// Largest response body read (a manifest or a chunk is far smaller).
+const MAX_BODY: u64 = 64 << 20;
+/// How often a request that failed for a passing reason (connection, 5xx, 429) is tried.
+const TRIES: u32 = 3;
+/// Temporary credentials are renewed this long before they expire.
+const RENEW_BEFORE: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("{op} {url}: {source}")]
+    Http { op: &'static str, url: String, source: Box<ureq::Error> },
+    #[error("{op} {url}: HTTP {status}{}", code_and_message(.code, .message))]
+    Status { op: &'static str, url: String, status: u16, code: String, message: String },
+    #[error("{op} {url}: no time left (deadline passed)")]
+    Deadline { op: &'static str, url: String },
+    #[error("credentials: {0}")]
+    Credentials(String),
+}
+
+fn code_and_message(code: &str, message: &str) -> String {
+    match (code.is_empty(), message.is_empty()) {
+        (true, true) => String::new(),
+        (false, true) => format!(" {code}"),
+        (true, false) => format!(": {message}"),
+        (false, false) => format!(" {code}: {message}"),
+    }
+}
+
+impl S3Error {
+    /// Refused for who we are (bad keys, no permission): retrying cannot help.
+    pub fn is_auth(&self) -> bool {
+        match self {
+            S3Error::Status { status, code, .. } => {
+                *status == 401
+                    || *status == 403
+                    || matches!(code.as_str(), "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied")
+            }
+            S3Error::Credentials(_) => true,
+            _ => false,
+        }
+    }
+    fn is_transient(&self) -> bool {
+        match self {
+            S3Error::Http { .. } => true,
+            S3Error::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            _ => false,
+        }
+    }
+}
+
+/// Where the keys come from: the environment, or a web-identity token exchanged with STS
+/// (EKS IRSA and EKS Pod Identity's token file, or any OIDC token AWS trusts).
+enum KeySource {
+    Static(Keys),
+    WebIdentity { token_file: String, role_arn: String, session_name: String, sts_url: String },
+}
+
+struct Cached {
+    keys: Keys,
+    expires: Option<SystemTime>,
+}
+
+/// A bucket at an endpoint, with credentials.
+pub struct Bucket {
+    /// `scheme://host[:port]`.
+    origin: String,
+    host: String,
+    /// Path prefix of every object: `/bucket` (path style) or empty (virtual-hosted).
+    base_path: String,
+    pub region: String,
+    agent: ureq::Agent,
+    source: KeySource,
+    cached: Mutex<Option<Cached>>,
+    request_timeout: Duration,
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub key: String,
+    pub size: u64,
+}
+
+impl Bucket {
+    /// `endpoint` given: path-style requests to it (`http://127.0.0.1:9000/bucket/key`); else
+    /// AWS's virtual-hosted form (`https://bucket.s3.region.amazonaws.com/key`).
+    pub fn new(
+        bucket: &str,
+        endpoint: Option<&str>,
+        region: &str,
+        request_timeout: Duration,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Bucket, S3Error> {
+        let (origin, base_path) = match endpoint {
+            Some(e) => (e.trim_end_matches('/').to_string(), format!("/{bucket}")),
+            None => (format!("https://{bucket}.s3.{region}.amazonaws.com"), String::new()),
+        };
+        let host = origin.split_once("://").map_or(origin.as_str(), |(_, h)| h).to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .timeout_global(Some(request_timeout))
+            .build()
+            .into();
+        Ok(Bucket {
+            origin,
+            host,
+            base_path,
+            region: region.to_string(),
+            agent,
+            source: key_source(region, env)?,
+            cached: Mutex::new(None),
+            request_timeout,
+        })
+    }
+
+    pub fn url(&self, key: &str) -> String {
+        format!("{}{}", self.origin, sigv4::encode(&self.object_path(key), false))
+    }
+
+    fn object_path(&self, key: &str) -> String {
+        format!("{}/{key}", self.base_path)
+    }
+
+    /// Stores `body` at `key` (overwriting).
+    pub fn put(&self, key: &str, body: &[u8], deadline: Instant) -> Result<(), S3Error> {
+        self.call("PUT", key, &[], Some(body), deadline).map(|_| ())
+    }
+
+    /// The object at `key`, or `None` when there is none.
+    pub fn get(&self, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, S3Error> {
+        match self.call("GET", key, &[], None, deadline) {
+            Ok(b) => Ok(Some(b)),
+            Err(S3Error::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes `key` (no error when it is already gone).
+    pub fn delete(&self, key: &str, deadline: Instant) -> Result<(), S3Error> {
+        match self.call("DELETE", key, &[], None, deadline) {
+            Err(S3Error::Status { status: 404, .. }) => Ok(()),
+            r => r.map(|_| ()),
+        }
+    }
+
+    /// Every object whose key starts with `prefix` (ListObjectsV2, page by page).
+    pub fn list(&self, prefix: &str, deadline: Instant) -> Result<Vec<Object>, S3Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut q = vec![("list-type", "2"), ("prefix", prefix)];
+            if let Some(t) = &token {
+                q.push(("continuation-token", t));
+            }
+            let body = self.call("LIST", "", &q, None, deadline)?;
+            let text = String::from_utf8_lossy(&body);
+            for contents in xml_elements(&text, "Contents") {
+                let key = xml_value(contents, "Key").unwrap_or_default();
+                let size = xml_value(contents, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
+                out.push(Object { key, size });
+            }
+            match xml_value(&text, "NextContinuationToken") {
+                Some(t) if xml_value(&text, "IsTruncated").as_deref() == Some("true") => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One request, tried again on a passing failure while the deadline allows.
+    fn call(
+        &self,
+        op: &'static str,
+        key: &str,
+        query: &[(&str, &str)],
+        body: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, S3Error> {
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.call_once(op, key, query, body, deadline) {
+                Err(e) if e.is_transient() && tries < TRIES && Instant::now() + delay < deadline => {
+                    log::debug!("{e}; trying again in {} ms", delay.as_millis());
+                    std::thread::sleep(delay);
+                    delay *= 4;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn call_once(
+        &self,
+        op: &'static str,
+        key: &str,
+        query: &[(&str, &str)],
+        body: Option<&[u8]>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, S3Error> {
+        let path = if op == "LIST" { format!("{}/", self.base_path) } else { self.object_path(key) };
+        let method = if op == "LIST" { "GET" } else { op };
+        let mut url = format!("{}{}", self.origin, sigv4::encode(&path, false));
+        if !query.is_empty() {
+            let q: Vec<String> =
+                query.iter().map(|(k, v)| format!("{}={}", sigv4::encode(k, true), sigv4::encode(v, true))).collect();
+            url = format!("{url}?{}", q.join("&"));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(S3Error::Deadline { op, url });
+        }
+        let keys = self.keys()?;
+        let req = sigv4::Request { method, path: &path, query, headers: &[], payload_sha256: sigv4::UNSIGNED_PAYLOAD };
+        let headers = sigv4::sign(&req, &self.host, &keys, &self.region, "s3", &sigv4::amz_date(SystemTime::now()));
+        let mut b = ureq::http::Request::builder().method(method).uri(&url);
+        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
+            b = b.header(k, v);
+        }
+        let request = b.body(body.unwrap_or(&[])).expect("a valid request");
+        let timeout = left.min(self.request_timeout);
+        let agent = self.agent.configure_request(request).timeout_global(Some(timeout)).build();
+        let http = |e| S3Error::Http { op, url: url.clone(), source: Box::new(e) };
+        let mut resp = self.agent.run(agent).map_err(http)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.body_mut().with_config().limit(MAX_BODY).read_to_vec().map_err(http)?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        let text = String::from_utf8_lossy(&bytes);
+        Err(S3Error::Status {
+            op,
+            url,
+            status,
+            code: xml_value(&text, "Code").unwrap_or_default(),
+            message: xml_value(&text, "Message").unwrap_or_default(),
+        })
+    }
+
+    /// Current keys; temporary ones are renewed shortly before they expire.
+    fn keys(&self) -> Result<Keys, S3Error> {
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = cached.as_ref() {
+            let fresh = c.expires.is_none_or(|t| SystemTime::now() + RENEW_BEFORE < t);
+            if fresh {
+                return Ok(c.keys.clone());
+            }
+        }
+        let fetched = match &self.source {
+            KeySource::Static(k) => Cached { keys: k.clone(), expires: None },
+            KeySource::WebIdentity { token_file, role_arn, session_name, sts_url } => {
+                let token = std::fs::read_to_string(token_file)
+                    .map_err(|e| S3Error::Credentials(format!("cannot read web identity token {token_file}: {e}")))?;
+                assume_role_with_web_identity(&self.agent, sts_url, role_arn, session_name, token.trim())?
+            }
+        };
+        let keys = fetched.keys.clone();
+        *cached = Some(fetched);
+        Ok(keys)
+    }
+}
+
+/// Keys from the environment: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+
+/// `AWS_SESSION_TOKEN`), else `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN` (+
+/// `AWS_ROLE_SESSION_NAME`, `AWS_ENDPOINT_URL_STS`), the variables EKS sets for IRSA.
+fn key_source(region: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<KeySource, S3Error> {
+    let var = |k: &str| env(k).filter(|v| !v.is_empty());
+    if let (Some(access_key), Some(secret_key)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        return Ok(KeySource::Static(Keys { access_key, secret_key, session_token: var("AWS_SESSION_TOKEN") }));
+    }
+    if let (Some(token_file), Some(role_arn)) = (var("AWS_WEB_IDENTITY_TOKEN_FILE"), var("AWS_ROLE_ARN")) {
+        let sts_url = var("AWS_ENDPOINT_URL_STS").unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        let session_name = var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "crik".into());
+        return Ok(KeySource::WebIdentity { token_file, role_arn, session_name, sts_url });
+    }
+    Err(S3Error::Credentials(
+        "none found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN"
+            .into(),
+    ))
+}
+
+/// Exchanges a web-identity token for temporary keys (STS needs no signature for this call).
+fn assume_role_with_web_identity(
+    agent: &ureq::Agent,
+    sts_url: &str,
+    role_arn: &str,
+    session_name: &str,
+    token: &str,
+) -> Result<Cached, S3Error> {
+    let url = format!("{}/", sts_url.trim_end_matches('/'));
+    let form = [
+        ("Action", "AssumeRoleWithWebIdentity"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", role_arn),
+        ("RoleSessionName", session_name),
+        ("WebIdentityToken", token),
+    ];
+    let body: Vec<String> = form.iter().map(|(k, v)| format!("{k}={}", sigv4::encode(v, true))).collect();
+    let http = |e| S3Error::Http { op: "AssumeRoleWithWebIdentity", url: url.clone(), source: Box::new(e) };
+    let mut resp = agent
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send(body.join("&"))
+        .map_err(http)?;
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().with_config().limit(1 << 20).read_to_string().map_err(http)?;
+    if status != 200 {
+        return Err(S3Error::Credentials(format!(
+            "STS {url} refused the web identity token: HTTP {status}{}",
+            code_and_message(
+                &xml_value(&text, "Code").unwrap_or_default(),
+                &xml_value(&text, "Message").unwrap_or_default()
+            )
+        )));
+    }
+    parse_sts_credentials(&text).ok_or_else(|| S3Error::Credentials(format!("STS {url}: no credentials in its answer")))
+}
+
+fn parse_sts_credentials(xml: &str) -> Option<Cached> {
+    let creds = xml_elements(xml, "Credentials").next()?;
+    let keys = Keys {
+        access_key: xml_value(creds, "AccessKeyId")?,
+        secret_key: xml_value(creds, "SecretAccessKey")?,
+        session_token: xml_value(creds, "SessionToken"),
+    };
+    let expires = xml_value(creds, "Expiration").and_then(|e| humantime::parse_rfc3339_weak(&e).ok());
+    Some(Cached { keys, expires })
+}
+
+/// The bodies of every `<tag>...</tag>` in `xml`. S3's answers are flat and machine-written;
+/// finding elements by name is all crik needs from them.
+fn xml_elements<'a>(xml: &'a str, tag: &str) -> impl Iterator<Item = &'a str> + 'a {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut rest = xml;
+    std::iter::from_fn(move || {
+        let start = rest.find(&open)? + open.len();
+        let len = rest[start..].find(&close)?;
+        let body = &rest[start..start + len];
+        rest = &rest[start + len + close.len()..];
+        Some(body)
+    })
+}
+
+/// The text of the first `<tag>`, with XML's five entities decoded.
+fn xml_value(xml: &str, tag: &str) -> Option<String> {
+    let raw = xml_elements(xml, tag).next()?;
+    Some(
+        raw.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_pages_and_errors_are_read() {
+        let page = "<?xml version=\"1.0\"?><ListBucketResult><IsTruncated>true</IsTruncated>\
+            <Contents><Key>p/chunks/ab</Key><Size>12</Size></Contents>\
+            <Contents><Key>p/a&amp;b</Key><Size>3</Size></Contents>\
+            <NextContinuationToken>tok/1</NextContinuationToken></ListBucketResult>";
+        let keys: Vec<_> = xml_elements(page, "Contents").map(|c| xml_value(c, "Key").unwrap()).collect();
+        assert_eq!(keys, ["p/chunks/ab", "p/a&b"]);
+        assert_eq!(xml_value(page, "NextContinuationToken").as_deref(), Some("tok/1"));
+        let err = "<Error><Code>InvalidAccessKeyId</Code><Message>no such key</Message></Error>";
+        let e = S3Error::Status {
+            op: "GET",
+            url: "u".into(),
+            status: 403,
+            code: xml_value(err, "Code").unwrap(),
+            message: xml_value(err, "Message").unwrap(),
+        };
+        assert_eq!(e.to_string(), "GET u: HTTP 403 InvalidAccessKeyId: no such key");
+        assert!(e.is_auth() && !e.is_transient());
+    }
+
+    #[test]
+    fn sts_answer_gives_temporary_keys() {
+        let xml = "<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials>\
+            <AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s3cr3t</SecretAccessKey>\
+            <SessionToken>tok</SessionToken><Expiration>2026-12-02T20:00:00Z</Expiration>\
+            </Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>";
+        let c = parse_sts_credentials(xml).unwrap();
+        assert_eq!((c.keys.access_key.as_str(), c.keys.session_token.as_deref()), ("ASIA1", Some("tok")));
+        assert_eq!(c.expires, Some(humantime::parse_rfc3339("2026-12-02T20:00:00Z").unwrap()));
+    }
+
+    #[test]
+    fn keys_come_from_the_environment_or_a_token_file() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        let s = key_source("eu-west-1", &env(&[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")])).unwrap();
+        assert!(matches!(s, KeySource::Static(k) if k.access_key == "AK" && k.session_token.is_none()));
+        let s =
+            key_source("eu-west-1", &env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn:r")])).unwrap();
+        assert!(
+            matches!(s, KeySource::WebIdentity { sts_url, .. } if sts_url == "https://sts.eu-west-1.amazonaws.com")
+        );
+        let e = key_source("eu-west-1", &env(&[("AWS_ACCESS_KEY_ID", "AK")])).err().unwrap();
+        assert!(e.to_string().contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{e}");
+    }
+}
