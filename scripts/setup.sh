@@ -57,6 +57,15 @@ install_tools() {
 # /sys/fs/cgroup/unified) while the cgroup2 part still has controllers ("drop all controllers
 # from cgroupv2"). Bind each such controller to a v1 hierarchy of its own, as the others are.
 # Only on such hosts, and only while no cgroup2 group uses it (then the kernel allows it).
+# The storage tests' S3 server: s3s-fs, a filesystem-backed S3 API with SigV4 (crates.io).
+s3s_version=0.14.1
+install_s3_server() {
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+    [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q " $s3s_version" && return 0
+    log "building s3s-fs $s3s_version (the storage tests' S3 server; a few minutes)"
+    cargo install --quiet s3s-fs --version "$s3s_version" --features binary
+}
+
 hybrid_cgroups_for_crun() {
     local u=/sys/fs/cgroup/unified c
     [ -f $u/cgroup.controllers ] || return 0
@@ -69,6 +78,7 @@ hybrid_cgroups_for_crun() {
 
 if [ ${#need[@]} -eq 0 ]; then
     hybrid_cgroups_for_crun
+    install_s3_server
     install_tools
     log "everything present ($(criu --version | head -1))"
     exit 0
@@ -119,4 +129,5 @@ rm -f "$aptlog"
 criu_ok || { echo "setup: CRIU 4.2 or newer could not be installed" >&2; exit 1; }
 hybrid_cgroups_for_crun
 install_tools
+install_s3_server
 log "done ($(criu --version | head -1))"

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod podman;
+pub mod s3;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};

@@ -1,0 +1,186 @@
+//! Object storage (`storage:`): checkpoints uploaded as content-addressed chunks to a real S3
+//! server (s3s-fs) and restored on "another node" (a fresh image dir), with the faults a
+//! careful user meets: server down, an upload cut short, damaged or missing chunks, wrong keys.
+
+mod common;
+use common::s3::S3Server;
+use common::*;
+
+fn spec(cfg: &std::path::Path, s3: &S3Server, cmd: &[&str]) -> Spec {
+    let mut spec = Spec::run(Some(cfg), cmd);
+    spec.env.extend(s3.env());
+    spec
+}
+
+#[test]
+fn checkpoints_are_uploaded_incrementally_and_restored_on_another_node() {
+    let s = Scratch::new("s3-cycle");
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&format!("checkpointInterval: 1\n{}", s3.config("app")));
+    let mut c = Container::start(spec(&cfg, &s3, &COUNTER));
+    let periodic = c.expect_event_eventually("checkpoint_uploaded");
+    assert!(periodic["new_chunks"].as_u64().unwrap() > 0, "{periodic}");
+    let last = last_count(&checkpoint(&mut c));
+    let finals: Vec<_> =
+        common::events(&c.stderr()).into_iter().filter(|e| e["event"] == "checkpoint_uploaded").collect();
+    let fin = finals.last().unwrap();
+    // The final checkpoint shares most chunks with the periodic ones before it.
+    assert!(
+        fin["new_chunks"].as_u64().unwrap() < fin["chunks"].as_u64().unwrap(),
+        "an incremental upload sends only changed chunks: {fin}"
+    );
+    assert!(fin["sent_bytes"].as_u64().unwrap() < fin["bytes"].as_u64().unwrap(), "{fin}");
+    let id = fin["id"].as_str().unwrap().to_string();
+    assert_eq!(s3.objects("app/checkpoints"), [format!("{id}.json")], "older ones are retired");
+
+    // Another node: an empty image dir, the same storage.
+    let node2 = Scratch::new("s3-cycle-node2");
+    let cfg2 = node2.config(&s3.config("app"));
+    let mut c = Container::start(spec(&cfg2, &s3, &[]));
+    c.expect_count_after(last);
+    c.expect_event("download_finished", &[("id", &id)]);
+    c.expect_event("restore_finished", &[("id", &id)]);
+    assert!(s3.objects("app/checkpoints").is_empty(), "restored once: retired in storage");
+    assert_eq!(s3.objects("app/retired"), [format!("{id}.json")]);
+    // A second cycle from the second node, back to the first one's (now stale) image dir.
+    let last = last_count(&checkpoint(&mut c));
+    let mut c = Container::start(spec(&cfg, &s3, &[]));
+    c.expect_count_after(last);
+}
+
+#[test]
+fn server_down_keeps_the_app_running_and_the_previous_checkpoint() {
+    let s = Scratch::new("s3-down");
+    let mut s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&format!("checkpointInterval: 1\n{}", s3.config("app")));
+    let mut c = Container::start(spec(&cfg, &s3, &COUNTER));
+    let first = c.expect_event_eventually("checkpoint_uploaded");
+    let first_id = first["id"].as_str().unwrap().to_string();
+    s3.stop();
+    // Periodic checkpoints fail to upload; the app keeps counting.
+    assert!(
+        eventually(LONG, || c.event("checkpoint_failed", &[("kind", "periodic"), ("uploaded", "false")]).is_some()),
+        "{}",
+        c.stderr()
+    );
+    let now = c.expect_line(SHORT, "a count", |l| count_of(l).is_some());
+    c.expect_line(SHORT, "a later count", |l| count_of(l) > count_of(&now));
+    // The final checkpoint cannot be uploaded either: it stays in the image dir, exit 1.
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_code(LONG), 1, "{}", c.stderr());
+    c.expect_event("checkpoint_failed", &[("kind", "final"), ("uploaded", "false")]);
+    let local_last = last_count(&c.stdout_seen);
+
+    s3.resume();
+    assert_eq!(s3.objects("app/checkpoints"), [format!("{first_id}.json")], "the previous one stands");
+    // Another node restores that previous checkpoint...
+    let node2 = Scratch::new("s3-down-node2");
+    let mut c2 = Container::start(spec(&node2.config(&s3.config("other")), &s3, &COUNTER));
+    c2.expect_line(SHORT, "count 1", |l| l == "count 1"); // another prefix: nothing there
+    drop(c2);
+    let mut c2 = Container::start(spec(&node2.config(&s3.config("app")), &s3, &[]));
+    c2.expect_event_eventually("restore_finished");
+    c2.expect_event("download_finished", &[("id", &first_id)]);
+    drop(c2);
+    // ...while this node, whose image dir kept the final one, restores that.
+    let mut c = Container::start(spec(&cfg, &s3, &[]));
+    c.expect_count_after(local_last);
+}
+
+#[test]
+fn a_checkpoint_without_its_manifest_is_never_restored() {
+    let s = Scratch::new("s3-partial");
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&s3.config("app"));
+    let mut c = Container::start(spec(&cfg, &s3, &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    checkpoint(&mut c);
+    // What an upload cut short leaves: every chunk, no manifest (written last).
+    let manifests = s3.objects("app/checkpoints");
+    std::fs::remove_file(s3.object(&format!("app/checkpoints/{}", manifests[0]))).unwrap();
+    assert!(!s3.objects("app/chunks").is_empty());
+    let node2 = Scratch::new("s3-partial-node2");
+    let mut c = Container::start(spec(&node2.config(&s3.config("app")), &s3, &COUNTER));
+    c.expect_line(SHORT, "count 1", |l| l == "count 1");
+    assert!(c.event("download_started", &[]).is_none(), "{}", c.stderr());
+    // The next periodic checkpoint's garbage collection removes the orphaned chunks.
+    drop(c);
+    let cfg2 = node2.config(&format!("checkpointInterval: 1\n{}", s3.config("app")));
+    let before = s3.objects("app/chunks");
+    let mut c = Container::start(spec(&cfg2, &s3, &COUNTER));
+    let up = c.expect_event_eventually("checkpoint_uploaded");
+    let manifest = s3.object(&format!("app/checkpoints/{}.json", up["id"].as_str().unwrap()));
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
+    let referenced: Vec<&str> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| f["chunks"].as_array().unwrap())
+        .map(|c| c["h"].as_str().unwrap())
+        .collect();
+    let orphans: Vec<&String> = before.iter().filter(|h| !referenced.contains(&h.as_str())).collect();
+    assert!(!orphans.is_empty());
+    assert!(
+        eventually(SHORT, || s3.objects("app/chunks").iter().all(|h| referenced.contains(&h.as_str()))),
+        "only referenced chunks remain\n{}",
+        c.stderr()
+    );
+}
+
+fn damaged_chunk_is_quarantined(name: &str, damage: impl Fn(&std::path::Path)) {
+    let s = Scratch::new(name);
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&s3.config("app"));
+    let mut c = Container::start(spec(&cfg, &s3, &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    checkpoint(&mut c);
+    let id = s3.objects("app/checkpoints")[0].trim_end_matches(".json").to_string();
+    let chunks = s3.objects("app/chunks");
+    // The largest chunk: the page image.
+    let biggest = chunks.iter().max_by_key(|h| std::fs::metadata(s3.object(&format!("app/chunks/{h}"))).unwrap().len());
+    damage(&s3.object(&format!("app/chunks/{}", biggest.unwrap())));
+
+    let node2 = Scratch::new(&format!("{name}-node2"));
+    let mut c = Container::start(spec(&node2.config(&s3.config("app")), &s3, &COUNTER));
+    c.expect_line(SHORT, "count 1", |l| l == "count 1");
+    let failed = c.expect_event("restore_failed", &[("id", &id)]);
+    assert!(failed["msg"].as_str().unwrap().contains("damaged"), "{failed}");
+    assert!(s3.objects("app/checkpoints").is_empty());
+    assert_eq!(s3.objects("app/quarantine"), [format!("{id}.json")]);
+    assert!(node2.checkpoints().is_empty(), "nothing partial is left published");
+}
+
+#[test]
+fn a_corrupted_chunk_quarantines_the_checkpoint_and_the_app_starts_fresh() {
+    damaged_chunk_is_quarantined("s3-corrupt", |p| {
+        let mut b = std::fs::read(p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0xff;
+        std::fs::write(p, b).unwrap();
+    });
+}
+
+#[test]
+fn a_missing_chunk_quarantines_the_checkpoint_and_the_app_starts_fresh() {
+    damaged_chunk_is_quarantined("s3-missing", |p| std::fs::remove_file(p).unwrap());
+}
+
+#[test]
+fn wrong_credentials_are_a_clear_error_at_start() {
+    let s = Scratch::new("s3-creds");
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&s3.config("app"));
+    let mut spec = Spec::run(Some(&cfg), &COUNTER);
+    spec.env.push(("AWS_ACCESS_KEY_ID".into(), common::s3::ACCESS_KEY.into()));
+    spec.env.push(("AWS_SECRET_ACCESS_KEY".into(), "not-the-secret".into()));
+    let mut c = Container::start(spec);
+    assert_eq!(c.wait_code(SHORT), 1, "{}", c.stderr());
+    let err = c.stderr();
+    assert!(err.contains("crik: cannot use storage s3://crik-test/app") && err.contains("HTTP 403"), "{err}");
+    assert!(c.stdout_seen.is_empty(), "the app was not started");
+
+    // No credentials at all: said at start, naming the variables.
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    assert_eq!(c.wait_code(SHORT), 1, "{}", c.stderr());
+    assert!(c.stderr().contains("AWS_ACCESS_KEY_ID"), "{}", c.stderr());
+}
