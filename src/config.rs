@@ -638,8 +638,31 @@ mod sample_tests {
         assert!(top.len() >= 16 && top.contains(&"imageDir".to_string()), "{top:?}");
         let node_state = keys_accepted("nodeState: {source: aws, crikNoSuchKey: 1}\n");
         assert!(node_state.contains(&"endpoint".to_string()), "{node_state:?}");
-        for key in top.iter().chain(&node_state) {
+        let storage = keys_accepted("storage: {url: s3://bucket/p, crikNoSuchKey: 1}\n");
+        assert!(storage.contains(&"endpoint".to_string()), "{storage:?}");
+        for key in top.iter().chain(&node_state).chain(&storage) {
             assert!(text.contains(&format!("{key}:")), "the sample lacks {key}");
         }
+    }
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls_are_checked_and_normalized() {
+        let u = S3Url::parse("s3://my-bucket/a/b/").unwrap();
+        assert_eq!((u.bucket.as_str(), u.prefix.as_str()), ("my-bucket", "a/b/"));
+        assert_eq!(u.to_string(), "s3://my-bucket/a/b");
+        assert_eq!(S3Url::parse("s3://my-bucket").unwrap().prefix, "");
+        for bad in ["http://b/x", "s3://B/x", "s3://ab/x", "s3://b_c/x", "s3://bucket/a/../b", "s3://bucket/a//b"] {
+            assert!(S3Url::parse(bad).is_err(), "{bad}");
+        }
+        let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, endpoint: 'http://127.0.0.1:9000'}\n").unwrap();
+        let st = c.storage.unwrap();
+        assert_eq!((st.concurrency, st.request_timeout), (8, Duration::from_secs(30)));
+        let e = parse("storage: {url: 'gs://bkt/app'}\n").unwrap_err();
+        assert!(e.contains("must start with s3://"), "{e}");
     }
 }
