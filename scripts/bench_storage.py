@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Object-storage figures, side by side in one run (a benchmark: nothing fails on a number).
+
+Against a real S3 server (s3s-fs on 127.0.0.1, its data on this machine's disk):
+  - a 1 GiB app (random bytes): the first, full checkpoint vs the final one after 10 % of its
+    memory changed (restored in between, as after a periodic checkpoint): bytes sent, time
+  - compression ratio and throughput of the upload on random bytes and on a Python heap
+  - restore on a new node (empty image dir): download time and throughput
+  - the same checkpoint's files uploaded and downloaded by boto3 (the AWS SDK for Python),
+    against crik's upload and download throughput
+Goals: the incremental final checkpoint sends <= 15 % of the full one's bytes and takes <= 0.35x
+its time; crik's upload throughput >= boto3's.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import CRIK, NS, PY, REPO, ask, child_of, free_port  # noqa: E402
+
+APP = os.path.join(REPO, "tests", "workloads", "bench_storage_app.py")
+S3S = os.path.expanduser("~/.cargo/bin/s3s-fs")
+KEYS = {"AWS_ACCESS_KEY_ID": "bench-access", "AWS_SECRET_ACCESS_KEY": "bench-secret-key"}
+BUCKET = "bench"
+
+
+def events(stderr):
+    out = []
+    for line in stderr.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def event(evs, name):
+    found = [e for e in evs if e.get("event") == name]
+    if not found:
+        raise SystemExit(f"no {name} event")
+    return found[-1]
+
+
+class Crik:
+    def __init__(self, cfg, cmd):
+        env = dict(os.environ, **KEYS)
+        self.p = subprocess.Popen([*NS, CRIK, "run", "--config", cfg, "--", *cmd], env=env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def term(self):
+        t0 = time.monotonic()
+        os.kill(child_of(self.p.pid), signal.SIGTERM)
+        _, err = self.p.communicate()
+        took = time.monotonic() - t0
+        if self.p.returncode != 0:
+            raise SystemExit(f"crik failed:\n{err[-3000:]}")
+        return took, events(err)
+
+    def kill(self):
+        os.kill(child_of(self.p.pid), signal.SIGKILL)
+        _, err = self.p.communicate()
+        return events(err)
+
+
+def config(work, name, port_s3, prefix):
+    cfg = os.path.join(work, f"{name}.yaml")
+    open(cfg, "w").write(f"imageDir: {os.path.join(work, name)}\nlogFormat: json\n"
+                         f"storage:\n  url: s3://{BUCKET}/{prefix}\n  endpoint: http://127.0.0.1:{port_s3}\n")
+    return cfg
+
+
+def boto3_figures(port_s3, src):
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port_s3}", region_name="us-east-1",
+                      aws_access_key_id=KEYS["AWS_ACCESS_KEY_ID"], aws_secret_access_key=KEYS["AWS_SECRET_ACCESS_KEY"])
+    tc = TransferConfig(max_concurrency=8)
+    files = [os.path.join(d, f) for d, _, fs in os.walk(src) for f in fs]
+    total = sum(os.path.getsize(f) for f in files)
+    t0 = time.monotonic()
+    for f in files:
+        s3.upload_file(f, BUCKET, "boto3/" + os.path.relpath(f, src), Config=tc)
+    up = time.monotonic() - t0
+    dst = tempfile.mkdtemp(prefix="crik-bench-boto3-")
+    t0 = time.monotonic()
+    for f in files:
+        s3.download_file(BUCKET, "boto3/" + os.path.relpath(f, src), os.path.join(dst, str(hash(f))), Config=tc)
+    down = time.monotonic() - t0
+    shutil.rmtree(dst)
+    return total, up, down
+
+
+def main():
+    mib = int(os.environ.get("BENCH_MIB", "1024"))
+    if not os.path.exists(S3S):
+        raise SystemExit("s3s-fs missing: run scripts/setup.sh")
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "python3-boto3"],
+                       check=True, stdout=subprocess.DEVNULL)
+    work = tempfile.mkdtemp(prefix="crik-bench-s3-")
+    os.makedirs(os.path.join(work, "s3", BUCKET))
+    port_s3 = free_port()
+    server = subprocess.Popen([S3S, "--host", "127.0.0.1", "--port", str(port_s3), "--access-key",
+                               KEYS["AWS_ACCESS_KEY_ID"], "--secret-key", KEYS["AWS_SECRET_ACCESS_KEY"],
+                               os.path.join(work, "s3")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    rows = []
+    try:
+        # 1. Full vs incremental, 1 GiB of random bytes.
+        port = free_port()
+        cfg = config(work, "node1", port_s3, "random")
+        cmd = [PY, APP, str(port), str(mib), "random"]
+        c = Crik(cfg, cmd)
+        ask(port)
+        before = ask(port, b"CHECK")
+        full_s, ev = c.term()
+        full = event(ev, "checkpoint_uploaded")
+        # Another node restores it (download), 10 % of the memory changes, final checkpoint.
+        cfg2 = config(work, "node2", port_s3, "random")
+        t0 = time.monotonic()
+        c = Crik(cfg2, cmd)
+        ask(port)
+        restore_s = time.monotonic() - t0
+        if ask(port, b"CHECK") != before:
+            raise SystemExit("the restored app's memory differs")
+        ask(port, b"MUTATE 10")
+        inc_s, ev2 = c.term()
+        inc = event(ev2, "checkpoint_uploaded")
+        down = event(ev2, "download_finished")
+        # 2. A Python heap: compression on realistic memory.
+        port_h = free_port()
+        cfg3 = config(work, "heap", port_s3, "heap")
+        c = Crik(cfg3, [PY, APP, str(port_h), str(max(mib // 4, 16)), "heap"])
+        ask(port_h, timeout=900)
+        _, ev3 = c.term()
+        heap = event(ev3, "checkpoint_uploaded")
+        # 3. boto3 on the same checkpoint's files.
+        src = os.path.join(work, "node1", "checkpoints")
+        if not os.listdir(src):
+            src = os.path.join(work, "node1", "retired")
+        total, b_up, b_down = boto3_figures(port_s3, src)
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    mb = 1e6
+    rows.append(("full checkpoint: bytes sent", f"{full['sent_bytes'] / mb:.0f} MB of {full['bytes'] / mb:.0f} MB"))
+    fd, idump = event(ev, "checkpoint_finished"), event(ev2, "checkpoint_finished")
+    rows.append(("full checkpoint: SIGTERM -> exit", f"{full_s:.2f} s (CRIU dump {fd['dump_ms'] / 1000:.2f} s, upload {full['duration_ms'] / 1000:.2f} s)"))
+    rows.append(("incremental final (10 % changed): bytes sent", f"{inc['sent_bytes'] / mb:.0f} MB, {inc['new_chunks']} of {inc['chunks']} chunks"))
+    rows.append(("incremental final: SIGTERM -> exit", f"{inc_s:.2f} s (CRIU dump {idump['dump_ms'] / 1000:.2f} s, upload {inc['duration_ms'] / 1000:.2f} s)"))
+    bytes_ratio = inc["sent_bytes"] / max(full["sent_bytes"], 1)
+    time_ratio = inc_s / full_s
+    rows.append(("incremental / full: bytes", f"{bytes_ratio * 100:.1f} %"))
+    rows.append(("incremental / full: time", f"{time_ratio:.2f}x"))
+    rows.append(("random bytes: ratio, upload throughput", f"{full['bytes'] / max(full['sent_bytes'], 1):.2f}x, {full['bytes'] / mb / (full['duration_ms'] / 1000):.0f} MB/s"))
+    rows.append(("python heap: ratio, upload throughput", f"{heap['bytes'] / max(heap['sent_bytes'], 1):.2f}x, {heap['bytes'] / mb / (heap['duration_ms'] / 1000):.0f} MB/s"))
+    rows.append(("restore on a new node: start -> answering", f"{restore_s:.2f} s (download {down['duration_ms'] / 1000:.2f} s, {down['bytes'] / mb / (down['duration_ms'] / 1000):.0f} MB/s)"))
+    rows.append(("boto3, same files: upload, download", f"{total / mb / b_up:.0f} MB/s, {total / mb / b_down:.0f} MB/s"))
+    rows.append(("crik / boto3 upload throughput", f"{(full['bytes'] / (full['duration_ms'] / 1000)) / (total / b_up):.2f}x"))
+    rows.append(("crik / boto3 download throughput", f"{(down['bytes'] / (down['duration_ms'] / 1000)) / (total / b_down):.2f}x"))
+    rows.append(("goal: incremental bytes <= 15 %", "met" if bytes_ratio <= 0.15 else "MISSED"))
+    rows.append(("goal: incremental time <= 0.35x", "met" if time_ratio <= 0.35 else "MISSED"))
+    rows.append(("goal: upload >= boto3", "met" if full['bytes'] / (full['duration_ms'] / 1000) >= total / b_up else "MISSED"))
+    print(f"storage benchmark, {mib} MiB app, s3s-fs on 127.0.0.1 (2 cores)")
+    for k, v in rows:
+        print(f"{k:<48} {v}")
+
+
+if __name__ == "__main__":
+    main()
