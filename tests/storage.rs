@@ -88,26 +88,32 @@ fn server_down_keeps_the_app_running_and_the_previous_checkpoint() {
 }
 
 #[test]
-fn a_checkpoint_without_its_manifest_is_never_restored() {
-    let s = Scratch::new("s3-partial");
+fn a_crik_killed_mid_upload_leaves_nothing_restorable_and_its_chunks_are_collected() {
+    let s = Scratch::new("s3-killed");
     let s3 = S3Server::start(&s.path("s3"));
-    let cfg = s.config(&s3.config("app"));
-    let mut c = Container::start(spec(&cfg, &s3, &COUNTER));
-    c.expect_line(SHORT, "count 3", |l| l == "count 3");
-    checkpoint(&mut c);
-    // What an upload cut short leaves: every chunk, no manifest (written last).
-    let manifests = s3.objects("app/checkpoints");
-    std::fs::remove_file(s3.object(&format!("app/checkpoints/{}", manifests[0]))).unwrap();
-    assert!(!s3.objects("app/chunks").is_empty());
-    let node2 = Scratch::new("s3-partial-node2");
-    let mut c = Container::start(spec(&node2.config(&s3.config("app")), &s3, &COUNTER));
+    // 64 MiB of random memory, one request at a time: the upload takes a while.
+    let cfg = s.config(&format!("{}  concurrency: 1\n", s3.config("app")));
+    let mut spec = spec(&cfg, &s3, &[PYTHON, &workload("memory.py")]);
+    spec.env.push(("STEPS".into(), "100000".into()));
+    let mut c = Container::start(spec);
+    c.expect_line(LONG, "step 2", |l| l.starts_with("step 2 "));
+    c.signal(libc::SIGTERM);
+    // Killed (crik, and the namespace with it) once some chunks are up, before the manifest.
+    assert!(eventually(LONG, || s3.objects("app/chunks").len() >= 3), "{}", c.stderr());
+    c.kill();
+    assert!(s3.objects("app/checkpoints").is_empty(), "killed before its manifest\n{}", c.stderr());
+    assert!(c.event("checkpoint_uploaded", &[]).is_none(), "{}", c.stderr());
+    let orphans = s3.objects("app/chunks");
+
+    // A new node finds nothing to restore: the app starts fresh.
+    let node2 = Scratch::new("s3-killed-node2");
+    let mut c = Container::start(spec_of(&node2.config(&s3.config("app")), &s3));
     c.expect_line(SHORT, "count 1", |l| l == "count 1");
     assert!(c.event("download_started", &[]).is_none(), "{}", c.stderr());
-    // The next periodic checkpoint's garbage collection removes the orphaned chunks.
     drop(c);
+    // The next periodic checkpoint's garbage collection removes the orphaned chunks.
     let cfg2 = node2.config(&format!("checkpointInterval: 1\n{}", s3.config("app")));
-    let before = s3.objects("app/chunks");
-    let mut c = Container::start(spec(&cfg2, &s3, &COUNTER));
+    let mut c = Container::start(spec_of(&cfg2, &s3));
     let up = c.expect_event_eventually("checkpoint_uploaded");
     let manifest = s3.object(&format!("app/checkpoints/{}.json", up["id"].as_str().unwrap()));
     let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
@@ -118,13 +124,16 @@ fn a_checkpoint_without_its_manifest_is_never_restored() {
         .flat_map(|f| f["chunks"].as_array().unwrap())
         .map(|c| c["h"].as_str().unwrap())
         .collect();
-    let orphans: Vec<&String> = before.iter().filter(|h| !referenced.contains(&h.as_str())).collect();
-    assert!(!orphans.is_empty());
+    assert!(orphans.iter().any(|h| !referenced.contains(&h.as_str())));
     assert!(
         eventually(SHORT, || s3.objects("app/chunks").iter().all(|h| referenced.contains(&h.as_str()))),
         "only referenced chunks remain\n{}",
         c.stderr()
     );
+}
+
+fn spec_of(cfg: &std::path::Path, s3: &S3Server) -> Spec {
+    spec(cfg, s3, &COUNTER)
 }
 
 fn damaged_chunk_is_quarantined(name: &str, damage: impl Fn(&std::path::Path)) {
