@@ -283,9 +283,17 @@ impl Remote {
         }
         let (new_chunks, sent_bytes) = sent.into_inner().unwrap_or_else(|p| p.into_inner());
         let chunks = counts.iter().sum();
-        // Older checkpoints now stand behind this one.
-        for id in self.ids(PUBLISHED, deadline)? {
-            if id != ckpt.id {
+        // Older checkpoints now stand behind this one. Listed again after moving: a listing
+        // may lag a write just made (seen with s3s-fs right after the previous upload).
+        for pass in 1..=3 {
+            let older: Vec<String> = self.ids(PUBLISHED, deadline)?.into_iter().filter(|id| *id != ckpt.id).collect();
+            if older.is_empty() {
+                break;
+            }
+            if pass == 3 {
+                log::warn!("storage: older checkpoints {older:?} still listed in {PUBLISHED} after retiring them");
+            }
+            for id in older {
                 self.move_manifest(&id, PUBLISHED, RETIRED, deadline)?;
             }
         }
