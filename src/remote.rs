@@ -49,6 +49,9 @@ pub enum RemoteError {
     Local { step: &'static str, path: String, source: std::io::Error },
     #[error(transparent)]
     Chunk(#[from] ChunkError),
+    /// The image dir, staging or publishing a download.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RemoteError + 'a {
@@ -139,11 +142,6 @@ impl Remote {
         Instant::now() + self.request_timeout * 2
     }
 
-    /// One listing, at start: bucket, endpoint and credentials work (or why not).
-    pub fn check(&self) -> Result<(), S3Error> {
-        self.bucket.list(&self.key(PUBLISHED, ""), self.soon()).map(|_| ())
-    }
-
     /// Ids in an area, oldest first.
     fn ids(&self, area: &str, deadline: Instant) -> Result<Vec<String>, S3Error> {
         let base = self.key(area, "");
@@ -151,7 +149,7 @@ impl Remote {
             .bucket
             .list(&base, deadline)?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix(&base)?.strip_suffix(".json").map(String::from))
+            .filter_map(|k| k.strip_prefix(&base)?.strip_suffix(".json").map(String::from))
             .filter(|id| crate::store::is_valid_id(id))
             .collect();
         ids.sort();
@@ -186,7 +184,7 @@ impl Remote {
         if known.is_none() {
             let base = self.key(CHUNKS, "");
             let listed = self.bucket.list(&base, deadline)?;
-            *known = Some(listed.into_iter().filter_map(|o| o.key.strip_prefix(&base).map(String::from)).collect());
+            *known = Some(listed.into_iter().filter_map(|k| k.strip_prefix(&base).map(String::from)).collect());
         }
         Ok(known.clone().unwrap_or_default())
     }
@@ -242,6 +240,7 @@ impl Remote {
                         total += data.len() as u64;
                         counts[i] += 1;
                         if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                            // Stops the cutting; replaced below by the worker's own error.
                             return Err(RemoteError::Damaged { id: String::new(), why: "upload failed".into() });
                         }
                         tx.send((i, counts[i] - 1, data)).expect("workers run until the channel closes");
@@ -377,10 +376,7 @@ impl Remote {
             .bucket
             .get(&self.key(CHUNKS, hash), deadline)?
             .ok_or_else(|| damaged(format!("chunk {hash} is missing")))?;
-        let data = chunks::open(&stored, &ChunkRef { hash: hash.into(), len }).map_err(|e| match e {
-            ChunkError::Damaged { .. } => damaged(e.to_string()),
-            ChunkError::Read { .. } => damaged(e.to_string()),
-        })?;
+        let data = chunks::open(&stored, &ChunkRef { hash: hash.into(), len }).map_err(|e| damaged(e.to_string()))?;
         Ok((stored.len() as u64, data))
     }
 
@@ -437,7 +433,7 @@ impl Remote {
             .bucket
             .list(&base, deadline)?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix(&base).map(String::from))
+            .filter_map(|k| k.strip_prefix(&base).map(String::from))
             .filter(|h| !referenced.contains(h))
             .collect();
         let work = Mutex::new(garbage.clone());

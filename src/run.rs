@@ -308,19 +308,11 @@ fn from_storage(store: &Store, remote: &Remote, config: &Config, local: Option<&
 }
 
 fn download(store: &Store, remote: &Remote, m: &RemoteManifest, config: &Config) -> Result<Checkpoint, RemoteError> {
-    let staged = store.stage_as(&m.id).map_err(|e| RemoteError::Local {
-        step: "stage",
-        path: store.root().display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let staged = store.stage_as(&m.id)?;
     log::info!(event = "download_started", id = m.id.as_str(); "downloading checkpoint {} from {}", m.id, remote.url);
     let deadline = std::time::Instant::now() + config.restore_timeout;
     let done = remote.download(m, &staged.dir, deadline).and_then(|d| {
-        let c = store.publish_as_is(&staged, &m.manifest).map_err(|e| RemoteError::Local {
-            step: "publish",
-            path: staged.dir.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let c = store.publish_as_is(&staged, &m.manifest)?;
         Ok((c, d))
     });
     match done {

@@ -76,18 +76,11 @@ pub struct Bucket {
     host: String,
     /// Path prefix of every object: `/bucket` (path style) or empty (virtual-hosted).
     base_path: String,
-    pub region: String,
+    region: String,
     agent: ureq::Agent,
     source: KeySource,
     cached: Mutex<Option<Cached>>,
     request_timeout: Duration,
-}
-
-/// One listed object.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Object {
-    pub key: String,
-    pub size: u64,
 }
 
 impl Bucket {
@@ -123,10 +116,6 @@ impl Bucket {
         })
     }
 
-    pub fn url(&self, key: &str) -> String {
-        format!("{}{}", self.origin, sigv4::encode(&self.object_path(key), false))
-    }
-
     fn object_path(&self, key: &str) -> String {
         format!("{}/{key}", self.base_path)
     }
@@ -153,8 +142,8 @@ impl Bucket {
         }
     }
 
-    /// Every object whose key starts with `prefix` (ListObjectsV2, page by page).
-    pub fn list(&self, prefix: &str, deadline: Instant) -> Result<Vec<Object>, S3Error> {
+    /// The key of every object whose key starts with `prefix` (ListObjectsV2, page by page).
+    pub fn list(&self, prefix: &str, deadline: Instant) -> Result<Vec<String>, S3Error> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -164,11 +153,7 @@ impl Bucket {
             }
             let body = self.call("LIST", "", &q, None, deadline)?;
             let text = String::from_utf8_lossy(&body);
-            for contents in xml_elements(&text, "Contents") {
-                let key = xml_value(contents, "Key").unwrap_or_default();
-                let size = xml_value(contents, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
-                out.push(Object { key, size });
-            }
+            out.extend(xml_elements(&text, "Contents").filter_map(|c| xml_value(c, "Key")));
             match xml_value(&text, "NextContinuationToken") {
                 Some(t) if xml_value(&text, "IsTruncated").as_deref() == Some("true") => token = Some(t),
                 _ => return Ok(out),
@@ -251,7 +236,7 @@ impl Bucket {
     fn keys(&self) -> Result<Keys, S3Error> {
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cached.as_ref() {
-            let fresh = c.expires.is_none_or(|t| SystemTime::now() + RENEW_BEFORE < t);
+            let fresh = c.expires.map_or(true, |t| SystemTime::now() + RENEW_BEFORE < t);
             if fresh {
                 return Ok(c.keys.clone());
             }

@@ -136,14 +136,19 @@ mod tests {
         );
     }
 
-    #[test]
-    fn s3_documentation_example_get_object() {
-        // The GetObject example of the S3 SigV4 documentation (header-based auth).
-        let keys = Keys {
+    /// The keys of the S3 documentation's SigV4 examples.
+    fn s3_docs_keys() -> Keys {
+        Keys {
             access_key: "AKIAIOSFODNN7EXAMPLE".into(),
             secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
             session_token: None,
-        };
+        }
+    }
+
+    #[test]
+    fn s3_documentation_example_get_object() {
+        // The GetObject example of the S3 SigV4 documentation (header-based auth).
+        let keys = s3_docs_keys();
         let empty = sha256_hex(b"");
         let req = Request {
             method: "GET",
@@ -162,11 +167,7 @@ mod tests {
     #[test]
     fn s3_documentation_example_list_objects() {
         // The ListObjects example (GET /?max-keys=2&prefix=J) of the same documentation.
-        let keys = Keys {
-            access_key: "AKIAIOSFODNN7EXAMPLE".into(),
-            secret_key: "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY".into(),
-            session_token: None,
-        };
+        let keys = s3_docs_keys();
         let empty = sha256_hex(b"");
         let req = Request {
             method: "GET",
