@@ -14,9 +14,11 @@ use crate::criu::{self, CriuError};
 use crate::files::{self, FilesError};
 use crate::host;
 use crate::manifest::{Manifest, FORMAT};
+use crate::plan::Cost;
 use crate::sizes;
+use crate::staging::MemoryStaging;
 use crate::status::CheckpointStatus;
-use crate::store::{Checkpoint, Store, StoreError};
+use crate::store::{self, Checkpoint, Store, StoreError};
 use crate::supervisor::Signals;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +39,10 @@ pub enum CheckpointError {
     ImagesDir { path: PathBuf, source: std::io::Error },
     #[error("{source}{}", criu::format_log(log_lines))]
     Criu { source: CriuError, log_lines: Vec<String> },
-    /// The checkpoint is complete in imageDir, but not in object storage.
-    #[error("checkpoint {id} is complete in the image dir but its upload to {url} failed: {source}")]
-    Upload { id: String, url: String, source: crate::remote::RemoteError },
+    /// The dump succeeded, the upload to object storage did not; `kept` says where the
+    /// checkpoint is now.
+    #[error("checkpoint {id} could not be uploaded to {url}: {source}; {kept}")]
+    Upload { id: String, url: String, source: Box<crate::remote::RemoteError>, kept: String },
 }
 
 /// What a checkpoint needs besides the store: the config and the app being checkpointed.
@@ -57,6 +60,15 @@ pub struct Target<'a> {
     pub deadline: std::time::Duration,
     /// Object storage the published checkpoint is uploaded to.
     pub remote: Option<&'a crate::remote::Remote>,
+    /// A memory-backed dir to dump into instead of the image dir (with `remote` only).
+    pub staging: Option<&'a MemoryStaging>,
+}
+
+/// A checkpoint taken: its id, and what it cost (for [`crate::plan`]).
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub id: String,
+    pub cost: Cost,
 }
 
 /// Where the CRIU log of the last failed dump is kept, in the image dir.
@@ -65,13 +77,13 @@ pub const FAILED_DUMP_LOG: &str = "failed-dump.log";
 /// Checkpoints the app's whole tree and publishes it. CRIU stops the tree when the dump
 /// succeeds; when it fails, CRIU resumes the app and the staging dir is removed. Either way the
 /// outcome goes into the image dir's status file.
-pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<Checkpoint, CheckpointError> {
+pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<Taken, CheckpointError> {
     let wall = SystemTime::now();
     let kind = if target.leave_running { "periodic" } else { "final" };
     let result = stage_dump_publish(signals, store, target, kind);
     let mut status = CheckpointStatus::new(kind, if result.is_ok() { "complete" } else { "failed" }, wall);
     match &result {
-        Ok(p) => (status.id, status.size_bytes) = (Some(p.checkpoint.id.clone()), Some(p.size)),
+        Ok(p) => (status.id, status.size_bytes) = (Some(p.id.clone()), Some(p.size)),
         Err(e) => status.error = Some(e.to_string()),
     }
     // The status file is current before the event says the checkpoint is done: whoever acts
@@ -79,15 +91,17 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<C
     crate::status::write(store.root(), status);
     let p = result?;
     log::info!(
-        event = "checkpoint_finished", kind, id = p.checkpoint.id.as_str(), duration_ms = p.millis,
-        dump_ms = p.dump_millis, size_bytes = p.size;
-        "{kind} checkpoint {} complete in {} ms (CRIU dump {} ms), {}",
-        p.checkpoint.dir.display(),
+        event = "checkpoint_finished", kind, id = p.id.as_str(), duration_ms = p.millis,
+        dump_ms = p.cost.dump_millis, size_bytes = p.size, staging = p.staging;
+        "{kind} checkpoint {} complete in {} ms (CRIU dump {} ms into {}), {}: {}",
+        p.id,
         p.millis,
-        p.dump_millis,
-        sizes::human(p.size)
+        p.cost.dump_millis,
+        p.staging,
+        sizes::human(p.size),
+        p.location
     );
-    Ok(p.checkpoint)
+    Ok(Taken { id: p.id, cost: p.cost })
 }
 
 fn stage_dump_publish(
@@ -97,47 +111,130 @@ fn stage_dump_publish(
     kind: &str,
 ) -> Result<Published, CheckpointError> {
     let started = Instant::now();
-    let staged = store.stage()?;
+    let memory = target.staging.filter(|m| match m.fits(crate::app::tree_memory(target.app)) {
+        Ok(()) => true,
+        Err(why) => {
+            log::warn!("dumping into the image dir, not {}: {why}", m.dir().display());
+            false
+        }
+    });
+    let staged = match memory {
+        Some(m) => m.stage()?,
+        None => store.stage()?,
+    };
     log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
         "{kind} checkpoint of app (pid {}) into {}", target.app, staged.dir.display());
-    let published = dump_into(signals, &staged, target).and_then(|m| Ok(store.publish_sealed(&staged, m)?));
-    let (published, manifest) = match published {
-        Ok(p) => p,
-        Err(e) => {
-            // CRIU's whole log outlives the discarded staging dir, for whoever debugs it.
-            let kept = store.root().join(FAILED_DUMP_LOG);
-            if std::fs::rename(staged.images_dir().join(criu::DUMP_LOG), &kept).is_ok() {
-                log::warn!("CRIU's log of the failed dump: {}", kept.display());
+    let dumped = dump_into(signals, &staged, target, memory.is_none());
+    let deadline = started + target.deadline;
+    let Some(memory) = memory else {
+        let (published, manifest) = match dumped.and_then(|m| Ok(store.publish_sealed(&staged, m)?)) {
+            Ok(p) => p,
+            Err(e) => {
+                keep_failed_log(&staged, store);
+                store.discard(&staged);
+                return Err(e);
             }
-            store.discard(&staged);
+        };
+        store.retire_all_but(&published, target.config.keep_checkpoints);
+        let uploaded = match target.remote {
+            Some(remote) => Some(
+                upload(remote, &published, &manifest, target, deadline)
+                    .map_err(|e| upload_error(&published.id, remote, e, "it is complete in the image dir".into()))?,
+            ),
+            None => None,
+        };
+        return Ok(Published {
+            id: published.id.clone(),
+            size: sizes::dir_size(&published.dir),
+            millis: started.elapsed().as_millis() as u64,
+            cost: Cost::of(&manifest, uploaded.map(|u| u.millis)),
+            staging: "the image dir",
+            location: format!("{}{}", published.dir.display(), if uploaded.is_some() { " and storage" } else { "" }),
+        });
+    };
+
+    // Memory staging: sealed where it is, uploaded from there, then the memory is freed.
+    let manifest = match dumped.and_then(|m| Ok(store::seal(&staged, m)?)) {
+        Ok(m) => m,
+        Err(e) => {
+            keep_failed_log(&staged, store);
+            memory.remove(&staged);
             return Err(e);
         }
     };
-    store.retire_all_but(&published, target.config.keep_checkpoints);
-    if let Some(remote) = target.remote {
-        upload(remote, &published, &manifest, target, started + target.deadline)?;
-    }
-    let (ms, size) = (started.elapsed().as_millis() as u64, sizes::dir_size(&published.dir));
-    Ok(Published { checkpoint: published, size, millis: ms, dump_millis: manifest.dump_millis })
+    let remote = target.remote.expect("stagingDir is part of storage");
+    let uploaded = upload(remote, &staged, &manifest, target, deadline);
+    let size = manifest.files.iter().map(|f| f.size).sum();
+    let result = match uploaded {
+        Ok(u) => {
+            // The image dir's own checkpoints are older than this one, now in storage only: a
+            // start that cannot reach storage must not restore one of them as if it were current.
+            store.retire_published(target.config.keep_checkpoints);
+            Ok(Published {
+                id: staged.id.clone(),
+                size,
+                millis: started.elapsed().as_millis() as u64,
+                cost: Cost::of(&manifest, Some(u.millis)),
+                staging: "memory",
+                location: format!("in storage only ({})", remote.url),
+            })
+        }
+        Err(e) => {
+            // Not lost: copied into the image dir, as a dump there would have left it.
+            let kept = match store.publish_copy(&staged, &manifest) {
+                Ok(c) => {
+                    store.retire_all_but(&c, target.config.keep_checkpoints);
+                    format!("it is complete in the image dir ({})", c.dir.display())
+                }
+                Err(ce) => format!("it could not be kept in the image dir either: {ce}"),
+            };
+            Err(upload_error(&staged.id, remote, e, kept))
+        }
+    };
+    memory.remove(&staged);
+    result
 }
 
-/// Uploads a published checkpoint; after a periodic one, unreferenced chunks are removed (never
+fn upload_error(id: &str, remote: &crate::remote::Remote, e: CheckpointError, kept: String) -> CheckpointError {
+    match e {
+        CheckpointError::Upload { source, .. } => {
+            CheckpointError::Upload { id: id.into(), url: remote.url.clone(), source, kept }
+        }
+        e => e,
+    }
+}
+
+/// CRIU's whole log of a failed dump outlives the discarded staging dir, for whoever debugs it.
+fn keep_failed_log(staged: &Checkpoint, store: &Store) {
+    let (log, kept) = (staged.images_dir().join(criu::DUMP_LOG), store.root().join(FAILED_DUMP_LOG));
+    // A rename, or a copy from a memory staging dir (another filesystem).
+    if std::fs::rename(&log, &kept).is_ok() || std::fs::copy(&log, &kept).is_ok() {
+        log::warn!("CRIU's log of the failed dump: {}", kept.display());
+    }
+}
+
+/// Uploads a sealed checkpoint; after a periodic one, unreferenced chunks are removed (never
 /// on the final one: the notice is short, and the next run's first checkpoint does it).
 fn upload(
     remote: &crate::remote::Remote,
-    published: &Checkpoint,
+    sealed: &Checkpoint,
     manifest: &Manifest,
     target: &Target,
     deadline: Instant,
-) -> Result<(), CheckpointError> {
-    let up = remote
-        .upload(published, manifest, target.config.keep_checkpoints, deadline)
-        .map_err(|e| CheckpointError::Upload { id: published.id.clone(), url: remote.url.clone(), source: e })?;
+) -> Result<crate::remote::Uploaded, CheckpointError> {
+    let up = remote.upload(sealed, manifest, target.config.keep_checkpoints, deadline).map_err(|e| {
+        CheckpointError::Upload {
+            id: sealed.id.clone(),
+            url: remote.url.clone(),
+            source: Box::new(e),
+            kept: String::new(),
+        }
+    })?;
     log::info!(
-        event = "checkpoint_uploaded", id = published.id.as_str(), chunks = up.chunks, new_chunks = up.new_chunks,
+        event = "checkpoint_uploaded", id = sealed.id.as_str(), chunks = up.chunks, new_chunks = up.new_chunks,
         sent_bytes = up.sent_bytes, bytes = up.bytes, duration_ms = up.millis;
         "uploaded checkpoint {} to {} in {} ms: {} new of {} chunks, {} sent for {}",
-        published.id, remote.url, up.millis, up.new_chunks, up.chunks, sizes::human(up.sent_bytes), sizes::human(up.bytes)
+        sealed.id, remote.url, up.millis, up.new_chunks, up.chunks, sizes::human(up.sent_bytes), sizes::human(up.bytes)
     );
     if target.leave_running {
         match remote.collect_garbage(deadline) {
@@ -146,18 +243,28 @@ fn upload(
             Err(e) => log::warn!("storage: garbage collection failed (tried again after the next checkpoint): {e}"),
         }
     }
-    Ok(())
+    Ok(up)
 }
 
-/// A checkpoint just published, with what its `checkpoint_finished` event reports.
+/// A checkpoint just taken, with what its `checkpoint_finished` event reports.
 struct Published {
-    checkpoint: Checkpoint,
+    id: String,
     size: u64,
     millis: u64,
-    dump_millis: u64,
+    cost: Cost,
+    /// Where CRIU dumped: "the image dir" or "memory".
+    staging: &'static str,
+    /// Where the checkpoint is now, for the log.
+    location: String,
 }
 
-fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<Manifest, CheckpointError> {
+/// `writeback`: start the images' writeback while CRIU writes them (a disk, not memory).
+fn dump_into(
+    signals: &Signals,
+    staged: &Checkpoint,
+    target: &Target,
+    writeback: bool,
+) -> Result<Manifest, CheckpointError> {
     let app_tree = crate::preflight::check(target.app, target.config)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
@@ -195,7 +302,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target) -> Result<
         opts: Some(opts),
         inherit: Vec::new(),
         deadline: target.deadline,
-        writeback: Some(images.clone()),
+        writeback: writeback.then(|| images.clone()),
         on_notify: Some(&mut on_notify),
     };
     let dumped = criu::call(signals, req);
@@ -262,7 +369,7 @@ fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, Check
     };
     let rootfs = match target.rootfs_upper {
         Some(upper) => {
-            let skip: Vec<&std::path::Path> = target.config.image_dir.iter().map(|d| d.as_path()).collect();
+            let skip = own_dirs(target);
             let diff = crate::rootfs::capture(upper, &staged.dir.join(crate::rootfs::ROOTFS_ARCHIVE), &skip)?;
             log::info!(
                 "container's writable layer: {} entries archived, {} deletions, {} replaced dirs",
@@ -274,8 +381,15 @@ fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, Check
         }
         None => None,
     };
-    let runtime_tmpfs = archive_runtime_tmpfs(staged, target.config.image_dir.as_ref().map(|d| d.as_path()))?;
+    let runtime_tmpfs = archive_runtime_tmpfs(staged, &own_dirs(target))?;
     Ok(Archived { has_files_archive, rootfs, runtime_tmpfs })
+}
+
+/// crik's own dirs (the image dir, the memory staging dir): never part of what is archived.
+fn own_dirs<'a>(target: &Target<'a>) -> Vec<&'a std::path::Path> {
+    let mut dirs: Vec<&std::path::Path> = target.config.image_dir.iter().map(|d| d.as_path()).collect();
+    dirs.extend(target.staging.map(|m| m.dir()));
+    dirs
 }
 
 /// The files the app holds (open or mapped) on tmpfs mounts: /dev/shm (POSIX shared memory,
@@ -283,10 +397,7 @@ fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, Check
 /// A runtime makes them afresh, empty, for every container, and CRIU records such files by path
 /// only: without their contents the restore in a new container would fail. Only the app's own
 /// files are taken (CRIU's file table says which), never the rest of the mount.
-fn archive_runtime_tmpfs(
-    staged: &Checkpoint,
-    image_dir: Option<&std::path::Path>,
-) -> Result<Vec<String>, CheckpointError> {
+fn archive_runtime_tmpfs(staged: &Checkpoint, own: &[&std::path::Path]) -> Result<Vec<String>, CheckpointError> {
     let open = crate::images::regular_files(&staged.images_dir()).map_err(|e| {
         CheckpointError::Files(FilesError::Archive {
             path: staged.images_dir(),
@@ -301,7 +412,7 @@ fn archive_runtime_tmpfs(
             let p = std::path::Path::new(p);
             // The mount a path is on: the deepest mount point above it (the last such in mount order).
             let mount = mounts.iter().filter(|m| p.starts_with(&m.point)).max_by_key(|m| m.point.components().count());
-            mount.is_some_and(|m| m.fstype == "tmpfs") && !image_dir.is_some_and(|d| p.starts_with(d)) && p.is_file()
+            mount.is_some_and(|m| m.fstype == "tmpfs") && !own.iter().any(|d| p.starts_with(d)) && p.is_file()
             // deleted ones are CRIU's ghosts
         })
         .collect();

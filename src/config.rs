@@ -141,6 +141,11 @@ pub struct StorageConfig {
     /// Requests in flight at once (uploads, downloads).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// A memory-backed dir (tmpfs, an emptyDir with `medium: Memory`) CRIU dumps into before
+    /// the upload, instead of imageDir: a checkpoint stays there only until it is uploaded.
+    /// Used only when it and the container's memory limit have room for the dump.
+    #[serde(default)]
+    pub staging_dir: Option<AbsPath>,
 }
 
 fn default_request_timeout() -> Duration {
@@ -662,6 +667,10 @@ mod storage_tests {
         let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, endpoint: 'http://127.0.0.1:9000'}\n").unwrap();
         let st = c.storage.unwrap();
         assert_eq!((st.concurrency, st.request_timeout), (8, Duration::from_secs(30)));
+        assert_eq!(st.staging_dir, None);
+        let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, stagingDir: /dev/shm/crik}\n").unwrap();
+        assert_eq!(c.storage.unwrap().staging_dir.unwrap().as_path(), std::path::Path::new("/dev/shm/crik"));
+        assert!(parse("imageDir: /v\nstorage: {url: s3://bkt/app, stagingDir: shm}\n").is_err());
         let e = parse("storage: {url: 'gs://bkt/app'}\n").unwrap_err();
         assert!(e.contains("must start with s3://"), "{e}");
     }

@@ -31,6 +31,7 @@ pub mod run;
 pub mod s3;
 pub mod sigv4;
 pub mod sizes;
+pub mod staging;
 pub mod status;
 pub mod store;
 pub mod supervisor;

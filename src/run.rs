@@ -11,9 +11,10 @@ use crate::checkpoint::{self, CheckpointError, Target};
 use crate::cli::{InspectArgs, RestoreArgs, RunArgs};
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
 use crate::nodestate::{self, Answer, Query};
-use crate::plan::{self, Decision};
+use crate::plan::{self, Cost, Decision};
 use crate::remote::{Remote, RemoteError, RemoteManifest};
 use crate::restore::{self, RestoreError, Restored};
+use crate::staging::MemoryStaging;
 use crate::status::CheckpointStatus;
 use crate::store::{Checkpoint, Store, StoreError};
 use crate::supervisor::{self, Periodic, Signals, TermAction};
@@ -131,6 +132,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
         check_criu(&signals)?;
     }
     let remote = open_remote(&config)?;
+    let staging = open_staging(&config)?;
 
     let mut latest = match &store {
         Some(store) => match latest_checkpoint(store) {
@@ -243,7 +245,12 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
             (pid, to_strings(&args.command), Vec::new())
         }
     };
-    let ctx = Context { store: store.as_ref(), remote: remote.as_ref(), node_state: node_state.as_ref() };
+    let ctx = Context {
+        store: store.as_ref(),
+        remote: remote.as_ref(),
+        staging: staging.as_ref(),
+        node_state: node_state.as_ref(),
+    };
     Ok(supervise(&signals, &config, ctx, rootfs_upper.as_deref(), app, &command))
 }
 
@@ -278,6 +285,17 @@ fn open_remote(config: &Config) -> Result<Option<Remote>, Fatal> {
         .map_err(|e| Fatal::failed(format!("cannot use storage {}", cfg.url), e))?;
     log::info!("checkpoints are uploaded to {}", remote.url);
     Ok(Some(remote))
+}
+
+/// `storage.stagingDir`, made ready at start (leftovers of a killed crik removed).
+fn open_staging(config: &Config) -> Result<Option<MemoryStaging>, Fatal> {
+    let Some(dir) = config.storage.as_ref().and_then(|s| s.staging_dir.as_ref()) else { return Ok(None) };
+    if config.image_dir.as_ref().is_some_and(|d| dir.as_path().starts_with(d.as_path())) {
+        return Err(Fatal::Invalid("storage.stagingDir must not be inside imageDir".into()));
+    }
+    let staging = MemoryStaging::open(dir.as_path()).map_err(|e| Fatal::failed("cannot use storage.stagingDir", e))?;
+    log::info!("checkpoints are dumped into {} (memory staging) when it has room", dir);
+    Ok(Some(staging))
 }
 
 fn auth_error(e: &RemoteError) -> bool {
@@ -386,6 +404,7 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let store = open_store(dir.as_path())?;
     check_criu(&signals)?;
     let remote = open_remote(&config)?;
+    let staging = open_staging(&config)?;
     let mut ckpt = latest_checkpoint(&store).map_err(|e| Fatal::failed("cannot read image dir", e))?;
     if let Some(remote) = &remote {
         // A debugging restore fetches storage's newest too, and leaves storage as it was.
@@ -400,7 +419,12 @@ pub fn restore_cmd(args: RestoreArgs) -> Result<i32, Fatal> {
     let r = restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
-    let ctx = Context { store: Some(&store), remote: remote.as_ref(), node_state: node_state.as_ref() };
+    let ctx = Context {
+        store: Some(&store),
+        remote: remote.as_ref(),
+        staging: staging.as_ref(),
+        node_state: node_state.as_ref(),
+    };
     Ok(supervise(&signals, &config, ctx, rootfs_upper.as_deref(), r.pid, &r.manifest.command))
 }
 
@@ -442,6 +466,7 @@ fn node_is_going_away(query: Option<&Query>, on_error: OnNodeStateError) -> bool
 struct Context<'a> {
     store: Option<&'a Store>,
     remote: Option<&'a Remote>,
+    staging: Option<&'a MemoryStaging>,
     node_state: Option<&'a Query>,
 }
 
@@ -454,11 +479,14 @@ fn supervise(
     app: nix::unistd::Pid,
     command: &[String],
 ) -> i32 {
-    let Context { store, remote, node_state } = ctx;
+    let Context { store, remote, staging, node_state } = ctx;
     // What the last SIGTERM did about the app's state.
     let mut saved: Option<Saved> = None;
     // Periodic checkpoints of this run, oldest first (the SIGTERM handler may keep the last).
     let periodic_taken: RefCell<Vec<String>> = RefCell::new(Vec::new());
+    // What earlier checkpoints of this app cost, newest first: the image dir's, then this run's.
+    let history: RefCell<Vec<Cost>> =
+        RefCell::new(store.map(|s| s.history().iter().map(|m| Cost::of(m, None)).collect()).unwrap_or_default());
     let mut on_term = |pid| {
         let term_received = std::time::Instant::now();
         let Some(store) = store else {
@@ -472,7 +500,7 @@ fn supervise(
             None => config.checkpoint_timeout,
             Some(budget) => {
                 let left = budget.saturating_sub(term_received.elapsed());
-                let estimate = plan::estimate(&store.history(), app::tree_memory(pid));
+                let estimate = plan::estimate(&history.borrow(), app::tree_memory(pid), remote.is_some());
                 let newest_periodic = periodic_taken.borrow().last().cloned();
                 match plan::decide(left, config.checkpoint_timeout, estimate, newest_periodic.as_deref()) {
                     Decision::Dump { deadline } => deadline,
@@ -500,15 +528,17 @@ fn supervise(
                 }
             }
         };
-        let target = Target { config, app: pid, command, leave_running: false, rootfs_upper, deadline, remote };
+        let target =
+            Target { config, app: pid, command, leave_running: false, rootfs_upper, deadline, remote, staging };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => {
                 saved = Some(Saved::Checkpointed);
                 TermAction::Exit(0)
             }
             Err(e @ CheckpointError::Upload { .. }) => {
-                // CRIU stopped the app with its state in the image dir: a restart on this node
-                // restores it; a new node restores storage's newest (an older one, or none).
+                // CRIU stopped the app with its state in the image dir (or, if even that failed,
+                // nowhere): a restart on this node restores it; a new node restores storage's
+                // newest (an older one, or none).
                 log::error!(event = "checkpoint_failed", kind = "final", uploaded = false; "{e}");
                 TermAction::Exit(1)
             }
@@ -523,13 +553,16 @@ fn supervise(
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
         let deadline = config.checkpoint_timeout;
-        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper, deadline, remote };
+        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper, deadline, remote, staging };
         match checkpoint::checkpoint(signals, store, &target) {
-            Ok(c) => periodic_taken.borrow_mut().push(c.id),
-            Err(CheckpointError::Upload { id, url, source }) => {
-                // Published in the image dir all the same: one of this run's checkpoints.
+            Ok(t) => {
+                periodic_taken.borrow_mut().push(t.id);
+                history.borrow_mut().insert(0, t.cost);
+            }
+            Err(CheckpointError::Upload { id, url, source, kept }) => {
+                // Kept in the image dir all the same (as a rule): one of this run's checkpoints.
                 log::error!(event = "checkpoint_failed", kind = "periodic", uploaded = false, id = id.as_str();
-                    "periodic checkpoint {id} is in the image dir only (the app keeps running): upload to {url} failed: {source}");
+                    "periodic checkpoint {id} was not uploaded to {url} (the app keeps running): {source}; {kept}");
                 periodic_taken.borrow_mut().push(id);
             }
             Err(e) => log::error!(event = "checkpoint_failed", kind = "periodic";
@@ -543,8 +576,8 @@ fn supervise(
         }
         _ => None,
     };
-    if let (Some(store), Some(budget), None) = (store, config.checkpoint_budget, config.checkpoint_interval) {
-        warn_if_too_large(store, budget, app);
+    if let (Some(_), Some(budget), None) = (store, config.checkpoint_budget, config.checkpoint_interval) {
+        warn_if_too_large(&history.borrow(), remote.is_some(), budget, app);
     }
     supervisor::release_startup_text();
     let code = supervisor::supervise(signals, app, &mut on_term, periodic);
@@ -555,6 +588,14 @@ fn supervise(
             // again, a crash repeated). Older checkpoints, and those kept on SIGTERM or after a
             // failed final checkpoint, stay: they may be the only saved state.
             let stale = store.retire_ids(&periodic_taken.borrow(), config.keep_checkpoints);
+            // Storage holds them too (with memory staging, only storage does); each upload
+            // retired the one before it there, so only the newest can still be published.
+            if let (Some(remote), Some(id)) = (remote, periodic_taken.borrow().last()) {
+                match remote.retire(id, config.keep_checkpoints) {
+                    Ok(()) => log::info!("the app exited: periodic checkpoint {id} retired in {}", remote.url),
+                    Err(e) => log::warn!("cannot retire periodic checkpoint {id} in {}: {e}", remote.url),
+                }
+            }
             if stale > 0 {
                 log::info!(
                     "the app exited: retired {stale} periodic checkpoint(s) of this run, the next start is fresh"
@@ -578,9 +619,9 @@ enum Saved {
 
 /// With a budget and no periodic checkpoints to fall back on, says at start when the app is
 /// already too large for a final checkpoint to fit.
-fn warn_if_too_large(store: &Store, budget: Duration, app: nix::unistd::Pid) {
+fn warn_if_too_large(history: &[Cost], uploads: bool, budget: Duration, app: nix::unistd::Pid) {
     let memory = app::tree_memory(app);
-    match plan::estimate(&store.history(), memory) {
+    match plan::estimate(history, memory, uploads) {
         Some(estimate) if estimate > budget => {
             let (estimate_ms, budget_ms) = (estimate.as_millis() as u64, budget.as_millis() as u64);
             log::warn!(event = "checkpoint_too_slow", estimate_ms, budget_ms, memory_bytes = memory;

@@ -146,12 +146,9 @@ impl Store {
     pub fn publish_sealed(
         &self,
         staged: &Checkpoint,
-        mut manifest: Manifest,
+        manifest: Manifest,
     ) -> Result<(Checkpoint, Manifest), StoreError> {
-        let sealing = std::time::Instant::now();
-        manifest.files = seal_tree(&staged.dir)?;
-        manifest.seal_millis = sealing.elapsed().as_millis() as u64;
-        write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
+        let manifest = seal(staged, manifest)?;
         let target = self.root.join(PUBLISHED).join(&staged.id);
         fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
         sync_dir(&self.root.join(PUBLISHED))?;
@@ -194,6 +191,41 @@ impl Store {
         sync_dir(&self.root.join(PUBLISHED))?;
         sync_dir(&self.root.join(STAGING))?;
         Ok(Checkpoint { id: staged.id.clone(), dir: target })
+    }
+
+    /// Copies a checkpoint sealed outside the image dir (memory staging, see
+    /// [`crate::staging`]) into it, durably, and publishes it.
+    pub fn publish_copy(&self, sealed: &Checkpoint, manifest: &Manifest) -> Result<Checkpoint, StoreError> {
+        let staged = self.stage_as(&sealed.id)?;
+        let copied = (|| {
+            for f in &manifest.files {
+                let (from, to) = (sealed.dir.join(&f.path), staged.dir.join(&f.path));
+                if let Some(parent) = to.parent() {
+                    fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(parent)
+                        .map_err(io_err("create", parent))?;
+                }
+                fs::copy(&from, &to).map_err(io_err("copy", &from))?;
+                File::open(&to).and_then(|f| f.sync_all()).map_err(io_err("fsync", &to))?;
+            }
+            self.publish_as_is(&staged, manifest)
+        })();
+        if copied.is_err() {
+            self.discard(&staged);
+        }
+        copied
+    }
+
+    /// Retires every published checkpoint: a newer one is in object storage only.
+    pub fn retire_published(&self, history: usize) {
+        for c in self.list_or_warn(PUBLISHED) {
+            if let Err(e) = self.move_to(&c, RETIRED) {
+                log::warn!("cannot retire {}: {e}", c.dir.display());
+            }
+        }
+        self.prune(RETIRED, history);
     }
 
     /// The image dir.
@@ -411,6 +443,16 @@ fn check_ownership(root: &Path) -> Result<(), StoreError> {
         fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", root))?;
     }
     Ok(())
+}
+
+/// Seals a staged checkpoint where it is (every file's sum, everything fsynced) and writes its
+/// manifest, last; returns the manifest as written.
+pub fn seal(staged: &Checkpoint, mut manifest: Manifest) -> Result<Manifest, StoreError> {
+    let sealing = std::time::Instant::now();
+    manifest.files = seal_tree(&staged.dir)?;
+    manifest.seal_millis = sealing.elapsed().as_millis() as u64;
+    write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
+    Ok(manifest)
 }
 
 /// Writes a whole file, 0600, and fsyncs it.

@@ -200,3 +200,124 @@ fn wrong_credentials_are_a_clear_error_at_start() {
     assert_eq!(c.wait_code(SHORT), 1, "{}", c.stderr());
     assert!(c.stderr().contains("AWS_ACCESS_KEY_ID"), "{}", c.stderr());
 }
+
+/// A tmpfs of its own, unmounted (and removed) on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: std::path::PathBuf, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "crik-test", dir.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs on {}", dir.display());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A cgroup v1 memory cgroup with a limit, beside the test's own; removed on drop. `None` where
+/// memory is not a v1 controller (cgroup v2 keeps processes out of a parent with controllers).
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn limited(bytes: u64) -> Option<MemoryCgroup> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = own.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))?;
+        let dir = std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(rel.trim_start_matches('/'))
+            .join(format!("crik-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        Some(MemoryCgroup(dir))
+    }
+    fn enter(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = eventually(SHORT, || std::fs::remove_dir(&self.0).is_ok());
+    }
+}
+
+#[test]
+fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room() {
+    let s = Scratch::new("s3-memory");
+    let mut s3 = S3Server::start(&s.path("s3"));
+    let staging = Tmpfs::mount(s.path("shm"), "512m");
+    let with_staging = |dir: &std::path::Path| format!("{}  stagingDir: {}\n", s3.config("app"), dir.display());
+    let cfg = s.config(&format!("checkpointInterval: 1\n{}", with_staging(&staging.0)));
+    let mut c = Container::start(spec(&cfg, &s3, &COUNTER));
+    // A periodic checkpoint: dumped into memory, uploaded, freed; nothing in the image dir.
+    assert!(
+        eventually(LONG, || c.event("checkpoint_finished", &[("kind", "periodic"), ("staging", "memory")]).is_some()),
+        "{}",
+        c.stderr()
+    );
+    let empty = |d: &std::path::Path| std::fs::read_dir(d).unwrap().next().is_none();
+    assert!(eventually(SHORT, || empty(&staging.0)), "the memory is freed after the upload");
+    let last = last_count(&checkpoint(&mut c));
+    c.expect_event("checkpoint_finished", &[("kind", "final"), ("staging", "memory")]);
+    assert!(s.checkpoints().is_empty(), "in storage only: {:?}", s.checkpoints());
+    assert!(empty(&staging.0));
+
+    // Node 2 restores it; its staging tmpfs is too small for a dump: the image dir is used.
+    let node2 = Scratch::new("s3-memory-node2");
+    let small = Tmpfs::mount(node2.path("shm"), "32m");
+    let mut c = Container::start(spec(&node2.config(&with_staging(&small.0)), &s3, &[]));
+    c.expect_count_after(last);
+    let last = last_count(&checkpoint(&mut c));
+    c.expect_event("checkpoint_finished", &[("kind", "final"), ("staging", "the image dir")]);
+    assert!(c.stderr().contains("dumping into the image dir, not"), "{}", c.stderr());
+    assert_eq!(node2.checkpoints().len(), 1);
+    c.expect_event_eventually("checkpoint_uploaded");
+
+    // Node 3: room on the tmpfs, not under the container's memory limit (cgroup v1 here).
+    let node3 = Scratch::new("s3-memory-node3");
+    let cfg3 = node3.config(&with_staging(&staging.0));
+    let mut c = Container::start(spec(&cfg3, &s3, &[]));
+    c.expect_count_after(last);
+    // (A 64 MiB limit: under the 64 MiB margin a dump needs, and ample for crik and CRIU.)
+    let c = match MemoryCgroup::limited(64 << 20) {
+        Some(cg) => {
+            cg.enter(c.crik_pid());
+            let lines = checkpoint(&mut c);
+            c.expect_event("checkpoint_finished", &[("kind", "final"), ("staging", "the image dir")]);
+            assert!(c.stderr().contains("the container's memory limit leaves"), "{}", c.stderr());
+            drop(c);
+            drop(cg);
+            let mut c = Container::start(spec(&cfg3, &s3, &[]));
+            let last = last_count(&lines);
+            c.expect_count_after(last);
+            // Storage down: the dump in memory is not lost, but copied into the image dir.
+            s3.stop();
+            c.signal(libc::SIGTERM);
+            assert_eq!(c.wait_code(LONG), 1, "{}", c.stderr());
+            c
+        }
+        None => {
+            eprintln!("memory is not a cgroup v1 controller here: the memory-limit fallback is not exercised");
+            s3.stop();
+            c.signal(libc::SIGTERM);
+            assert_eq!(c.wait_code(LONG), 1, "{}", c.stderr());
+            c
+        }
+    };
+    let failed = c.expect_event("checkpoint_failed", &[("kind", "final"), ("uploaded", "false")]);
+    assert!(failed["msg"].as_str().unwrap().contains("it is complete in the image dir"), "{failed}");
+    assert!(empty(&staging.0));
+    let kept = last_count(&c.stdout_seen);
+    s3.resume();
+    let mut c = Container::start(spec(&cfg3, &s3, &[]));
+    c.expect_count_after(kept);
+}

@@ -1,0 +1,173 @@
+//! Memory staging (`storage.stagingDir`): CRIU dumps into a memory-backed dir instead of
+//! imageDir, so the dump costs no disk writes and no fsync, and crik uploads from there.
+//!
+//! The price is memory: the dump takes about as much as the app's anonymous memory, and on a
+//! tmpfs that is charged to the container's cgroup like the app's own. So a dump goes there only
+//! when both the dir's free space and the cgroup's headroom (`memory.max` − `memory.current`)
+//! exceed the app's memory + 10 % + 64 MiB; otherwise into imageDir, as without it. A checkpoint
+//! leaves the dir as soon as it is uploaded (or, when the upload fails, copied into imageDir).
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::store::{self, Checkpoint, StoreError, IMAGES_DIR};
+
+pub struct MemoryStaging {
+    dir: PathBuf,
+}
+
+/// Room a dump of an app holding `memory` bytes needs: its pages, CRIU's other images, margin.
+pub fn room_needed(memory: u64) -> u64 {
+    memory + memory / 10 + (64 << 20)
+}
+
+impl MemoryStaging {
+    /// Creates the dir (0700) and removes what a killed crik left there: never restorable.
+    pub fn open(dir: &Path) -> Result<MemoryStaging, StoreError> {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| StoreError::Io {
+            step: "create",
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        let entries = fs::read_dir(dir).map_err(|e| StoreError::Io { step: "list", path: dir.into(), source: e })?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if store::is_valid_id(&name) {
+                log::warn!("discarding unfinished checkpoint {} (crik stopped while writing it)", e.path().display());
+                if let Err(err) = fs::remove_dir_all(e.path()) {
+                    log::warn!("cannot remove {}: {err}", e.path().display());
+                }
+            }
+        }
+        Ok(MemoryStaging { dir: dir.to_path_buf() })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether a dump of an app holding `memory` bytes fits; `Err` says why not.
+    pub fn fits(&self, memory: u64) -> Result<(), String> {
+        let need = room_needed(memory);
+        let st = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| format!("statvfs {}: {e}", self.dir.display()))?;
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        if free < need {
+            return Err(format!(
+                "{} has {} free, the dump needs about {}",
+                self.dir.display(),
+                crate::sizes::human(free),
+                crate::sizes::human(need)
+            ));
+        }
+        if is_tmpfs(&self.dir) {
+            if let Some(headroom) = cgroup_headroom() {
+                if headroom < need {
+                    return Err(format!(
+                        "the container's memory limit leaves {}, the dump needs about {}",
+                        crate::sizes::human(headroom),
+                        crate::sizes::human(need)
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A new checkpoint dir here, with a fresh id.
+    pub fn stage(&self) -> Result<Checkpoint, StoreError> {
+        let base = store::new_id(SystemTime::now());
+        let (mut id, mut n) = (base.clone(), 1);
+        while self.dir.join(&id).exists() {
+            n += 1;
+            id = format!("{base}-{n}");
+        }
+        let dir = self.dir.join(&id);
+        let images = dir.join(IMAGES_DIR);
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&images).map_err(|e| StoreError::Io {
+            step: "create",
+            path: images.clone(),
+            source: e,
+        })?;
+        Ok(Checkpoint { id, dir })
+    }
+
+    /// Frees a checkpoint's memory.
+    pub fn remove(&self, c: &Checkpoint) {
+        if let Err(e) = fs::remove_dir_all(&c.dir) {
+            log::warn!("cannot remove {}: {e}", c.dir.display());
+        }
+    }
+}
+
+fn is_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// What the memory limit of this process's cgroup leaves: the limit less the working set
+/// (usage less inactive file cache, which the kernel reclaims first: the kubelet's measure).
+/// cgroup v2 (`memory.max`, `memory.current`) or v1 (`memory.limit_in_bytes`,
+/// `memory.usage_in_bytes`); `None` without a limit.
+fn cgroup_headroom() -> Option<u64> {
+    let read = |p: PathBuf| fs::read_to_string(p).ok();
+    crate::remap::own_cgroup_dirs().into_iter().find_map(|cg| {
+        let (max, current, inactive) = if cg.hierarchy == "0:" {
+            ("memory.max", "memory.current", "inactive_file")
+        } else if cg.hierarchy.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")) {
+            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        } else {
+            return None;
+        };
+        let stat = read(cg.dir.join("memory.stat")).unwrap_or_default();
+        headroom(&read(cg.dir.join(max))?, &read(cg.dir.join(current))?, &stat, inactive)
+    })
+}
+
+fn headroom(max: &str, current: &str, stat: &str, inactive_key: &str) -> Option<u64> {
+    let max: u64 = max.trim().parse().ok()?; // v2 "max": no limit
+    if max >= 1 << 62 {
+        return None; // v1's "no limit" (a page-rounded i64::MAX)
+    }
+    let current: u64 = current.trim().parse().ok()?;
+    let inactive: u64 =
+        stat.lines().find_map(|l| l.strip_prefix(inactive_key)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0);
+    Some(max.saturating_sub(current.saturating_sub(inactive)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headroom_is_the_limit_less_the_usage() {
+        assert_eq!(headroom("max\n", "123\n", "", "inactive_file"), None);
+        assert_eq!(headroom("9223372036854771712\n", "123\n", "", "total_inactive_file"), None);
+        assert_eq!(headroom("1000\n", "400\n", "", "inactive_file"), Some(600));
+        assert_eq!(headroom("1000", "1400", "", "inactive_file"), Some(0));
+        // Inactive file cache is reclaimed before a limit bites: not counted as used.
+        let stat = "active_file 5\ninactive_file 300\n";
+        assert_eq!(headroom("1000", "400", stat, "inactive_file"), Some(900));
+        let v1 = "inactive_file 1\ntotal_inactive_file 100\n";
+        assert_eq!(headroom("1000", "400", v1, "total_inactive_file"), Some(700));
+        assert_eq!(room_needed(1 << 30), (1 << 30) + (1 << 30) / 10 + (64 << 20));
+    }
+
+    #[test]
+    fn leftovers_are_discarded_and_a_dump_too_large_is_refused() {
+        let dir = std::env::temp_dir().join(format!("crik-staging-test-{}", std::process::id()));
+        fs::create_dir_all(dir.join("20260101T000000.000000000Z/images")).unwrap();
+        fs::create_dir_all(dir.join("lost+found")).unwrap();
+        let m = MemoryStaging::open(&dir).unwrap();
+        assert!(!dir.join("20260101T000000.000000000Z").exists());
+        assert!(dir.join("lost+found").exists(), "only checkpoint dirs are crik's to remove");
+        let c = m.stage().unwrap();
+        assert!(c.images_dir().is_dir() && c.dir.starts_with(&dir));
+        assert!(m.fits(1 << 20).is_ok());
+        let e = m.fits(u64::MAX / 4).unwrap_err();
+        assert!(e.contains("free"), "{e}");
+        m.remove(&c);
+        assert!(!c.dir.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
