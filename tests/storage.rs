@@ -321,3 +321,29 @@ fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room
     let mut c = Container::start(spec(&cfg3, &s3, &[]));
     c.expect_count_after(kept);
 }
+
+#[test]
+fn an_app_that_exits_on_its_own_leaves_no_periodic_checkpoint_in_storage_to_replay() {
+    let s = Scratch::new("s3-exit");
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&format!("checkpointInterval: 1\n{}", s3.config("app")));
+    let finite = [
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 1000 ]; do i=$((i+1)); echo \"count $i\"; sleep 0.1; [ -e \"$STOP\" ] && exit 0; done",
+    ];
+    let mut spec = spec(&cfg, &s3, &finite);
+    let stop = s.path("stop");
+    spec.env.push(("STOP".into(), stop.display().to_string()));
+    let mut c = Container::start(spec);
+    c.expect_event_eventually("checkpoint_uploaded");
+    assert_eq!(s3.objects("app/checkpoints").len(), 1);
+    std::fs::write(&stop, "").unwrap();
+    assert_eq!(c.wait_code(LONG), 0, "{}", c.stderr());
+    assert!(s3.objects("app/checkpoints").is_empty(), "{}", c.stderr());
+    // Another node starts the command fresh: the job's finished state is not replayed.
+    let node2 = Scratch::new("s3-exit-node2");
+    let mut c = Container::start(spec_of(&node2.config(&s3.config("app")), &s3));
+    c.expect_line(SHORT, "count 1", |l| l == "count 1");
+    assert!(c.event("download_started", &[]).is_none(), "{}", c.stderr());
+}
