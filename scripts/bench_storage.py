@@ -8,8 +8,9 @@ Against a real S3 server (s3s-fs on 127.0.0.1, its data on this machine's disk):
   - restore on a new node (empty image dir): download time and throughput
   - the same checkpoint's files uploaded and downloaded by boto3 (the AWS SDK for Python),
     against crik's upload and download throughput
-Goals: the incremental final checkpoint sends <= 15 % of the full one's bytes and takes <= 0.35x
-its time; crik's upload throughput >= boto3's.
+Both with CRIU dumping into the image dir (disk) and into a memory staging dir (stagingDir on
+/dev/shm). Goals: the incremental final checkpoint sends <= 15 % of the full one's bytes and
+takes <= 0.35x its time; crik's upload throughput >= boto3's.
 """
 import json
 import os
@@ -68,11 +69,34 @@ class Crik:
         return events(err)
 
 
-def config(work, name, port_s3, prefix):
+def config(work, name, port_s3, prefix, staging=None):
     cfg = os.path.join(work, f"{name}.yaml")
+    extra = f"  stagingDir: {staging}\n" if staging else ""
     open(cfg, "w").write(f"imageDir: {os.path.join(work, name)}\nlogFormat: json\n"
-                         f"storage:\n  url: s3://{BUCKET}/{prefix}\n  endpoint: http://127.0.0.1:{port_s3}\n")
+                         f"storage:\n  url: s3://{BUCKET}/{prefix}\n  endpoint: http://127.0.0.1:{port_s3}\n{extra}")
     return cfg
+
+
+def full_then_incremental(work, port_s3, mib, prefix, staging):
+    """A full checkpoint, a restore on another node, 10 % of the memory changed, the final one."""
+    port = free_port()
+    cmd = [PY, APP, str(port), str(mib), "random"]
+    c = Crik(config(work, f"{prefix}-node1", port_s3, prefix, staging), cmd)
+    ask(port)
+    before = ask(port, b"CHECK")
+    full_s, ev = c.term()
+    t0 = time.monotonic()
+    c = Crik(config(work, f"{prefix}-node2", port_s3, prefix, staging), cmd)
+    ask(port)
+    restore_s = time.monotonic() - t0
+    if ask(port, b"CHECK") != before:
+        raise SystemExit("the restored app's memory differs")
+    ask(port, b"MUTATE 10")
+    inc_s, ev2 = c.term()
+    return {"full_s": full_s, "full": event(ev, "checkpoint_uploaded"), "full_fin": event(ev, "checkpoint_finished"),
+            "inc_s": inc_s, "inc": event(ev2, "checkpoint_uploaded"), "inc_fin": event(ev2, "checkpoint_finished"),
+            "down": event(ev2, "download_finished"), "restore_s": restore_s,
+            "src": os.path.join(work, f"{prefix}-node1")}
 
 
 def boto3_figures(port_s3, src):
@@ -114,27 +138,16 @@ def main():
     time.sleep(0.5)
     rows = []
     try:
-        # 1. Full vs incremental, 1 GiB of random bytes.
-        port = free_port()
-        cfg = config(work, "node1", port_s3, "random")
-        cmd = [PY, APP, str(port), str(mib), "random"]
-        c = Crik(cfg, cmd)
-        ask(port)
-        before = ask(port, b"CHECK")
-        full_s, ev = c.term()
-        full = event(ev, "checkpoint_uploaded")
-        # Another node restores it (download), 10 % of the memory changes, final checkpoint.
-        cfg2 = config(work, "node2", port_s3, "random")
-        t0 = time.monotonic()
-        c = Crik(cfg2, cmd)
-        ask(port)
-        restore_s = time.monotonic() - t0
-        if ask(port, b"CHECK") != before:
-            raise SystemExit("the restored app's memory differs")
-        ask(port, b"MUTATE 10")
-        inc_s, ev2 = c.term()
-        inc = event(ev2, "checkpoint_uploaded")
-        down = event(ev2, "download_finished")
+        # 1. Full vs incremental, 1 GiB of random bytes: CRIU dumping into the image dir (disk),
+        # then into a memory staging dir (stagingDir on /dev/shm, a tmpfs).
+        disk = full_then_incremental(work, port_s3, mib, "disk", None)
+        shm = tempfile.mkdtemp(prefix="crik-bench-staging-", dir="/dev/shm")
+        try:
+            memory = full_then_incremental(work, port_s3, mib, "memory", shm)
+        finally:
+            shutil.rmtree(shm, ignore_errors=True)
+        if memory["full_fin"].get("staging") != "memory" or memory["inc_fin"].get("staging") != "memory":
+            raise SystemExit("the memory-staging run did not dump into memory (no room in /dev/shm?)")
         # 2. A Python heap: compression on realistic memory.
         port_h = free_port()
         cfg3 = config(work, "heap", port_s3, "heap")
@@ -142,10 +155,10 @@ def main():
         ask(port_h, timeout=900)
         _, ev3 = c.term()
         heap = event(ev3, "checkpoint_uploaded")
-        # 3. boto3 on the same checkpoint's files.
-        src = os.path.join(work, "node1", "checkpoints")
+        # 3. boto3 on the same checkpoint's files (the disk run's first node kept them).
+        src = os.path.join(disk["src"], "checkpoints")
         if not os.listdir(src):
-            src = os.path.join(work, "node1", "retired")
+            src = os.path.join(disk["src"], "retired")
         total, b_up, b_down = boto3_figures(port_s3, src)
     finally:
         server.kill()
@@ -153,27 +166,30 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     mb = 1e6
-    rows.append(("full checkpoint: bytes sent", f"{full['sent_bytes'] / mb:.0f} MB of {full['bytes'] / mb:.0f} MB"))
-    fd, idump = event(ev, "checkpoint_finished"), event(ev2, "checkpoint_finished")
-    rows.append(("full checkpoint: SIGTERM -> exit", f"{full_s:.2f} s (CRIU dump {fd['dump_ms'] / 1000:.2f} s, upload {full['duration_ms'] / 1000:.2f} s)"))
-    rows.append(("incremental final (10 % changed): bytes sent", f"{inc['sent_bytes'] / mb:.0f} MB, {inc['new_chunks']} of {inc['chunks']} chunks"))
-    rows.append(("incremental final: SIGTERM -> exit", f"{inc_s:.2f} s (CRIU dump {idump['dump_ms'] / 1000:.2f} s, upload {inc['duration_ms'] / 1000:.2f} s)"))
-    bytes_ratio = inc["sent_bytes"] / max(full["sent_bytes"], 1)
-    time_ratio = inc_s / full_s
-    rows.append(("incremental / full: bytes", f"{bytes_ratio * 100:.1f} %"))
-    rows.append(("incremental / full: time", f"{time_ratio:.2f}x"))
+    for name, r in (("disk staging", disk), ("memory staging", memory)):
+        full, inc, fd, idump = r["full"], r["inc"], r["full_fin"], r["inc_fin"]
+        rows.append((f"{name}: full checkpoint, bytes sent", f"{full['sent_bytes'] / mb:.0f} MB of {full['bytes'] / mb:.0f} MB"))
+        rows.append((f"{name}: full, SIGTERM -> exit", f"{r['full_s']:.2f} s (CRIU dump {fd['dump_ms'] / 1000:.2f} s, upload {full['duration_ms'] / 1000:.2f} s)"))
+        rows.append((f"{name}: incremental final (10 % changed), sent", f"{inc['sent_bytes'] / mb:.0f} MB, {inc['new_chunks']} of {inc['chunks']} chunks"))
+        rows.append((f"{name}: incremental, SIGTERM -> exit", f"{r['inc_s']:.2f} s (CRIU dump {idump['dump_ms'] / 1000:.2f} s, upload {inc['duration_ms'] / 1000:.2f} s)"))
+        r["bytes_ratio"] = inc["sent_bytes"] / max(full["sent_bytes"], 1)
+        r["time_ratio"] = r["inc_s"] / r["full_s"]
+        rows.append((f"{name}: incremental / full, bytes", f"{r['bytes_ratio'] * 100:.1f} %"))
+        rows.append((f"{name}: incremental / full, time", f"{r['time_ratio']:.2f}x"))
+    full, down, restore_s = disk["full"], disk["down"], disk["restore_s"]
+    bytes_ratio, time_ratio = memory["bytes_ratio"], memory["time_ratio"]
     rows.append(("random bytes: ratio, upload throughput", f"{full['bytes'] / max(full['sent_bytes'], 1):.2f}x, {full['bytes'] / mb / (full['duration_ms'] / 1000):.0f} MB/s"))
     rows.append(("python heap: ratio, upload throughput", f"{heap['bytes'] / max(heap['sent_bytes'], 1):.2f}x, {heap['bytes'] / mb / (heap['duration_ms'] / 1000):.0f} MB/s"))
     rows.append(("restore on a new node: start -> answering", f"{restore_s:.2f} s (download {down['duration_ms'] / 1000:.2f} s, {down['bytes'] / mb / (down['duration_ms'] / 1000):.0f} MB/s)"))
     rows.append(("boto3, same files: upload, download", f"{total / mb / b_up:.0f} MB/s, {total / mb / b_down:.0f} MB/s"))
     rows.append(("crik / boto3 upload throughput", f"{(full['bytes'] / (full['duration_ms'] / 1000)) / (total / b_up):.2f}x"))
     rows.append(("crik / boto3 download throughput", f"{(down['bytes'] / (down['duration_ms'] / 1000)) / (total / b_down):.2f}x"))
-    rows.append(("goal: incremental bytes <= 15 %", "met" if bytes_ratio <= 0.15 else "MISSED"))
-    rows.append(("goal: incremental time <= 0.35x", "met" if time_ratio <= 0.35 else "MISSED"))
+    rows.append(("goal: incremental bytes <= 15 % (memory staging)", "met" if bytes_ratio <= 0.15 else "MISSED"))
+    rows.append(("goal: incremental time <= 0.35x (memory staging)", "met" if time_ratio <= 0.35 else "MISSED"))
     rows.append(("goal: upload >= boto3", "met" if full['bytes'] / (full['duration_ms'] / 1000) >= total / b_up else "MISSED"))
     print(f"storage benchmark, {mib} MiB app, s3s-fs on 127.0.0.1 (2 cores)")
     for k, v in rows:
-        print(f"{k:<48} {v}")
+        print(f"{k:<56} {v}")
 
 
 if __name__ == "__main__":

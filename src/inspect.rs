@@ -22,6 +22,25 @@ pub struct Report {
     pub checkpoints: Vec<Summary>,
     /// The one looked at in detail (the newest complete one unless asked otherwise).
     pub detail: Option<Detail>,
+    /// The checkpoints in object storage, when `storage` is configured.
+    pub storage: Option<StorageReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StorageReport {
+    pub url: String,
+    pub checkpoints: Vec<crate::remote::RemoteSummary>,
+    /// Why storage could not be listed, if it could not.
+    pub error: Option<String>,
+}
+
+impl StorageReport {
+    pub fn of(remote: &crate::remote::Remote) -> StorageReport {
+        match remote.summaries() {
+            Ok(checkpoints) => StorageReport { url: remote.url.clone(), checkpoints, error: None },
+            Err(e) => StorageReport { url: remote.url.clone(), checkpoints: Vec::new(), error: Some(e.to_string()) },
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -81,7 +100,7 @@ pub fn inspect(image_dir: &Path, wanted: Option<&str>) -> Result<Report, Inspect
         Ok(s) => (s, None),
         Err(e) => (None, Some(e)),
     };
-    Ok(Report { image_dir: image_dir.into(), status, status_error, checkpoints, detail })
+    Ok(Report { image_dir: image_dir.into(), status, status_error, checkpoints, detail, storage: None })
 }
 
 fn detail(state: State, c: &Checkpoint) -> Detail {
@@ -134,6 +153,24 @@ pub fn render(r: &Report) -> String {
     }
     if let Some(e) = &r.status_error {
         s.push_str(&format!("  status file unreadable: {e}\n"));
+    }
+    if let Some(st) = &r.storage {
+        s.push_str(&format!("storage {}\n", st.url));
+        match &st.error {
+            Some(e) => s.push_str(&format!("  cannot list it: {e}\n")),
+            None if st.checkpoints.is_empty() => s.push_str("  no checkpoints\n"),
+            None => {}
+        }
+        for c in &st.checkpoints {
+            s.push_str(&format!(
+                "  {:<24} {:<12} {}, {} chunks{}\n",
+                c.id,
+                c.state,
+                sizes::human(c.size_bytes),
+                c.chunks,
+                c.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+            ));
+        }
     }
     let Some(d) = &r.detail else { return s };
     s.push_str(&format!("\ncheckpoint {} ({})\n  path:       {}\n", d.id, d.state, d.path.display()));

@@ -81,6 +81,18 @@ impl RemoteManifest {
     }
 }
 
+/// One checkpoint in storage, as `crik inspect` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteSummary {
+    pub id: String,
+    /// complete, retired or quarantined.
+    pub state: &'static str,
+    pub size_bytes: u64,
+    pub chunks: usize,
+    /// Why its manifest could not be read, if it could not.
+    pub error: Option<String>,
+}
+
 /// What an upload did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Uploaded {
@@ -386,6 +398,28 @@ impl Remote {
         let deadline = self.soon();
         self.move_manifest(id, PUBLISHED, RETIRED, deadline)?;
         self.prune(RETIRED, keep, deadline)
+    }
+
+    /// Every checkpoint in storage, oldest first within each area (complete, retired,
+    /// quarantined), each with its size and chunks as its manifest says, for `crik inspect`.
+    pub fn summaries(&self) -> Result<Vec<RemoteSummary>, RemoteError> {
+        let deadline = self.soon();
+        let mut out = Vec::new();
+        for (area, state) in [(PUBLISHED, "complete"), (RETIRED, "retired"), (QUARANTINE, "quarantined")] {
+            for id in self.ids(area, deadline)? {
+                let body = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)?;
+                let parsed = body.as_deref().map(serde_json::from_slice::<RemoteManifest>);
+                let (size_bytes, chunks, error) = match parsed {
+                    Some(Ok(m)) => {
+                        (m.files.iter().map(|f| f.size).sum(), m.files.iter().map(|f| f.chunks.len()).sum(), None)
+                    }
+                    Some(Err(e)) => (0, 0, Some(format!("manifest does not parse: {e}"))),
+                    None => (0, 0, Some("manifest disappeared while being read".into())),
+                };
+                out.push(RemoteSummary { id, state, size_bytes, chunks, error });
+            }
+        }
+        Ok(out)
     }
 
     /// After a failed restore: the checkpoint goes to quarantine/, never retried.

@@ -379,8 +379,21 @@ fn image_dir_arg(flag: &Option<PathBuf>, config: &Config) -> Result<AbsPath, Fat
 pub fn inspect_cmd(args: InspectArgs) -> Result<i32, Fatal> {
     let config = load_config(args.config)?;
     let dir = image_dir_arg(&args.image_dir, &config)?;
-    let report = crate::inspect::inspect(dir.as_path(), args.checkpoint.as_deref())
+    let config = Config { image_dir: Some(dir.clone()), ..config };
+    let mut report = crate::inspect::inspect(dir.as_path(), args.checkpoint.as_deref())
         .map_err(|e| Fatal::failed("cannot inspect", e))?;
+    if config.storage.is_some() {
+        // Read-only, like the rest of inspect; unreachable storage is reported, not fatal.
+        report.storage = match open_remote(&config) {
+            Ok(Some(remote)) => Some(crate::inspect::StorageReport::of(&remote)),
+            Ok(None) => None,
+            Err(e) => Some(crate::inspect::StorageReport {
+                url: config.storage.as_ref().map(|s| s.url.to_string()).unwrap_or_default(),
+                checkpoints: Vec::new(),
+                error: Some(e.to_string()),
+            }),
+        };
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
     } else {

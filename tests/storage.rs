@@ -270,6 +270,14 @@ fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room
     c.expect_event("checkpoint_finished", &[("kind", "final"), ("staging", "memory")]);
     assert!(s.checkpoints().is_empty(), "in storage only: {:?}", s.checkpoints());
     assert!(empty(&staging.0));
+    // `crik inspect` lists it there.
+    let report = inspect_json(&cfg, &s3);
+    let listed = &report["storage"]["checkpoints"];
+    let fin = c.expect_event("checkpoint_finished", &[("kind", "final")]);
+    assert_eq!(listed.as_array().unwrap().iter().filter(|c| c["state"] == "complete").count(), 1, "{report}");
+    let complete = listed.as_array().unwrap().iter().find(|c| c["state"] == "complete").unwrap();
+    assert_eq!(complete["id"], fin["id"], "{report}");
+    assert!(complete["chunks"].as_u64().unwrap() > 0 && complete["size_bytes"].as_u64().unwrap() > 0, "{report}");
 
     // Node 2 restores it; its staging tmpfs is too small for a dump: the image dir is used.
     let node2 = Scratch::new("s3-memory-node2");
@@ -314,6 +322,9 @@ fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room
         }
     };
     let failed = c.expect_event("checkpoint_failed", &[("kind", "final"), ("uploaded", "false")]);
+    let report = inspect_json(&cfg3, &s3);
+    assert!(report["storage"]["error"].as_str().is_some_and(|e| !e.is_empty()), "unreachable: said\n{report}");
+    assert_eq!(report["checkpoints"].as_array().unwrap().iter().filter(|c| c["state"] == "complete").count(), 1);
     assert!(failed["msg"].as_str().unwrap().contains("it is complete in the image dir"), "{failed}");
     assert!(empty(&staging.0));
     let kept = last_count(&c.stdout_seen);
@@ -346,4 +357,15 @@ fn an_app_that_exits_on_its_own_leaves_no_periodic_checkpoint_in_storage_to_repl
     let mut c = Container::start(spec_of(&node2.config(&s3.config("app")), &s3));
     c.expect_line(SHORT, "count 1", |l| l == "count 1");
     assert!(c.event("download_started", &[]).is_none(), "{}", c.stderr());
+}
+
+/// `crik inspect --json` with this config and the server's credentials.
+fn inspect_json(cfg: &std::path::Path, s3: &S3Server) -> serde_json::Value {
+    let out = std::process::Command::new(CRIK)
+        .args(["inspect", "--json", "--config", cfg.to_str().unwrap()])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
 }
