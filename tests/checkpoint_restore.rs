@@ -384,8 +384,14 @@ fn established_connection_keeps_working_across_periodic_checkpoints() {
     let mut client = Client::connect(port);
     assert_eq!(client.ask("SET k v0").unwrap(), "OK");
     for round in 1..=3 {
-        let before = c.stderr().matches("periodic checkpoint /").count();
-        assert!(eventually(SHORT, || c.stderr().matches("periodic checkpoint /").count() > before), "{}", c.stderr());
+        let periodic = |c: &Container| {
+            common::events(&c.stderr())
+                .iter()
+                .filter(|e| e["event"] == "checkpoint_finished" && e["kind"] == "periodic")
+                .count()
+        };
+        let before = periodic(&c);
+        assert!(eventually(SHORT, || periodic(&c) > before), "{}", c.stderr());
         // The same connection, after the app was stopped, dumped and resumed.
         assert_eq!(client.ask(&format!("SET k v{round}")).unwrap(), "OK", "{}", c.stderr());
         assert_eq!(client.ask("GET k").unwrap(), format!("v{round}"));
