@@ -322,7 +322,7 @@ mod tests {
         let _ = sh.kill();
         let _ = sh.wait();
         assert_eq!(kids.len(), 1, "{kids:?}");
-        assert!(mem >= 32 << 20 && mem < 128 << 20, "{mem}");
+        assert!(((32 << 20)..(128 << 20)).contains(&mem), "{mem}");
     }
 
     #[test]

@@ -265,10 +265,7 @@ impl Remote {
             drop(tx);
             r
         })
-        .or_else(|e| match failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            Some(first) => Err(first),
-            None => Err(e),
-        })?;
+        .map_err(|e| failed.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(e))?;
         if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }

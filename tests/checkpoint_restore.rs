@@ -422,7 +422,7 @@ fn system_v_shared_memory_needs_isolate_ipc_and_then_comes_back() {
     let cfg = s.config("isolateIpc: true\n");
     let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
     c.expect_line(SHORT, "sysv 3", |l| l == "sysv 3");
-    let last = checkpoint(&mut c).iter().filter_map(|l| sysv(l)).last().unwrap();
+    let last = checkpoint(&mut c).iter().filter_map(|l| sysv(l)).next_back().unwrap();
     let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
     let first = sysv(&c.expect_line(LONG, "the counter", |l| sysv(l).is_some())).unwrap();
     assert!(first == last || first == last + 1, "restored at {first}, checkpointed at {last}\n{}", c.stderr());

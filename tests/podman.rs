@@ -158,7 +158,7 @@ fn posix_shared_memory_and_semaphores_in_dev_shm_come_back() {
     c.expect_line(LONG, "shm 5", |l| l == "shm 5");
     assert_eq!(c.stop(GRACE), 0, "{}", c.logs().1);
     assert!(c.logs().1.contains("on tmpfs mounts archived: /dev/shm/crik-shm"), "{}", c.logs().1);
-    let last = c.stdout_lines().iter().filter_map(|l| shm(l)).last().unwrap();
+    let last = c.stdout_lines().iter().filter_map(|l| shm(l)).next_back().unwrap();
     drop(c);
     let c = pod.start(&cmd);
     c.expect_line(LONG, "the counter going on", |l| shm(l).is_some_and(|n| n >= last + 3));
