@@ -270,11 +270,15 @@ fn the_writable_layer_of_podmans_overlay_follows_the_app() {
 }
 
 /// The flags the README's Chromium recipe gives.
-const CHROMIUM: [&str; 6] = [
+const CHROMIUM: [&str; 10] = [
     "chromium",
     "--headless=new",
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-quic",
+    "--no-first-run",
     "--remote-debugging-port=9222",
     "--user-data-dir=/tmp/profile",
 ];
