@@ -301,6 +301,7 @@ fn dump_into(
         kind: criu::rpc::Criu_req_type::DUMP,
         opts: Some(opts),
         inherit: Vec::new(),
+        page_server: None,
         deadline: target.deadline,
         writeback: writeback.then(|| images.clone()),
         on_notify: Some(&mut on_notify),

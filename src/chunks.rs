@@ -45,14 +45,65 @@ pub fn hash(data: &[u8]) -> String {
 /// Cuts what `r` yields into chunks, calling `each` with every chunk's bytes in order.
 pub fn split<E: From<ChunkError>>(
     path: &str,
-    r: impl Read,
+    mut r: impl Read,
     mut each: impl FnMut(Vec<u8>) -> Result<(), E>,
 ) -> Result<(), E> {
-    for c in fastcdc::v2020::StreamCDC::new(r, MIN_SIZE, AVG_SIZE, MAX_SIZE) {
-        let c = c.map_err(|e| ChunkError::Read { path: path.into(), source: std::io::Error::other(e.to_string()) })?;
-        each(c.data)?;
+    let mut chunker = Chunker::default();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ChunkError::Read { path: path.into(), source: e }.into()),
+        };
+        chunker.push(&buf[..n], &mut each)?;
     }
-    Ok(())
+    chunker.finish(&mut each)
+}
+
+/// FastCDC fed as bytes arrive (CRIU's page stream, a file read in blocks): cuts exactly where
+/// fastcdc's `StreamCDC` would over the same bytes, whatever the sizes of the pieces pushed,
+/// so chunks of streamed and of file-based checkpoints are shared. Unlike `StreamCDC`, it does
+/// not move its whole buffer after each chunk.
+#[derive(Default)]
+pub struct Chunker {
+    buf: Vec<u8>,
+    /// Where the next chunk starts in `buf`.
+    start: usize,
+}
+
+impl Chunker {
+    /// Adds bytes; every chunk that can be cut now is passed to `each`.
+    pub fn push<E>(&mut self, data: &[u8], each: &mut impl FnMut(Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        self.buf.extend_from_slice(data);
+        // A cut needs MAX_SIZE bytes ahead of it (or the end): that is what StreamCDC sees.
+        while self.buf.len() - self.start >= MAX_SIZE as usize {
+            self.cut_one(each)?;
+        }
+        // Drop what was cut, now and then: a memmove of under MAX_SIZE bytes per 8 MiB.
+        if self.start >= 8 << 20 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(())
+    }
+
+    /// Cuts what is left (the end of the stream).
+    pub fn finish<E>(mut self, each: &mut impl FnMut(Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        while self.start < self.buf.len() {
+            self.cut_one(each)?;
+        }
+        Ok(())
+    }
+
+    fn cut_one<E>(&mut self, each: &mut impl FnMut(Vec<u8>) -> Result<(), E>) -> Result<(), E> {
+        let window = &self.buf[self.start..self.buf.len().min(self.start + MAX_SIZE as usize)];
+        let (_, end) = fastcdc::v2020::FastCDC::new(window, MIN_SIZE, AVG_SIZE, MAX_SIZE).cut(0, window.len());
+        let chunk = window[..end].to_vec();
+        self.start += end;
+        each(chunk)
+    }
 }
 
 pub fn compress(data: &[u8]) -> Vec<u8> {
@@ -113,6 +164,30 @@ mod tests {
         let shared = hb.iter().filter(|h| ha.contains(h)).count();
         assert!(ha.len() > 16, "{} chunks", ha.len());
         assert!(hb.len() - shared <= 2, "{} of {} chunks new", hb.len() - shared, hb.len());
+    }
+
+    #[test]
+    fn pushed_pieces_cut_where_stream_cdc_cuts() {
+        let data = pseudo_random(9 << 20, 11);
+        let reference: Vec<String> = fastcdc::v2020::StreamCDC::new(&data[..], MIN_SIZE, AVG_SIZE, MAX_SIZE)
+            .map(|c| hash(&c.unwrap().data))
+            .collect();
+        assert_eq!(chunk_hashes(&data), reference);
+        // Pieces of odd sizes (CRIU's page runs, socket reads) cut at the same places.
+        for piece in [4096usize, 65_537, 3 << 20] {
+            let mut chunker = Chunker::default();
+            let mut got = Vec::new();
+            let mut each = |c: Vec<u8>| -> Result<(), ChunkError> {
+                got.push(hash(&c));
+                Ok(())
+            };
+            for p in data.chunks(piece) {
+                chunker.push(p, &mut each).unwrap();
+            }
+            chunker.finish(&mut each).unwrap();
+            assert_eq!(got, reference, "pieces of {piece} bytes");
+        }
+        assert!(chunk_hashes(&[]).is_empty());
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct Request<'a> {
     pub opts: Option<rpc::Criu_opts>,
     /// File descriptors CRIU must inherit (for `inherit_fd`).
     pub inherit: Vec<InheritFd>,
+    /// A dump's pages go to this socket (CRIU's page-server protocol, see
+    /// [`crate::pageserver`]) instead of into pages images.
+    pub page_server: Option<OwnedFd>,
     pub deadline: Duration,
     /// While CRIU writes images into this dir, start their writeback to disk every 100 ms, so
     /// that the fsync after the dump has little left to wait for.
@@ -104,10 +107,17 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
         i.set_fd(inh.fd.as_raw_fd());
         opts.inherit_fd.push(i);
     }
+    if let (Some(sock), Some(opts)) = (&req.page_server, opts.as_mut()) {
+        keep.push(sock.as_raw_fd());
+        let mut ps = rpc::Criu_page_server_info::new();
+        ps.set_fd(sock.as_raw_fd());
+        opts.ps = protobuf::MessageField::some(ps);
+    }
 
     let child = spawn_criu(signals, &["swrk".into(), theirs.as_raw_fd().to_string()], keep)?;
     drop(theirs);
     drop(req.inherit);
+    drop(req.page_server);
     let pid = Pid::from_raw(child.id() as i32);
 
     let result = exchange(&ours, req.kind, opts, req.deadline, req.writeback.as_deref(), req.on_notify.take());
@@ -327,6 +337,7 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
             kind: rpc::Criu_req_type::VERSION,
             opts: None,
             inherit: Vec::new(),
+            page_server: None,
             deadline: Duration::from_secs(30),
             writeback: None,
             on_notify: None,
@@ -358,6 +369,7 @@ pub fn cpuinfo(signals: &Signals, kind: rpc::Criu_req_type, dir: &File) -> Resul
         kind,
         opts: Some(o),
         inherit: Vec::new(),
+        page_server: None,
         deadline: Duration::from_secs(30),
         writeback: None,
         on_notify: None,

@@ -39,7 +39,7 @@ pub enum ImageError {
 }
 
 /// The protobuf entries of one image file.
-fn entries(path: &Path) -> Result<Vec<Vec<u8>>, ImageError> {
+pub(crate) fn entries(path: &Path) -> Result<Vec<Vec<u8>>, ImageError> {
     let data = fs::read(path).map_err(|e| ImageError::Read { path: path.into(), source: e })?;
     let damaged = |why: &str| ImageError::Damaged { path: path.into(), why: why.into() };
     let word = |at: usize| data.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));

@@ -21,6 +21,7 @@ pub mod logging;
 pub mod manifest;
 pub mod mountinfo;
 pub mod nodestate;
+pub mod pageserver;
 pub mod plan;
 pub mod preflight;
 pub mod remap;

@@ -126,6 +126,201 @@ pub struct Remote {
     known: Mutex<Option<HashSet<String>>>,
 }
 
+/// One chunk to upload: its file, its place in that file, its bytes.
+type Job = (usize, usize, Vec<u8>);
+
+/// An upload in progress: chunks go through a bounded queue to `concurrency` workers, each of
+/// which hashes its chunk and, when storage does not hold it yet, compresses and puts it.
+pub struct Upload<'r> {
+    remote: &'r Remote,
+    deadline: Instant,
+    started: Instant,
+    /// Chunks in storage before this upload began.
+    known: HashSet<String>,
+    /// Chunks this upload sent (or is sending): each is sent once, however often it appears.
+    claimed: Mutex<HashSet<String>>,
+    /// Each file's path (relative to the checkpoint dir) and its chunks, in order, filled in
+    /// as workers hash them.
+    files: Mutex<Vec<(String, Vec<Option<ChunkRef>>)>>,
+    /// New chunks sent, and their compressed bytes.
+    sent: Mutex<(usize, u64)>,
+    failed: Mutex<Option<RemoteError>>,
+    tx: Mutex<Option<mpsc::SyncSender<Job>>>,
+    rx: Mutex<mpsc::Receiver<Job>>,
+}
+
+/// A poisoned lock only means another worker panicked; its data is still consistent here.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<'r> Upload<'r> {
+    /// Starts the workers; they run until [`Upload::finish`] closes the queue.
+    pub fn spawn_workers<'s>(
+        &'s self,
+        s: &'s std::thread::Scope<'s, '_>,
+    ) -> Vec<std::thread::ScopedJoinHandle<'s, ()>> {
+        (0..self.remote.concurrency).map(|_| s.spawn(|| self.work())).collect()
+    }
+
+    fn work(&self) {
+        loop {
+            let Ok((file, n, data)) = lock(&self.rx).recv() else { return };
+            if self.failed() {
+                continue; // drain: the upload already failed
+            }
+            let r = ChunkRef { hash: chunks::hash(&data), len: data.len() as u32 };
+            if !self.known.contains(&r.hash) && lock(&self.claimed).insert(r.hash.clone()) {
+                let z = chunks::compress(&data);
+                if let Err(e) = self.remote.bucket.put(&self.remote.key(CHUNKS, &r.hash), &z, self.deadline) {
+                    lock(&self.failed).get_or_insert(e.into());
+                    continue;
+                }
+                let mut s = lock(&self.sent);
+                (s.0, s.1) = (s.0 + 1, s.1 + z.len() as u64);
+            }
+            lock(&self.files)[file].1[n] = Some(r);
+        }
+    }
+
+    /// Whether a chunk failed to upload (the upload cannot succeed any more).
+    pub fn failed(&self) -> bool {
+        lock(&self.failed).is_some()
+    }
+
+    /// A new file of the checkpoint (`path` relative to its dir); its chunks follow in order.
+    pub fn add_file(&self, path: &str) -> usize {
+        let mut files = lock(&self.files);
+        files.push((path.to_string(), Vec::new()));
+        files.len() - 1
+    }
+
+    /// Queues the next chunk of `file`; waits while the workers are busy. `Err` once the
+    /// upload has failed or is finished: stop sending.
+    pub fn send(&self, file: usize, data: Vec<u8>) -> Result<(), UploadStopped> {
+        if self.failed() {
+            return Err(UploadStopped);
+        }
+        let n = {
+            let mut files = lock(&self.files);
+            files[file].1.push(None);
+            files[file].1.len() - 1
+        };
+        let tx = lock(&self.tx).clone().ok_or(UploadStopped)?;
+        tx.send((file, n, data)).map_err(|_| UploadStopped)
+    }
+
+    /// Cuts a file on disk into chunks and queues them.
+    pub fn send_file(&self, rel: &str, path: &Path) -> Result<(), RemoteError> {
+        let file = File::open(path).map_err(local("open", path))?;
+        let i = self.add_file(rel);
+        let r = chunks::split::<RemoteError>(rel, std::io::BufReader::with_capacity(1 << 20, file), |data| {
+            // Stops the cutting; [`Upload::finish`] returns the worker's own error.
+            self.send(i, data).map_err(|_| RemoteError::Damaged { id: String::new(), why: "upload failed".into() })
+        });
+        match r {
+            Err(_) if self.failed() => Ok(()),
+            r => r,
+        }
+    }
+
+    /// A sink for one streamed file: chunks are cut as its bytes arrive.
+    pub fn stream(&self, rel: &str) -> StreamedFile<'_, 'r> {
+        StreamedFile { upload: self, file: self.add_file(rel), chunker: chunks::Chunker::default() }
+    }
+
+    /// Closes the queue and waits for the workers: every queued chunk is in storage, or the
+    /// first error is returned.
+    pub fn finish(&self, workers: Vec<std::thread::ScopedJoinHandle<'_, ()>>) -> Result<(), RemoteError> {
+        lock(&self.tx).take();
+        for w in workers {
+            let _ = w.join();
+        }
+        let failed = lock(&self.failed).take();
+        match failed {
+            Some(e) => {
+                // Still failed for any later send.
+                lock(&self.failed).replace(RemoteError::Damaged { id: String::new(), why: "upload failed".into() });
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// After [`Upload::finish`]: puts the checkpoint's manifest, which names the chunks of
+    /// every file in `manifest` (all of them uploaded), then retires older checkpoints.
+    pub fn publish(&self, id: &str, manifest: &Manifest, keep: usize) -> Result<Uploaded, RemoteError> {
+        let deadline = self.deadline;
+        let remote = self.remote;
+        let mut uploaded = std::mem::take(&mut *lock(&self.files));
+        let mut files = Vec::with_capacity(manifest.files.len());
+        for f in &manifest.files {
+            let missing = || RemoteError::Damaged { id: id.into(), why: format!("{} was not uploaded", f.path) };
+            let i = uploaded.iter().position(|(p, _)| *p == f.path).ok_or_else(missing)?;
+            let chunks: Option<Vec<ChunkRef>> = std::mem::take(&mut uploaded[i].1).into_iter().collect();
+            let chunks = chunks.ok_or_else(missing)?;
+            let sum: u64 = chunks.iter().map(|c| c.len as u64).sum();
+            if sum != f.size {
+                let why = format!("{}: {sum} bytes uploaded, the file has {}", f.path, f.size);
+                return Err(RemoteError::Damaged { id: id.into(), why });
+            }
+            files.push(RemoteFile { path: f.path.clone(), size: f.size, chunks });
+        }
+        let total = files.iter().map(|f| f.size).sum();
+        let chunks = files.iter().map(|f| f.chunks.len()).sum();
+        let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files };
+        let body = serde_json::to_vec(&body).expect("manifest serializes");
+        remote.bucket.put(&remote.key(PUBLISHED, &format!("{id}.json")), &body, deadline)?;
+
+        let claimed = std::mem::take(&mut *lock(&self.claimed));
+        if let Some(k) = lock(&remote.known).as_mut() {
+            k.extend(claimed);
+        }
+        let (new_chunks, sent_bytes) = *lock(&self.sent);
+        // Older checkpoints now stand behind this one. Listed again after moving: a listing
+        // may lag a write just made (seen with s3s-fs right after the previous upload).
+        for pass in 1..=3 {
+            let older: Vec<String> = remote.ids(PUBLISHED, deadline)?.into_iter().filter(|i| i != id).collect();
+            if older.is_empty() {
+                break;
+            }
+            if pass == 3 {
+                log::warn!("storage: older checkpoints {older:?} still listed in {PUBLISHED} after retiring them");
+            }
+            for old in older {
+                remote.move_manifest(&old, PUBLISHED, RETIRED, deadline)?;
+            }
+        }
+        remote.prune(RETIRED, keep, deadline)?;
+        let millis = self.started.elapsed().as_millis() as u64;
+        Ok(Uploaded { bytes: total, chunks, new_chunks, sent_bytes, millis })
+    }
+}
+
+/// The upload was stopped (a chunk failed, or the queue is closed).
+#[derive(Debug)]
+pub struct UploadStopped;
+
+/// One file of a checkpoint uploaded as its bytes arrive.
+pub struct StreamedFile<'u, 'r> {
+    upload: &'u Upload<'r>,
+    file: usize,
+    chunker: chunks::Chunker,
+}
+
+impl StreamedFile<'_, '_> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), UploadStopped> {
+        let (upload, file) = (self.upload, self.file);
+        self.chunker.push(data, &mut |c| upload.send(file, c))
+    }
+
+    /// The end of the file: its last chunks are queued.
+    pub fn end(self) -> Result<(), UploadStopped> {
+        let (upload, file) = (self.upload, self.file);
+        self.chunker.finish(&mut |c| upload.send(file, c))
+    }
+}
+
 impl Remote {
     pub fn new(cfg: &StorageConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Remote, S3Error> {
         let region = cfg
@@ -192,7 +387,7 @@ impl Remote {
     }
 
     fn known_chunks(&self, deadline: Instant) -> Result<HashSet<String>, S3Error> {
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = lock(&self.known);
         if known.is_none() {
             let base = self.key(CHUNKS, "");
             let listed = self.bucket.list(&base, deadline)?;
@@ -210,104 +405,33 @@ impl Remote {
         keep: usize,
         deadline: Instant,
     ) -> Result<Uploaded, RemoteError> {
-        let started = Instant::now();
+        let up = self.begin_upload(deadline)?;
+        std::thread::scope(|s| {
+            let workers = up.spawn_workers(s);
+            let sent = manifest.files.iter().try_for_each(|f| up.send_file(&f.path, &ckpt.dir.join(&f.path)));
+            up.finish(workers)?;
+            sent
+        })?;
+        up.publish(&ckpt.id, manifest, keep)
+    }
+
+    /// Starts an upload: chunks are then sent from files ([`Upload::send_file`]) or as they
+    /// arrive ([`Upload::stream`]), and the manifest is put last ([`Upload::publish`]).
+    pub fn begin_upload(&self, deadline: Instant) -> Result<Upload<'_>, RemoteError> {
         let known = self.known_chunks(deadline)?;
-        // Chunks this upload claimed (sent, or being sent) and the refs of every file's chunks.
-        let claimed: Mutex<HashSet<String>> = Mutex::new(HashSet::new());
-        let refs: Mutex<Vec<(usize, usize, ChunkRef)>> = Mutex::new(Vec::new());
-        let sent = Mutex::new((0usize, 0u64));
-        let failed: Mutex<Option<RemoteError>> = Mutex::new(None);
-        let (tx, rx) = mpsc::sync_channel::<(usize, usize, Vec<u8>)>(self.concurrency);
-        let rx = Mutex::new(rx);
-        let mut total = 0u64;
-        let mut counts = vec![0usize; manifest.files.len()];
-
-        std::thread::scope(|s| -> Result<(), RemoteError> {
-            for _ in 0..self.concurrency {
-                s.spawn(|| loop {
-                    let Ok((file, n, data)) = rx.lock().unwrap_or_else(|p| p.into_inner()).recv() else { return };
-                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                        continue; // drain: the upload already failed
-                    }
-                    let r = ChunkRef { hash: chunks::hash(&data), len: data.len() as u32 };
-                    let new = !known.contains(&r.hash)
-                        && claimed.lock().unwrap_or_else(|p| p.into_inner()).insert(r.hash.clone());
-                    if new {
-                        let z = chunks::compress(&data);
-                        if let Err(e) = self.bucket.put(&self.key(CHUNKS, &r.hash), &z, deadline) {
-                            failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e.into());
-                            continue;
-                        }
-                        let mut s = sent.lock().unwrap_or_else(|p| p.into_inner());
-                        (s.0, s.1) = (s.0 + 1, s.1 + z.len() as u64);
-                    }
-                    refs.lock().unwrap_or_else(|p| p.into_inner()).push((file, n, r));
-                });
-            }
-            let mut produce = || -> Result<(), RemoteError> {
-                for (i, f) in manifest.files.iter().enumerate() {
-                    let path = ckpt.dir.join(&f.path);
-                    let file = File::open(&path).map_err(local("open", &path))?;
-                    chunks::split::<RemoteError>(&f.path, std::io::BufReader::with_capacity(1 << 20, file), |data| {
-                        total += data.len() as u64;
-                        counts[i] += 1;
-                        if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-                            // Stops the cutting; replaced below by the worker's own error.
-                            return Err(RemoteError::Damaged { id: String::new(), why: "upload failed".into() });
-                        }
-                        tx.send((i, counts[i] - 1, data)).expect("workers run until the channel closes");
-                        Ok(())
-                    })?;
-                }
-                Ok(())
-            };
-            let r = produce();
-            drop(tx);
-            r
+        let (tx, rx) = mpsc::sync_channel::<Job>(self.concurrency);
+        Ok(Upload {
+            remote: self,
+            deadline,
+            started: Instant::now(),
+            known,
+            claimed: Mutex::new(HashSet::new()),
+            files: Mutex::new(Vec::new()),
+            sent: Mutex::new((0, 0)),
+            failed: Mutex::new(None),
+            tx: Mutex::new(Some(tx)),
+            rx: Mutex::new(rx),
         })
-        .map_err(|e| failed.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or(e))?;
-        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
-
-        let mut files: Vec<RemoteFile> = manifest
-            .files
-            .iter()
-            .zip(&counts)
-            .map(|(f, n)| RemoteFile { path: f.path.clone(), size: f.size, chunks: Vec::with_capacity(*n) })
-            .collect();
-        let mut refs = refs.into_inner().unwrap_or_else(|p| p.into_inner());
-        refs.sort_by_key(|(f, n, _)| (*f, *n));
-        for (f, _, r) in refs {
-            files[f].chunks.push(r);
-        }
-        let remote = RemoteManifest { format: FORMAT, id: ckpt.id.clone(), manifest: manifest.clone(), files };
-        let body = serde_json::to_vec(&remote).expect("manifest serializes");
-        self.bucket.put(&self.key(PUBLISHED, &format!("{}.json", ckpt.id)), &body, deadline)?;
-
-        let claimed = claimed.into_inner().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = self.known.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            k.extend(claimed);
-        }
-        let (new_chunks, sent_bytes) = sent.into_inner().unwrap_or_else(|p| p.into_inner());
-        let chunks = counts.iter().sum();
-        // Older checkpoints now stand behind this one. Listed again after moving: a listing
-        // may lag a write just made (seen with s3s-fs right after the previous upload).
-        for pass in 1..=3 {
-            let older: Vec<String> = self.ids(PUBLISHED, deadline)?.into_iter().filter(|id| *id != ckpt.id).collect();
-            if older.is_empty() {
-                break;
-            }
-            if pass == 3 {
-                log::warn!("storage: older checkpoints {older:?} still listed in {PUBLISHED} after retiring them");
-            }
-            for id in older {
-                self.move_manifest(&id, PUBLISHED, RETIRED, deadline)?;
-            }
-        }
-        self.prune(RETIRED, keep, deadline)?;
-        let millis = started.elapsed().as_millis() as u64;
-        Ok(Uploaded { bytes: total, chunks, new_chunks, sent_bytes, millis })
     }
 
     /// Downloads a checkpoint into `dir` (a staging dir), every chunk checked against its hash.
@@ -340,18 +464,18 @@ impl Remote {
             files.push((file, path));
         }
         let work: Mutex<Vec<(&str, (u32, Vec<(usize, u64)>))>> = Mutex::new(places.into_iter().collect());
-        let fetched = work.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let fetched = lock(&work).len();
         let received = Mutex::new(0u64);
         let failed: Mutex<Option<RemoteError>> = Mutex::new(None);
         std::thread::scope(|s| {
             for _ in 0..self.concurrency {
                 s.spawn(|| loop {
-                    if failed.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    if lock(&failed).is_some() {
                         return;
                     }
-                    let Some((hash, (len, at))) = work.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return };
+                    let Some((hash, (len, at))) = lock(&work).pop() else { return };
                     let r = self.fetch_chunk(&m.id, hash, len, deadline).and_then(|(stored, data)| {
-                        *received.lock().unwrap_or_else(|p| p.into_inner()) += stored;
+                        *lock(&received) += stored;
                         for (f, off) in at {
                             let (file, path) = &files[f];
                             file.write_all_at(&data, off).map_err(local("write", path))?;
@@ -359,7 +483,7 @@ impl Remote {
                         Ok(())
                     });
                     if let Err(e) = r {
-                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        lock(&failed).get_or_insert(e);
                         return;
                     }
                 });
@@ -472,15 +596,15 @@ impl Remote {
         std::thread::scope(|s| {
             for _ in 0..self.concurrency {
                 s.spawn(|| loop {
-                    let Some(h) = work.lock().unwrap_or_else(|p| p.into_inner()).pop() else { return };
+                    let Some(h) = lock(&work).pop() else { return };
                     if let Err(e) = self.bucket.delete(&self.key(CHUNKS, &h), deadline) {
-                        failed.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        lock(&failed).get_or_insert(e);
                         return;
                     }
                 });
             }
         });
-        if let Some(k) = self.known.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(k) = lock(&self.known).as_mut() {
             for h in &garbage {
                 k.remove(h);
             }

@@ -137,6 +137,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         kind: criu::rpc::Criu_req_type::RESTORE,
         opts: Some(opts),
         inherit,
+        page_server: None,
         deadline: config.restore_timeout,
         writeback: None,
         on_notify: Some(&mut on_notify),
