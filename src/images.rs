@@ -22,11 +22,11 @@ use crate::image_types::pagemap::{Pagemap_entry, Pagemap_head};
 use crate::image_types::pstree::Pstree_entry;
 use crate::image_types::sk_inet::Inet_sk_entry;
 
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+pub(crate) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
 const PAGE_SIZE: u64 = 4096;
 /// pagemap_entry.flags: the pages are in this checkpoint's pages image.
-const PE_PRESENT: u32 = 1 << 2;
+pub(crate) const PE_PRESENT: u32 = 1 << 2;
 /// Largest single entry crik accepts (CRIU's are small; a larger one means a damaged image).
 const MAX_ENTRY: usize = 64 << 20;
 

@@ -20,6 +20,7 @@ use std::path::Path;
 use protobuf::Message;
 
 use crate::image_types::pagemap::{Pagemap_entry, Pagemap_head};
+use crate::images::{IMG_COMMON_MAGIC, PE_PRESENT};
 use crate::manifest::FileSum;
 
 const OPEN: u32 = 3;
@@ -34,13 +35,11 @@ const FORCE_CLOSE: u32 = 0x1024;
 
 /// Pagemap entry flags (images/pagemap.proto).
 const PE_PARENT: u32 = 1;
-const PE_PRESENT: u32 = 4;
 
 const TYPE_PID: u64 = 1;
 const TYPE_SHMEM: u64 = 2;
 
-/// CRIU images start with these two magics (criu/include/magic.h).
-const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
+/// A pagemap image's own magic, after the common one (criu/include/magic.h).
 const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 
 /// Where the page bytes of each pages image go, in order.

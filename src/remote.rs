@@ -236,15 +236,9 @@ impl<'r> Upload<'r> {
         for w in workers {
             let _ = w.join();
         }
+        // The queue is closed: any later send is refused without this error.
         let failed = lock(&self.failed).take();
-        match failed {
-            Some(e) => {
-                // Still failed for any later send.
-                lock(&self.failed).replace(RemoteError::Damaged { id: String::new(), why: "upload failed".into() });
-                Err(e)
-            }
-            None => Ok(()),
-        }
+        failed.map_or(Ok(()), Err)
     }
 
     /// After [`Upload::finish`]: puts the checkpoint's manifest, which names the chunks of
