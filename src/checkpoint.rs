@@ -21,6 +21,8 @@ use crate::status::CheckpointStatus;
 use crate::store::{self, Checkpoint, Store, StoreError};
 use crate::supervisor::Signals;
 
+mod streamed;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error(transparent)]
@@ -43,6 +45,9 @@ pub enum CheckpointError {
     /// checkpoint is now.
     #[error("checkpoint {id} could not be uploaded to {url}: {source}; {kept}")]
     Upload { id: String, url: String, source: Box<crate::remote::RemoteError>, kept: String },
+    /// crik's page server failed (see [`streamed`]).
+    #[error("streaming the dump's pages: {0}")]
+    PageStream(#[from] crate::pageserver::PageServerError),
 }
 
 /// What a checkpoint needs besides the store: the config and the app being checkpointed.
@@ -111,6 +116,32 @@ fn stage_dump_publish(
     kind: &str,
 ) -> Result<Published, CheckpointError> {
     let started = Instant::now();
+    let stream = target.config.storage.as_ref().is_some_and(|s| s.stream_pages);
+    if let (Some(remote), true) = (target.remote, stream) {
+        match streamed::checkpoint(signals, store, target, kind, remote, started)? {
+            streamed::Outcome::Published(p) => return Ok(p),
+            // The app kept running: dump it again, the usual way, in the time left.
+            streamed::Outcome::StorageFailed(e) => {
+                log::warn!("{kind} checkpoint: streaming to {} failed: {e}; dumping into the image dir", remote.url);
+                let left = target.deadline.saturating_sub(started.elapsed());
+                let target = Target { deadline: left, ..*target };
+                let mut p = stage_dump_unstreamed(signals, store, &target, kind, Instant::now())?;
+                p.millis = started.elapsed().as_millis() as u64;
+                return Ok(p);
+            }
+        }
+    }
+    stage_dump_unstreamed(signals, store, target, kind, started)
+}
+
+/// CRIU writes every image (into the image dir or memory staging); the upload, if any, follows.
+fn stage_dump_unstreamed(
+    signals: &Signals,
+    store: &Store,
+    target: &Target,
+    kind: &str,
+    started: Instant,
+) -> Result<Published, CheckpointError> {
     let memory = target.staging.filter(|m| match m.fits(crate::app::tree_memory(target.app)) {
         Ok(()) => true,
         Err(why) => {
@@ -124,7 +155,8 @@ fn stage_dump_publish(
     };
     log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
         "{kind} checkpoint of app (pid {}) into {}", target.app, staged.dir.display());
-    let dumped = dump_into(signals, &staged, target, memory.is_none());
+    let dumped =
+        dump_into(signals, &staged, target, Dump { writeback: memory.is_none(), page_server: None, on_dumped: None });
     let deadline = started + target.deadline;
     let Some(memory) = memory else {
         let (published, manifest) = match dumped.and_then(|m| Ok(store.publish_sealed(&staged, m)?)) {
@@ -222,19 +254,31 @@ fn upload(
     target: &Target,
     deadline: Instant,
 ) -> Result<crate::remote::Uploaded, CheckpointError> {
-    let up = remote.upload(sealed, manifest, target.config.keep_checkpoints, deadline).map_err(|e| {
-        CheckpointError::Upload {
-            id: sealed.id.clone(),
-            url: remote.url.clone(),
-            source: Box::new(e),
-            kept: String::new(),
-        }
-    })?;
+    let up = remote
+        .upload(sealed, manifest, target.config.keep_checkpoints, deadline)
+        .map_err(|e| upload_failed(&sealed.id, remote, e))?;
+    after_upload(remote, &sealed.id, &up, target, deadline);
+    Ok(up)
+}
+
+/// An upload's error, before the caller says where the checkpoint is kept.
+fn upload_failed(id: &str, remote: &crate::remote::Remote, e: crate::remote::RemoteError) -> CheckpointError {
+    CheckpointError::Upload { id: id.into(), url: remote.url.clone(), source: Box::new(e), kept: String::new() }
+}
+
+/// Logs an upload; after a periodic checkpoint, removes the chunks no checkpoint refers to.
+fn after_upload(
+    remote: &crate::remote::Remote,
+    id: &str,
+    up: &crate::remote::Uploaded,
+    target: &Target,
+    deadline: Instant,
+) {
     log::info!(
-        event = "checkpoint_uploaded", id = sealed.id.as_str(), chunks = up.chunks, new_chunks = up.new_chunks,
+        event = "checkpoint_uploaded", id, chunks = up.chunks, new_chunks = up.new_chunks,
         sent_bytes = up.sent_bytes, bytes = up.bytes, duration_ms = up.millis;
         "uploaded checkpoint {} to {} in {} ms: {} new of {} chunks, {} sent for {}",
-        sealed.id, remote.url, up.millis, up.new_chunks, up.chunks, sizes::human(up.sent_bytes), sizes::human(up.bytes)
+        id, remote.url, up.millis, up.new_chunks, up.chunks, sizes::human(up.sent_bytes), sizes::human(up.bytes)
     );
     if target.leave_running {
         match remote.collect_garbage(deadline) {
@@ -243,7 +287,6 @@ fn upload(
             Err(e) => log::warn!("storage: garbage collection failed (tried again after the next checkpoint): {e}"),
         }
     }
-    Ok(up)
 }
 
 /// A checkpoint just taken, with what its `checkpoint_finished` event reports.
@@ -258,13 +301,20 @@ struct Published {
     location: String,
 }
 
-/// `writeback`: start the images' writeback while CRIU writes them (a disk, not memory).
-fn dump_into(
-    signals: &Signals,
-    staged: &Checkpoint,
-    target: &Target,
+/// How CRIU dumps, and what crik does once it has.
+struct Dump<'h> {
+    /// Start the images' writeback while CRIU writes them (a disk, not memory).
     writeback: bool,
-) -> Result<Manifest, CheckpointError> {
+    /// The pages go to this socket (crik's page server), not into pages images.
+    page_server: Option<std::os::fd::OwnedFd>,
+    /// Called in CRIU's post-dump notification with the manifest (the tree is still frozen);
+    /// an error makes CRIU roll back, and the app keeps running.
+    on_dumped: Option<&'h mut OnDumped<'h>>,
+}
+
+type OnDumped<'h> = dyn FnMut(&mut Manifest) -> Result<(), CheckpointError> + 'h;
+
+fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump) -> Result<Manifest, CheckpointError> {
     let app_tree = crate::preflight::check(target.app, target.config)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
@@ -282,14 +332,22 @@ fn dump_into(
     // before or after, a file the app keeps writing would differ, and CRIU would refuse the
     // restore). If archiving fails, CRIU rolls back: the app keeps running.
     opts.set_notify_scripts(true);
-    let mut archived = None;
+    let mut on_dumped = how.on_dumped;
+    let mut dumped_manifest = None;
     let mut on_notify = |script: &str| {
         if script != "post-dump" {
             return true;
         }
-        let r = archive_files(staged, target);
+        let dump_millis = dump_started.elapsed().as_millis() as u64;
+        let r = archive_files(staged, target).and_then(|a| {
+            let mut m = manifest_of(a, target, &stdio, &images, &criu_version, dump_millis, app_memory_bytes);
+            if let Some(hook) = on_dumped.as_mut() {
+                hook(&mut m)?;
+            }
+            Ok(m)
+        });
         let ok = r.is_ok();
-        archived = Some(r);
+        dumped_manifest = Some(r);
         ok
     };
     for tty in stdio.iter().filter(|s| s.starts_with("tty[")) {
@@ -301,14 +359,14 @@ fn dump_into(
         kind: criu::rpc::Criu_req_type::DUMP,
         opts: Some(opts),
         inherit: Vec::new(),
-        page_server: None,
+        page_server: how.page_server,
         deadline: target.deadline,
-        writeback: writeback.then(|| images.clone()),
+        writeback: how.writeback.then(|| images.clone()),
         on_notify: Some(&mut on_notify),
     };
     let dumped = criu::call(signals, req);
-    // An archive failure is the reason, whatever CRIU answered after rolling back.
-    if let Some(Err(e)) = archived.take_if(|a| a.is_err()) {
+    // An archive (or hook) failure is the reason, whatever CRIU answered after rolling back.
+    if let Some(Err(e)) = dumped_manifest.take_if(|a| a.is_err()) {
         return Err(e);
     }
     if let Err(e) = dumped {
@@ -319,23 +377,35 @@ fn dump_into(
         }
         return Err(CheckpointError::Criu { source: e, log_lines });
     }
-    let dump_millis = dump_started.elapsed().as_millis() as u64;
-    let Archived { has_files_archive, rootfs, runtime_tmpfs } = match archived {
-        Some(r) => r?,
-        None => return Err(CheckpointError::NoPostDump),
-    };
-    Ok(Manifest {
+    match dumped_manifest {
+        Some(r) => r,
+        None => Err(CheckpointError::NoPostDump),
+    }
+}
+
+/// The manifest of a dump just done (its files are filled in when it is sealed).
+fn manifest_of(
+    archived: Archived,
+    target: &Target,
+    stdio: &[String; 3],
+    images: &std::path::Path,
+    criu_version: &str,
+    dump_millis: u64,
+    app_memory_bytes: u64,
+) -> Manifest {
+    let Archived { has_files_archive, rootfs, runtime_tmpfs } = archived;
+    Manifest {
         format: FORMAT,
         created: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         command: target.command.to_vec(),
         root_pid: target.app.as_raw(),
-        stdio,
+        stdio: stdio.clone(),
         addresses: host::addresses(),
         cgroups: crate::remap::own_cgroup_dirs(),
         rootfs,
         has_files_archive,
         runtime_tmpfs,
-        cpu: match crate::cpu::record(&images) {
+        cpu: match crate::cpu::record(images) {
             Ok(r) => Some(r),
             Err(e) => {
                 log::warn!("cannot read the CPU record CRIU wrote: {e}; a restore will not check the CPU");
@@ -343,13 +413,13 @@ fn dump_into(
             }
         },
         crik_version: env!("CARGO_PKG_VERSION").to_string(),
-        criu_version,
+        criu_version: criu_version.to_string(),
         kernel: host::kernel_release(),
         dump_millis,
         seal_millis: 0, // measured by the store when it publishes
         app_memory_bytes,
         files: Vec::new(), // filled in by the store when it publishes
-    })
+    }
 }
 
 /// What was archived beside CRIU's images, while the dumped tree was frozen.

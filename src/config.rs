@@ -146,6 +146,15 @@ pub struct StorageConfig {
     /// Used only when it and the container's memory limit have room for the dump.
     #[serde(default)]
     pub staging_dir: Option<AbsPath>,
+    /// crik receives the dump's pages itself (CRIU's page-server protocol) and uploads them as
+    /// they arrive: no pages image is written anywhere. Off: CRIU writes them (into stagingDir
+    /// or imageDir) and they are uploaded after the dump.
+    #[serde(default = "default_true")]
+    pub stream_pages: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_request_timeout() -> Duration {
@@ -668,6 +677,9 @@ mod storage_tests {
         let st = c.storage.unwrap();
         assert_eq!((st.concurrency, st.request_timeout), (8, Duration::from_secs(30)));
         assert_eq!(st.staging_dir, None);
+        assert!(st.stream_pages, "pages are streamed unless told otherwise");
+        let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, streamPages: false}\n").unwrap();
+        assert!(!c.storage.unwrap().stream_pages);
         let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, stagingDir: /dev/shm/crik}\n").unwrap();
         assert_eq!(c.storage.unwrap().staging_dir.unwrap().as_path(), std::path::Path::new("/dev/shm/crik"));
         assert!(parse("imageDir: /v\nstorage: {url: s3://bkt/app, stagingDir: shm}\n").is_err());

@@ -183,6 +183,11 @@ impl<'r> Upload<'r> {
         }
     }
 
+    /// The storage this upload goes to.
+    pub fn remote(&self) -> &'r Remote {
+        self.remote
+    }
+
     /// Whether a chunk failed to upload (the upload cannot succeed any more).
     pub fn failed(&self) -> bool {
         lock(&self.failed).is_some()

@@ -449,7 +449,7 @@ fn check_ownership(root: &Path) -> Result<(), StoreError> {
 /// manifest, last; returns the manifest as written.
 pub fn seal(staged: &Checkpoint, mut manifest: Manifest) -> Result<Manifest, StoreError> {
     let sealing = std::time::Instant::now();
-    manifest.files = seal_tree(&staged.dir)?;
+    manifest.files = seal_tree(&staged.dir, true)?;
     manifest.seal_millis = sealing.elapsed().as_millis() as u64;
     write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
     Ok(manifest)
@@ -476,19 +476,30 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// Seals a staged checkpoint: every file made 0600 and every directory 0700 (CRIU creates
 /// images 0644; they hold the app's secrets), each file checksummed, everything fsynced
 /// (CRIU writes without fsync). Returns the files' sums, sorted by path.
-fn seal_tree(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
+/// The sums of every file under `dir`, sorted by path, without making them durable: for files
+/// that are uploaded, never kept (a streamed checkpoint's small images).
+pub fn sums(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
+    seal_tree(dir, false)
+}
+
+/// `durable`: chmod and fsync every file and dir too.
+fn seal_tree(dir: &Path, durable: bool) -> Result<Vec<FileSum>, StoreError> {
     let mut sums = Vec::new();
     for entry in walkdir::WalkDir::new(dir).contents_first(true) {
         let entry = entry.map_err(|e| StoreError::Io { step: "walk", path: dir.to_path_buf(), source: e.into() })?;
         let p = entry.path();
         if entry.file_type().is_file() {
-            fs::set_permissions(p, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", p))?;
+            if durable {
+                fs::set_permissions(p, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", p))?;
+            }
             let (size, crc32) = integrity::checksum(p)?;
-            let f = File::open(p).map_err(io_err("open", p))?;
-            f.sync_all().map_err(io_err("fsync", p))?;
+            if durable {
+                let f = File::open(p).map_err(io_err("open", p))?;
+                f.sync_all().map_err(io_err("fsync", p))?;
+            }
             let rel = p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
             sums.push(FileSum { path: rel, size, crc32 });
-        } else if entry.file_type().is_dir() {
+        } else if entry.file_type().is_dir() && durable {
             fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", p))?;
             File::open(p).and_then(|f| f.sync_all()).map_err(io_err("fsync", p))?;
         }

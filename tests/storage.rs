@@ -255,7 +255,9 @@ fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room
     let s = Scratch::new("s3-memory");
     let mut s3 = S3Server::start(&s.path("s3"));
     let staging = Tmpfs::mount(s.path("shm"), "512m");
-    let with_staging = |dir: &std::path::Path| format!("{}  stagingDir: {}\n", s3.config("app"), dir.display());
+    // CRIU writes the pages (into memory staging), not crik's page server.
+    let with_staging =
+        |dir: &std::path::Path| format!("{}  stagingDir: {}\n  streamPages: false\n", s3.config("app"), dir.display());
     let cfg = s.config(&format!("checkpointInterval: 1\n{}", with_staging(&staging.0)));
     let mut c = Container::start(spec(&cfg, &s3, &COUNTER));
     // A periodic checkpoint: dumped into memory, uploaded, freed; nothing in the image dir.
@@ -368,4 +370,79 @@ fn inspect_json(cfg: &std::path::Path, s3: &S3Server) -> serde_json::Value {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn streamed_pages_never_touch_the_image_dir_and_restore_exactly() {
+    let s = Scratch::new("s3-stream");
+    let s3 = S3Server::start(&s.path("s3"));
+    // 64 MiB of app memory, an image dir with room for CRIU's small images only: a dump whose
+    // pages went there could not succeed.
+    let _images = Tmpfs::mount(s.images(), "24m");
+    let script = workload("memory.py");
+    let steps = ("STEPS".to_string(), "100".to_string());
+    let reference =
+        std::process::Command::new(PYTHON).arg(&script).env("FAST", "1").env(&steps.0, &steps.1).output().unwrap();
+    assert!(reference.status.success());
+    let reference: Vec<String> = String::from_utf8(reference.stdout).unwrap().lines().map(String::from).collect();
+
+    let cfg = s.config(&format!("checkpointInterval: 2\n{}", s3.config("app")));
+    let mut app = spec(&cfg, &s3, &[PYTHON, &script]);
+    app.env.push(steps);
+    let mut c = Container::start(app);
+    assert!(
+        eventually(LONG, || c
+            .event("checkpoint_finished", &[("kind", "periodic"), ("staging", "storage (streamed)")])
+            .is_some()),
+        "{}",
+        c.stderr()
+    );
+    let before = checkpoint(&mut c);
+    let fin = c.expect_event("checkpoint_finished", &[("kind", "final"), ("staging", "storage (streamed)")]);
+    assert!(fin["size_bytes"].as_u64().unwrap() > 64 << 20, "{fin}");
+    assert!(s.checkpoints().is_empty(), "in storage only: {:?}", s.checkpoints());
+    assert!(s.area("staging").is_empty(), "the small images are removed: {:?}", s.area("staging"));
+    // Another node: the same output as a run never interrupted.
+    let node2 = Scratch::new("s3-stream-node2");
+    let mut c = Container::start(spec(&node2.config(&s3.config("app")), &s3, &[]));
+    c.expect_line(LONG, "done", |l| l.starts_with("done "));
+    assert_eq!(c.wait_code(SHORT), 0, "{}", c.stderr());
+    c.expect_event("download_finished", &[("id", fin["id"].as_str().unwrap())]);
+    let mut all = before;
+    all.extend(c.stdout_seen.clone());
+    assert_eq!(all, reference, "restored run differs from an uninterrupted one\n{}", c.stderr());
+}
+
+#[test]
+fn storage_lost_mid_stream_rolls_the_dump_back_and_keeps_it_in_the_image_dir() {
+    let s = Scratch::new("s3-stream-lost");
+    let mut s3 = S3Server::start(&s.path("s3"));
+    // 64 MiB of random memory, one request at a time: the stream takes a while.
+    let cfg = s.config(&format!("{}  concurrency: 1\n", s3.config("app")));
+    let mut app = spec(&cfg, &s3, &[PYTHON, &workload("memory.py")]);
+    app.env.push(("STEPS".into(), "100000".into()));
+    let mut c = Container::start(app);
+    c.expect_line(LONG, "step 2", |l| l.starts_with("step 2 "));
+    c.signal(libc::SIGTERM);
+    // Storage goes away while the pages stream.
+    assert!(eventually(LONG, || s3.objects("app/chunks").len() >= 2), "{}", c.stderr());
+    s3.stop();
+    // CRIU rolled back, the app went on, and was dumped again into the image dir; the upload
+    // of that one fails too: kept there, exit 1.
+    assert_eq!(c.wait_code(LONG), 1, "{}", c.stderr());
+    assert!(c.stderr().contains("streaming to s3://crik-test/app failed"), "{}", c.stderr());
+    let failed = c.expect_event("checkpoint_failed", &[("kind", "final"), ("uploaded", "false")]);
+    assert!(failed["msg"].as_str().unwrap().contains("it is complete in the image dir"), "{failed}");
+    assert_eq!(s.checkpoints().len(), 1);
+    let steps = |lines: &[String]| lines.iter().filter(|l| l.starts_with("step ")).count();
+    let seen = steps(&c.stdout_seen);
+
+    s3.resume();
+    assert!(s3.objects("app/checkpoints").is_empty(), "nothing half-streamed is published");
+    // The image dir's checkpoint comes back (and is uploaded by its next checkpoint).
+    let mut c = Container::start(spec(&cfg, &s3, &[]));
+    c.expect_event_eventually("restore_finished");
+    c.expect_line(LONG, "a later step", |l| {
+        l.split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n >= seen)
+    });
 }
