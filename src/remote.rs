@@ -276,21 +276,12 @@ impl<'r> Upload<'r> {
             k.extend(claimed);
         }
         let (new_chunks, sent_bytes) = *lock(&self.sent);
-        // Older checkpoints now stand behind this one. Listed again after moving: a listing
-        // may lag a write just made (seen with s3s-fs right after the previous upload).
-        for pass in 1..=3 {
-            let older: Vec<String> = remote.ids(PUBLISHED, deadline)?.into_iter().filter(|i| i != id).collect();
-            if older.is_empty() {
-                break;
-            }
-            if pass == 3 {
-                log::warn!("storage: older checkpoints {older:?} still listed in {PUBLISHED} after retiring them");
-            }
-            for old in older {
-                remote.move_manifest(&old, PUBLISHED, RETIRED, deadline)?;
-            }
+        // The checkpoint is published: what follows is housekeeping. A failure there leaves
+        // older manifests beside it (a start takes the newest; the next upload retires them),
+        // and must not fail a checkpoint that is complete.
+        if let Err(e) = remote.retire_older(id, keep, deadline) {
+            log::warn!("storage: checkpoint {id} is published, but retiring older ones failed (done next time): {e}");
         }
-        remote.prune(RETIRED, keep, deadline)?;
         let millis = self.started.elapsed().as_millis() as u64;
         Ok(Uploaded { bytes: total, chunks, new_chunks, sent_bytes, millis })
     }
@@ -431,6 +422,25 @@ impl Remote {
             tx: Mutex::new(Some(tx)),
             rx: Mutex::new(rx),
         })
+    }
+
+    /// Moves every published checkpoint but `id` to retired/, keeping `keep` of those.
+    fn retire_older(&self, id: &str, keep: usize, deadline: Instant) -> Result<(), RemoteError> {
+        // Listed again after moving: a listing may lag a write just made (seen with s3s-fs
+        // right after the previous upload).
+        for pass in 1..=3 {
+            let older: Vec<String> = self.ids(PUBLISHED, deadline)?.into_iter().filter(|i| i != id).collect();
+            if older.is_empty() {
+                break;
+            }
+            if pass == 3 {
+                log::warn!("storage: older checkpoints {older:?} still listed in {PUBLISHED} after retiring them");
+            }
+            for old in older {
+                self.move_manifest(&old, PUBLISHED, RETIRED, deadline)?;
+            }
+        }
+        self.prune(RETIRED, keep, deadline)
     }
 
     /// Downloads a checkpoint into `dir` (a staging dir), every chunk checked against its hash.
