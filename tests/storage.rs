@@ -446,3 +446,42 @@ fn storage_lost_mid_stream_rolls_the_dump_back_and_keeps_it_in_the_image_dir() {
         l.split_whitespace().nth(1).and_then(|n| n.parse::<usize>().ok()).is_some_and(|n| n >= seen)
     });
 }
+
+#[test]
+fn web_identity_credentials_come_from_sts_and_sign_every_request() {
+    let s = Scratch::new("s3-web-identity");
+    let s3 = S3Server::start(&s.path("s3"));
+    // As EKS mounts it for IRSA: a JWT in a file (its contents are STS's business).
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YXBwIn0.c2lnbmF0dXJl";
+    let token_file = s.path("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let sts = common::s3::Sts::start(token);
+    let cfg = s.config(&s3.config("app"));
+    let with_identity = |cmd: &[&str]| {
+        let mut spec = Spec::run(Some(&cfg), cmd);
+        spec.env.extend(sts.env(&token_file));
+        spec
+    };
+    let mut c = Container::start(with_identity(&COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let last = last_count(&checkpoint(&mut c));
+    c.expect_event("checkpoint_uploaded", &[]);
+    assert_eq!(s3.objects("app/checkpoints").len(), 1);
+    assert_eq!(sts.requests.lock().unwrap().len(), 1, "one exchange; the keys are kept until near expiry");
+    // Another node, the same identity: restored from storage.
+    let node2 = Scratch::new("s3-web-identity-node2");
+    let mut spec = Spec::run(Some(&node2.config(&s3.config("app"))), &[]);
+    spec.env.extend(sts.env(&token_file));
+    let mut c = Container::start(spec);
+    c.expect_count_after(last);
+    c.expect_event("download_finished", &[]);
+    drop(c);
+
+    // A token STS does not accept: said at start, in STS's words; the app is not started.
+    std::fs::write(&token_file, "not-a-token").unwrap();
+    let mut c = Container::start(with_identity(&COUNTER));
+    assert_eq!(c.wait_code(SHORT), 1, "{}", c.stderr());
+    let err = c.stderr();
+    assert!(err.contains("refused the web identity token: HTTP 403") && err.contains("InvalidIdentityToken"), "{err}");
+    assert!(c.stdout_seen.is_empty(), "the app was not started");
+}

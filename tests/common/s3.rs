@@ -90,3 +90,100 @@ impl Drop for S3Server {
         self.stop();
     }
 }
+
+/// A stand-in for AWS STS's `AssumeRoleWithWebIdentity` on 127.0.0.1 (no real STS can run on
+/// these machines): it checks the form crik posts and answers as STS documents it, with the S3
+/// server's keys as the "temporary" ones and a session token, or with STS's error for a token
+/// it does not know. Stops on drop.
+pub struct Sts {
+    pub port: u16,
+    /// The forms received, in order.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/crik-test";
+
+impl Sts {
+    pub fn start(token: &str) -> Sts {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopped, token) = (requests.clone(), stop.clone(), token.to_string());
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut r = BufReader::new(conn);
+                let mut len = 0;
+                let mut line = String::new();
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let form = String::from_utf8_lossy(&body).into_owned();
+                seen.lock().unwrap().push(form.clone());
+                let field = |k: &str| {
+                    form.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap_or_default().to_string()
+                };
+                let ok = field("Action") == "AssumeRoleWithWebIdentity"
+                    && field("Version") == "2011-06-15"
+                    && field("RoleArn") == ROLE_ARN.replace(':', "%3A").replace('/', "%2F")
+                    && field("WebIdentityToken") == token;
+                let expires =
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+                let (status, xml) = if ok {
+                    ("200 OK", format!(
+                        "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
+                         <AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{ACCESS_KEY}</AccessKeyId>\
+                         <SecretAccessKey>{SECRET_KEY}</SecretAccessKey><SessionToken>FwoGZXIvYXdzEXAMPLE</SessionToken>\
+                         <Expiration>{expires}</Expiration></Credentials></AssumeRoleWithWebIdentityResult>\
+                         </AssumeRoleWithWebIdentityResponse>"
+                    ))
+                } else {
+                    (
+                        "403 Forbidden",
+                        "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>\
+                      <Message>Couldn't retrieve verification key from your identity provider</Message></Error>\
+                      </ErrorResponse>"
+                            .to_string(),
+                    )
+                };
+                let mut conn = r.into_inner();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
+                    xml.len()
+                );
+                let _ = conn.flush();
+            }
+        });
+        Sts { port, requests, stop }
+    }
+
+    /// The variables EKS sets for IRSA, pointing at this STS and `token_file`.
+    pub fn env(&self, token_file: &Path) -> Vec<(String, String)> {
+        vec![
+            ("AWS_WEB_IDENTITY_TOKEN_FILE".into(), token_file.display().to_string()),
+            ("AWS_ROLE_ARN".into(), ROLE_ARN.into()),
+            ("AWS_ENDPOINT_URL_STS".into(), format!("http://127.0.0.1:{}", self.port)),
+        ]
+    }
+}
+
+impl Drop for Sts {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
