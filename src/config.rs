@@ -138,7 +138,7 @@ pub struct StorageConfig {
     /// Upper bound for one request, in seconds.
     #[serde(default = "default_request_timeout", deserialize_with = "seconds")]
     pub request_timeout: Duration,
-    /// Requests in flight at once (uploads, downloads).
+    /// Requests in flight at once for an upload; a download keeps four times as many.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// A memory-backed dir (tmpfs, an emptyDir with `medium: Memory`) CRIU dumps into before

@@ -126,6 +126,11 @@ pub struct Remote {
     known: Mutex<Option<HashSet<String>>>,
 }
 
+/// Downloads keep this many times `concurrency` requests in flight: a chunk is small, so a GET
+/// is bound by the request's round trip, not by bandwidth (measured: 1 GiB from s3s-fs in 8-9 s
+/// with 8 in flight, 3.5-4.5 s with 32).
+const DOWNLOAD_FANOUT: usize = 4;
+
 /// One chunk to upload: its file, its place in that file, its bytes.
 type Job = (usize, usize, Vec<u8>);
 
@@ -477,7 +482,7 @@ impl Remote {
         let received = Mutex::new(0u64);
         let failed: Mutex<Option<RemoteError>> = Mutex::new(None);
         std::thread::scope(|s| {
-            for _ in 0..self.concurrency {
+            for _ in 0..self.concurrency * DOWNLOAD_FANOUT {
                 s.spawn(|| loop {
                     if lock(&failed).is_some() {
                         return;
