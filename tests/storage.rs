@@ -485,3 +485,27 @@ fn web_identity_credentials_come_from_sts_and_sign_every_request() {
     assert!(err.contains("refused the web identity token: HTTP 403") && err.contains("InvalidIdentityToken"), "{err}");
     assert!(c.stdout_seen.is_empty(), "the app was not started");
 }
+
+#[test]
+fn shared_anonymous_memory_streams_as_shmem_pages_and_comes_back() {
+    let s = Scratch::new("s3-stream-shmem");
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&s3.config("app"));
+    let mut c = Container::start(spec(&cfg, &s3, &[PYTHON, &workload("shared_anon.py")]));
+    let first = c.expect_line(LONG, "anon 3", |l| l.starts_with("anon 3 "));
+    let sum = first.split_whitespace().nth(2).unwrap().to_string();
+    let lines = checkpoint(&mut c);
+    c.expect_event("checkpoint_finished", &[("kind", "final"), ("staging", "storage (streamed)")]);
+    let manifest = s3.object(&format!("app/checkpoints/{}", s3.objects("app/checkpoints")[0]));
+    let manifest = std::fs::read_to_string(manifest).unwrap();
+    assert!(manifest.contains("pagemap-shmem-"), "the shared memory went through crik's page server");
+    let last: u64 = lines.iter().rev().find_map(|l| l.strip_prefix("anon ")?.split(' ').next()?.parse().ok()).unwrap();
+
+    let node2 = Scratch::new("s3-stream-shmem-node2");
+    let mut c = Container::start(spec(&node2.config(&s3.config("app")), &s3, &[]));
+    let later = c.expect_line(LONG, "a later count", |l| {
+        l.strip_prefix("anon ").and_then(|r| r.split(' ').next()?.parse::<u64>().ok()).is_some_and(|n| n > last)
+    });
+    assert!(later.ends_with(&sum), "the shared memory's contents came back: {later} (before: {sum})");
+    assert!(c.stdout_seen.iter().all(|l| l.ends_with(&sum)), "{:?}", c.stdout_seen);
+}
