@@ -592,6 +592,8 @@ mod tests {
 
     #[test]
     fn waits_on_a_process_are_bounded() {
+        // Reaped by the functions under test, not by Child::wait.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("sleep").arg("30").process_group(0).spawn().unwrap();
         let pid = Pid::from_raw(child.id() as i32);
         let started = Instant::now();
@@ -600,6 +602,7 @@ mod tests {
         reap_or_kill(pid, Duration::from_millis(200));
         assert!(started.elapsed() < Duration::from_secs(3), "killed and reaped within the grace");
         assert!(waitpid(pid, Some(WaitPidFlag::WNOHANG)).is_err(), "already reaped");
+        #[allow(clippy::zombie_processes)]
         let quick = Command::new("true").spawn().unwrap();
         let status = wait_bounded(Pid::from_raw(quick.id() as i32), Duration::from_secs(5));
         assert!(matches!(status, Some(WaitStatus::Exited(_, 0))), "{status:?}");

@@ -107,7 +107,10 @@ fn message_queues(pids: &[i32]) -> Result<(), PreflightError> {
         for fd in fds.flatten() {
             let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             let Ok(st) = nix::sys::statfs::statfs(&fd.path()) else { continue };
-            if st.filesystem_type().0 as i64 == MQUEUE_MAGIC {
+            // The field's width differs between architectures: the cast is not a no-op on all.
+            #[allow(clippy::unnecessary_cast)]
+            let fs_type = st.filesystem_type().0 as i64;
+            if fs_type == MQUEUE_MAGIC {
                 let name = std::fs::read_link(fd.path()).map(|p| p.display().to_string()).unwrap_or_default();
                 return Err(PreflightError::Unsupported { what: format!("POSIX message queue {name}"), pid, fd: n });
             }

@@ -114,6 +114,12 @@ pub struct Downloaded {
     pub millis: u64,
 }
 
+/// The newest checkpoint's id, and its manifest or why it is unusable.
+pub type Latest = (String, Result<RemoteManifest, RemoteError>);
+
+/// A chunk's length and every place it goes: (file index, offset).
+type Places = (u32, Vec<(usize, u64)>);
+
 pub struct Remote {
     bucket: Bucket,
     /// Key prefix, empty or ending in `/`.
@@ -360,7 +366,7 @@ impl Remote {
 
     /// The newest complete checkpoint in storage: `Ok(None)` when there is none; the inner
     /// error when its manifest is there but unusable.
-    pub fn latest(&self) -> Result<Option<(String, Result<RemoteManifest, RemoteError>)>, RemoteError> {
+    pub fn latest(&self) -> Result<Option<Latest>, RemoteError> {
         let deadline = self.soon();
         let Some(id) = self.ids(PUBLISHED, deadline)?.pop() else { return Ok(None) };
         let bytes = self.bucket.get(&self.key(PUBLISHED, &format!("{id}.json")), deadline)?;
@@ -453,7 +459,7 @@ impl Remote {
         let started = Instant::now();
         let damaged = |why: String| RemoteError::Damaged { id: m.id.clone(), why };
         // Where each distinct chunk goes (a chunk may appear several times: zero pages).
-        let mut places: HashMap<&str, (u32, Vec<(usize, u64)>)> = HashMap::new();
+        let mut places: HashMap<&str, Places> = HashMap::new();
         let mut files = Vec::with_capacity(m.files.len());
         for (i, f) in m.files.iter().enumerate() {
             if !crate::integrity::is_safe_relative(&f.path) {
@@ -477,7 +483,7 @@ impl Remote {
             }
             files.push((file, path));
         }
-        let work: Mutex<Vec<(&str, (u32, Vec<(usize, u64)>))>> = Mutex::new(places.into_iter().collect());
+        let work: Mutex<Vec<(&str, Places)>> = Mutex::new(places.into_iter().collect());
         let fetched = lock(&work).len();
         let received = Mutex::new(0u64);
         let failed: Mutex<Option<RemoteError>> = Mutex::new(None);

@@ -258,11 +258,10 @@ fn the_writable_layer_of_podmans_overlay_follows_the_app() {
     let storage = "/var/lib/containers/storage";
     let pod =
         least_privilege_pod(&s, RUNTIMES[0], "captureRootfsDiff: true\n", &["-v", &format!("{storage}:{storage}")]);
-    let script = format!(
+    let script =
         "mkdir -p /srv/data && echo made-here > /srv/data/new && rm /etc/debian_version && exec 3>>/srv/data/log; \
-         i=0; while :; do i=$((i+1)); echo \"count $i\"; echo \"tick $i\" >&3; sleep 0.2; done"
-    );
-    let c = counter_round_trip(&pod, &["run", "--", "sh", "-c", &script]);
+         i=0; while :; do i=$((i+1)); echo \"count $i\"; echo \"tick $i\" >&3; sleep 0.2; done";
+    let c = counter_round_trip(&pod, &["run", "--", "sh", "-c", script]);
     assert_eq!(c.exec_ok(&["cat", "/srv/data/new"]), "made-here\n");
     assert!(c.exec(&["test", "-e", "/etc/debian_version"]).status.code() == Some(1), "the deletion was replayed");
     let log = c.exec_ok(&["cat", "/srv/data/log"]);
