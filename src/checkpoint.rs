@@ -2,6 +2,9 @@
 //!
 //! stage → delete inotifyIncompatiblePaths → archive additionalPaths → note stdio →
 //! CRIU dump (bounded) → manifest → publish (atomic rename) → retire older checkpoints.
+//! With object storage and `streamPages`, the pages go to storage during the dump and the
+//! checkpoint is published there in CRIU's post-dump notification (see [`streamed`]); a
+//! storage failure falls back to the flow above.
 
 use std::fs::File;
 use std::path::PathBuf;

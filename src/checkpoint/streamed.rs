@@ -101,9 +101,6 @@ fn dump_streamed(
 ) -> Result<(Manifest, Uploaded, Duration), CheckpointError> {
     let (ours, theirs) = UnixStream::pair()
         .map_err(|e| PageServerError::Image { path: "a socket for CRIU's page stream".into(), source: e })?;
-    // A unix socket's queue is bounded by the sender's buffer (about 200 KiB by default):
-    // CRIU would stop every few pages for crik to catch up. Best effort; crik runs as root.
-    let _ = nix::sys::socket::setsockopt(&theirs, nix::sys::socket::sockopt::SndBufForce, &SOCKET_BUFFER);
     let images = staged.images_dir();
     std::thread::scope(|s| {
         let mut workers = Some(up.spawn_workers(s));
@@ -145,9 +142,6 @@ fn dump_streamed(
         Ok((manifest, u, tail))
     })
 }
-
-/// CRIU's send buffer on the page stream.
-const SOCKET_BUFFER: usize = 8 << 20;
 
 /// The page server's result, once it has returned; `Ok(vec![])` when already joined.
 fn join(
