@@ -307,22 +307,61 @@ fn devtools(c: &common::podman::Container, expr: &str) -> serde_json::Value {
 #[test]
 fn headless_chromium_keeps_its_tab_counting_across_two_cycles() {
     let s = Scratch::new("podman-chromium");
-    let mut pod =
-        Pod::new(&image("chromium"), RUNTIMES[1], &s.dir, "additionalPaths: [/tmp]\nonEscapedProcesses: kill\n");
+    chromium_two_cycles(|_| chromium_pod(&s.dir, ""), |_| {}, |_| {});
+}
+
+/// The same tab through object storage with pages streamed (the default): each checkpoint goes
+/// to the real S3 server only, and each new container, with an empty volume (another node),
+/// downloads it. Chromium's memory is mostly memfd and shared memory, which CRIU streams as
+/// shmem pages through crik's page server.
+#[test]
+fn headless_chromium_streams_to_storage_and_comes_back_on_another_node() {
+    let s = Scratch::new("podman-chromium-s3");
+    let s3 = common::s3::S3Server::start_for_containers(&s.path("s3"));
+    let node = |n: u32| {
+        let mut pod = chromium_pod(&s.path(&format!("node{n}")), &s3.container_config("chromium"));
+        for (k, v) in s3.env() {
+            pod.run_args.extend(["-e".into(), format!("{k}={v}")]);
+        }
+        pod
+    };
+    let streamed = |c: &common::podman::Container| {
+        let done = c.expect_event("checkpoint_finished");
+        assert_eq!(done["staging"], "storage (streamed)", "{done}");
+    };
+    chromium_two_cycles(node, streamed, |c| drop(c.expect_event("download_finished")));
+}
+
+/// Chromium's pod (least privilege) with its volume and config under `dir`.
+fn chromium_pod(dir: &std::path::Path, config: &str) -> Pod {
+    let config = format!("additionalPaths: [/tmp]\nonEscapedProcesses: kill\n{config}");
+    let mut pod = Pod::new(&image("chromium"), RUNTIMES[1], dir, &config);
     pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
+    pod
+}
+
+/// Two cycles of the counting tab, each restore in a new container of `pod_for(cycle)`;
+/// `stopped` and `restored` check each checkpointed and each restored container's log too.
+fn chromium_two_cycles(
+    pod_for: impl Fn(u32) -> Pod,
+    stopped: impl Fn(&common::podman::Container),
+    restored: impl Fn(&common::podman::Container),
+) {
     let mut cmd = vec!["run", "--"];
     cmd.extend(CHROMIUM);
     cmd.push("file:///workloads/counter.html");
-    let mut c = pod.start(&cmd);
+    let mut c = pod_for(0).start(&cmd);
     assert!(eventually(LONG, || devtools(&c, "window.counter").as_u64().unwrap_or(0) >= 10), "{}", c.logs().1);
     let first_tick = devtools(&c, "window.ticks[0]");
     for cycle in 1..=2 {
         let before = devtools(&c, "window.counter").as_u64().unwrap();
         assert_eq!(c.stop(GRACE), 0, "cycle {cycle}: {}", c.logs().1);
         c.expect_event("checkpoint_finished");
+        stopped(&c);
         drop(c);
-        c = pod.start(&cmd);
+        c = pod_for(cycle).start(&cmd);
         c.expect_event_eventually_in(LONG, "restore_finished");
+        restored(&c);
         let after = devtools(&c, "[window.counter, window.ticks.length, window.ticks[0]]");
         let n = after[0].as_u64().unwrap();
         assert!(n >= before, "cycle {cycle}: the counter went back from {before} to {n}");

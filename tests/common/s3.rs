@@ -12,6 +12,8 @@ pub const BUCKET: &str = "crik-test";
 pub struct S3Server {
     pub root: PathBuf,
     pub port: u16,
+    /// The address it listens on: 127.0.0.1, or every address for containers on a bridge.
+    host: &'static str,
     child: Option<Child>,
 }
 
@@ -25,8 +27,18 @@ fn binary() -> PathBuf {
 impl S3Server {
     /// Serves `root` (a bucket dir `crik-test` is created in it).
     pub fn start(root: &Path) -> S3Server {
+        Self::start_on(root, "127.0.0.1")
+    }
+
+    /// Also reachable from podman containers on their bridge network, as
+    /// `host.containers.internal` (see [`S3Server::container_config`]).
+    pub fn start_for_containers(root: &Path) -> S3Server {
+        Self::start_on(root, "0.0.0.0")
+    }
+
+    fn start_on(root: &Path, host: &'static str) -> S3Server {
         std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let mut s = S3Server { root: root.to_path_buf(), port: super::free_port(), child: None };
+        let mut s = S3Server { root: root.to_path_buf(), port: super::free_port(), host, child: None };
         s.resume();
         s
     }
@@ -34,7 +46,7 @@ impl S3Server {
     /// (Re)starts the server on the same port and data.
     pub fn resume(&mut self) {
         let child = Command::new(binary())
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--host", self.host, "--port", &self.port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(&self.root)
             .stdout(Stdio::null())
@@ -62,6 +74,11 @@ impl S3Server {
             "storage:\n  url: s3://{BUCKET}/{prefix}\n  endpoint: http://127.0.0.1:{}\n  region: us-east-1\n  requestTimeout: 5\n",
             self.port
         )
+    }
+
+    /// The `storage:` block for crik in a podman container on the bridge network.
+    pub fn container_config(&self, prefix: &str) -> String {
+        self.config(prefix).replace("127.0.0.1", "host.containers.internal")
     }
 
     /// Credentials as crik reads them.
