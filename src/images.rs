@@ -24,7 +24,7 @@ use crate::image_types::sk_inet::Inet_sk_entry;
 
 pub(crate) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
 const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
-const PAGE_SIZE: u64 = 4096;
+pub(crate) const PAGE_SIZE: u64 = 4096;
 /// pagemap_entry.flags: the pages are in this checkpoint's pages image.
 pub(crate) const PE_PRESENT: u32 = 1 << 2;
 /// Largest single entry crik accepts (CRIU's are small; a larger one means a damaged image).

@@ -20,7 +20,7 @@ use std::path::Path;
 use protobuf::Message;
 
 use crate::image_types::pagemap::{Pagemap_entry, Pagemap_head};
-use crate::images::{IMG_COMMON_MAGIC, PE_PRESENT};
+use crate::images::{IMG_COMMON_MAGIC, PAGE_SIZE, PE_PRESENT};
 use crate::manifest::FileSum;
 
 const OPEN: u32 = 3;
@@ -108,7 +108,6 @@ pub fn serve(
     rel: &str,
     sink: &mut dyn PageSink,
 ) -> Result<Vec<FileSum>, PageServerError> {
-    let page_size = page_size();
     let mut streamed = Vec::new();
     let mut open: Option<Open> = None;
     let mut next_pages_id = 1u32;
@@ -161,7 +160,7 @@ pub fn serve(
                 if flags & PE_PRESENT != 0 {
                     let mut left = c
                         .nr_pages
-                        .checked_mul(page_size)
+                        .checked_mul(PAGE_SIZE)
                         .ok_or_else(|| PageServerError::Protocol(format!("{} pages", c.nr_pages)))?;
                     while left > 0 {
                         let want = left.min(buf.len() as u64) as usize;
@@ -186,16 +185,6 @@ pub fn serve(
             GET => return Err(PageServerError::Protocol("a lazy-pages request (GET) during a dump".into())),
             op => return Err(PageServerError::Protocol(format!("unknown command {op:#x}"))),
         }
-    }
-}
-
-fn page_size() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as u64
-    } else {
-        4096
     }
 }
 
@@ -337,7 +326,7 @@ mod tests {
 
     #[test]
     fn a_session_becomes_pagemap_images_and_page_streams() {
-        let ps = page_size() as usize;
+        let ps = PAGE_SIZE as usize;
         let pages_a: Vec<u8> = (0..3 * ps).map(|i| (i % 251) as u8).collect();
         let pages_b = vec![7u8; ps];
         let mut input = Vec::new();
@@ -385,7 +374,7 @@ mod tests {
     #[test]
     fn a_cut_stream_or_a_failing_sink_is_an_error() {
         let dir = tmp("cut");
-        let ps = page_size() as usize;
+        let ps = PAGE_SIZE as usize;
         let mut input = cmd(OPEN2, 0, 0, 0, 1 << 8 | TYPE_PID);
         input.extend(cmd(ADD_F, PE_PRESENT, 4, 0x1000, 1 << 8 | TYPE_PID));
         input.extend(vec![1u8; ps]); // 3 pages short

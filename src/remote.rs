@@ -230,7 +230,8 @@ impl<'r> Upload<'r> {
     pub fn send_file(&self, rel: &str, path: &Path) -> Result<(), RemoteError> {
         let file = File::open(path).map_err(local("open", path))?;
         let i = self.add_file(rel);
-        let r = chunks::split::<RemoteError>(rel, std::io::BufReader::with_capacity(1 << 20, file), |data| {
+        // `split` reads in large blocks itself: no BufReader copy in between.
+        let r = chunks::split::<RemoteError>(rel, file, |data| {
             // Stops the cutting; [`Upload::finish`] returns the worker's own error.
             self.send(i, data).map_err(|_| RemoteError::Damaged { id: String::new(), why: "upload failed".into() })
         });

@@ -473,16 +473,16 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("fsync", dir))
 }
 
-/// Seals a staged checkpoint: every file made 0600 and every directory 0700 (CRIU creates
-/// images 0644; they hold the app's secrets), each file checksummed, everything fsynced
-/// (CRIU writes without fsync). Returns the files' sums, sorted by path.
 /// The sums of every file under `dir`, sorted by path, without making them durable: for files
 /// that are uploaded, never kept (a streamed checkpoint's small images).
 pub fn sums(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
     seal_tree(dir, false)
 }
 
-/// `durable`: chmod and fsync every file and dir too.
+/// Seals a staged checkpoint: every file made 0600 and every directory 0700 (CRIU creates
+/// images 0644; they hold the app's secrets), each file checksummed, everything fsynced
+/// (CRIU writes without fsync). Returns the files' sums, sorted by path. Not `durable`: the
+/// sums only.
 fn seal_tree(dir: &Path, durable: bool) -> Result<Vec<FileSum>, StoreError> {
     let mut sums = Vec::new();
     for entry in walkdir::WalkDir::new(dir).contents_first(true) {

@@ -26,15 +26,14 @@ pub(super) enum Outcome {
     StorageFailed(String),
 }
 
-/// Whether a failure is storage's (or crik's page server's), not CRIU's: worth a dump the
-/// usual way. A CRIU failure would only repeat.
+/// Whether a page-stream failure is crik's side of it (the upload, the server, its images),
+/// not CRIU's: worth a dump the usual way. A CRIU failure would only repeat.
 fn storage_side(e: &CheckpointError) -> bool {
     matches!(
         e,
-        CheckpointError::Upload { .. }
-            | CheckpointError::PageStream(
-                PageServerError::Sink(_) | PageServerError::Protocol(_) | PageServerError::Image { .. }
-            )
+        CheckpointError::PageStream(
+            PageServerError::Sink(_) | PageServerError::Protocol(_) | PageServerError::Image { .. }
+        )
     )
 }
 
