@@ -52,9 +52,7 @@ fn three_full_cycles_in_a_row() {
 fn large_memory_program_gives_exactly_the_uninterrupted_output() {
     let s = Scratch::new("memory");
     let script = workload("memory.py");
-    let reference = std::process::Command::new(PYTHON).arg(&script).env("FAST", "1").output().unwrap();
-    assert!(reference.status.success());
-    let reference: Vec<String> = String::from_utf8(reference.stdout).unwrap().lines().map(String::from).collect();
+    let reference = memory_reference(&[]);
     assert_eq!(reference.len(), 42);
 
     let cfg = s.config("");

@@ -97,15 +97,8 @@ fn server_down_keeps_the_app_running_and_the_previous_checkpoint() {
 fn a_crik_killed_mid_upload_leaves_nothing_restorable_and_its_chunks_are_collected() {
     let s = Scratch::new("s3-killed");
     let s3 = S3Server::start(&s.path("s3"));
-    // 64 MiB of random memory, one request at a time: the upload takes a while.
-    let cfg = s.config(&format!("{}  concurrency: 1\n", s3.config("app")));
-    let mut spec = spec(&cfg, &s3, &[PYTHON, &workload("memory.py")]);
-    spec.env.push(("STEPS".into(), "100000".into()));
-    let mut c = Container::start(spec);
-    c.expect_line(LONG, "step 2", |l| l.starts_with("step 2 "));
-    c.signal(libc::SIGTERM);
     // Killed (crik, and the namespace with it) once some chunks are up, before the manifest.
-    assert!(eventually(LONG, || s3.objects("app/chunks").len() >= 3), "{}", c.stderr());
+    let (_, mut c) = final_checkpoint_under_way(&s, &s3, 3);
     c.kill();
     assert!(s3.objects("app/checkpoints").is_empty(), "killed before its manifest\n{}", c.stderr());
     assert!(c.event("checkpoint_uploaded", &[]).is_none(), "{}", c.stderr());
@@ -136,6 +129,19 @@ fn a_crik_killed_mid_upload_leaves_nothing_restorable_and_its_chunks_are_collect
         "only referenced chunks remain\n{}",
         c.stderr()
     );
+}
+
+/// An app with 64 MiB of random memory, uploaded one request at a time (so it takes a while),
+/// SIGTERMed: returns its config and container once `chunks` chunks are in storage.
+fn final_checkpoint_under_way(s: &Scratch, s3: &S3Server, chunks: usize) -> (std::path::PathBuf, Container) {
+    let cfg = s.config(&format!("{}  concurrency: 1\n", s3.config("app")));
+    let mut app = spec(&cfg, s3, &[PYTHON, &workload("memory.py")]);
+    app.env.push(("STEPS".into(), "100000".into()));
+    let mut c = Container::start(app);
+    c.expect_line(LONG, "step 2", |l| l.starts_with("step 2 "));
+    c.signal(libc::SIGTERM);
+    assert!(eventually(LONG, || s3.objects("app/chunks").len() >= chunks), "{}", c.stderr());
+    (cfg, c)
 }
 
 fn spec_of(cfg: &std::path::Path, s3: &S3Server) -> Spec {
@@ -381,10 +387,7 @@ fn streamed_pages_never_touch_the_image_dir_and_restore_exactly() {
     let _images = Tmpfs::mount(s.images(), "24m");
     let script = workload("memory.py");
     let steps = ("STEPS".to_string(), "100".to_string());
-    let reference =
-        std::process::Command::new(PYTHON).arg(&script).env("FAST", "1").env(&steps.0, &steps.1).output().unwrap();
-    assert!(reference.status.success());
-    let reference: Vec<String> = String::from_utf8(reference.stdout).unwrap().lines().map(String::from).collect();
+    let reference = memory_reference(&[(&steps.0, &steps.1)]);
 
     let cfg = s.config(&format!("checkpointInterval: 2\n{}", s3.config("app")));
     let mut app = spec(&cfg, &s3, &[PYTHON, &script]);
@@ -417,15 +420,8 @@ fn streamed_pages_never_touch_the_image_dir_and_restore_exactly() {
 fn storage_lost_mid_stream_rolls_the_dump_back_and_keeps_it_in_the_image_dir() {
     let s = Scratch::new("s3-stream-lost");
     let mut s3 = S3Server::start(&s.path("s3"));
-    // 64 MiB of random memory, one request at a time: the stream takes a while.
-    let cfg = s.config(&format!("{}  concurrency: 1\n", s3.config("app")));
-    let mut app = spec(&cfg, &s3, &[PYTHON, &workload("memory.py")]);
-    app.env.push(("STEPS".into(), "100000".into()));
-    let mut c = Container::start(app);
-    c.expect_line(LONG, "step 2", |l| l.starts_with("step 2 "));
-    c.signal(libc::SIGTERM);
     // Storage goes away while the pages stream.
-    assert!(eventually(LONG, || s3.objects("app/chunks").len() >= 2), "{}", c.stderr());
+    let (cfg, mut c) = final_checkpoint_under_way(&s, &s3, 2);
     s3.stop();
     // CRIU rolled back, the app went on, and was dumped again into the image dir; the upload
     // of that one fails too: kept there, exit 1.

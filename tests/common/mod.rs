@@ -430,6 +430,14 @@ pub fn checkpoint(c: &mut Container) -> Vec<String> {
     c.stdout_seen.clone()
 }
 
+/// The output of an uninterrupted run of workloads/memory.py (FAST=1, with `env`).
+pub fn memory_reference(env: &[(&str, &str)]) -> Vec<String> {
+    let out =
+        Command::new(PYTHON).arg(workload("memory.py")).env("FAST", "1").envs(env.iter().copied()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(String::from).collect()
+}
+
 /// The last "count N" the app printed.
 pub fn last_count(lines: &[String]) -> u64 {
     lines.iter().rev().find_map(|l| count_of(l)).expect("no count printed")
