@@ -48,6 +48,10 @@ pub enum CheckpointError {
     /// checkpoint is now.
     #[error("checkpoint {id} could not be uploaded to {url}: {source}; {kept}")]
     Upload { id: String, url: String, source: Box<crate::remote::RemoteError>, kept: String },
+    /// A TCP connection was opened after crik looked for one and dumped without CRIU's network
+    /// lock; CRIU rolled back (the app keeps running) and the dump is taken again with it.
+    #[error("the app opened TCP connections during a dump without the network lock: {}", .0.join(", "))]
+    Unlocked(Vec<String>),
     /// crik's page server failed (see [`streamed`]).
     #[error("streaming the dump's pages: {0}")]
     PageStream(#[from] crate::pageserver::PageServerError),
@@ -70,6 +74,8 @@ pub struct Target<'a> {
     pub remote: Option<&'a crate::remote::Remote>,
     /// A memory-backed dir to dump into instead of the image dir (with `remote` only).
     pub staging: Option<&'a MemoryStaging>,
+    /// Lock the network even when the app holds no TCP connection (set for a second try).
+    pub always_lock_network: bool,
 }
 
 /// A checkpoint taken: its id, and what it cost (for [`crate::plan`]).
@@ -119,22 +125,50 @@ fn stage_dump_publish(
     kind: &str,
 ) -> Result<Published, CheckpointError> {
     let started = Instant::now();
-    let stream = target.config.storage.as_ref().is_some_and(|s| s.stream_pages);
-    if let (Some(remote), true) = (target.remote, stream) {
-        match streamed::checkpoint(signals, store, target, kind, remote, started)? {
-            streamed::Outcome::Published(p) => return Ok(p),
-            // The app kept running: dump it again, the usual way, in the time left.
-            streamed::Outcome::StorageFailed(e) => {
-                log::warn!("{kind} checkpoint: streaming to {} failed: {e}; dumping into the image dir", remote.url);
-                let left = target.deadline.saturating_sub(started.elapsed());
-                let target = Target { deadline: left, ..*target };
-                let mut p = stage_dump_unstreamed(signals, store, &target, kind, Instant::now())?;
-                p.millis = started.elapsed().as_millis() as u64;
-                return Ok(p);
+    let once = |target: &Target| {
+        let attempt = Instant::now();
+        let stream = target.config.storage.as_ref().is_some_and(|s| s.stream_pages);
+        if let (Some(remote), true) = (target.remote, stream) {
+            match streamed::checkpoint(signals, store, target, kind, remote, attempt)? {
+                streamed::Outcome::Published(p) => return Ok(p),
+                // The app kept running: dump it again, the usual way.
+                streamed::Outcome::StorageFailed(e) => {
+                    log::warn!(
+                        "{kind} checkpoint: streaming to {} failed: {e}; dumping into the image dir",
+                        remote.url
+                    );
+                    return in_time_left(target, attempt, |t| {
+                        stage_dump_unstreamed(signals, store, t, kind, Instant::now())
+                    });
+                }
             }
         }
+        stage_dump_unstreamed(signals, store, target, kind, attempt)
+    };
+    match once(target) {
+        Err(CheckpointError::Unlocked(connections)) => {
+            log::warn!(
+                "{kind} checkpoint: the app connected ({}) while it was dumped without CRIU's network lock; \
+                 dumping again with it",
+                connections.join(", ")
+            );
+            in_time_left(&Target { always_lock_network: true, ..*target }, started, once)
+        }
+        r => r,
     }
-    stage_dump_unstreamed(signals, store, target, kind, started)
+}
+
+/// Another try at a checkpoint (the app kept running), within what is left of the deadline of
+/// the try that started at `started`; its time counts from then.
+fn in_time_left(
+    target: &Target,
+    started: Instant,
+    dump: impl FnOnce(&Target) -> Result<Published, CheckpointError>,
+) -> Result<Published, CheckpointError> {
+    let target = Target { deadline: target.deadline.saturating_sub(started.elapsed()), ..*target };
+    let mut p = dump(&target)?;
+    p.millis = started.elapsed().as_millis() as u64;
+    Ok(p)
 }
 
 /// CRIU writes every image (into the image dir or memory staging); the upload, if any, follows.
@@ -328,8 +362,13 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump)
     let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
 
     let app_memory_bytes = crate::app::memory_of(&app_tree);
+    let lock_network = target.always_lock_network || crate::preflight::network_lock_needed(&app_tree);
+    if !lock_network {
+        log::debug!("the app holds no TCP connection: CRIU dumps it without its network lock");
+    }
     let dump_started = Instant::now();
-    let mut opts = criu::dump_opts(&dir, target.app, target.leave_running, &target.config.external_mounts);
+    let mut opts =
+        criu::dump_opts(&dir, target.app, target.leave_running, lock_network, &target.config.external_mounts);
     // Files are archived in CRIU's "post-dump" notification: the tree is dumped but still
     // frozen, so a file it holds open matches exactly what CRIU recorded about it (archived
     // before or after, a file the app keeps writing would differ, and CRIU would refuse the
@@ -340,6 +379,13 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump)
     let mut on_notify = |script: &str| {
         if script != "post-dump" {
             return true;
+        }
+        // A connection opened since crik looked, dumped without the lock: roll back, try again.
+        if !lock_network {
+            if let Some(connections) = crate::images::tcp_connections(&images).ok().filter(|c| !c.is_empty()) {
+                dumped_manifest = Some(Err(CheckpointError::Unlocked(connections)));
+                return false;
+            }
         }
         let dump_millis = dump_started.elapsed().as_millis() as u64;
         let r = archive_files(staged, target).and_then(|a| {
@@ -404,7 +450,7 @@ fn manifest_of(
         root_pid: target.app.as_raw(),
         stdio: stdio.clone(),
         addresses: host::addresses(),
-        cgroups: crate::remap::own_cgroup_dirs(),
+        cgroups: crate::cgroup::own_cgroup_dirs(),
         rootfs,
         has_files_archive,
         runtime_tmpfs,

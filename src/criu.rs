@@ -40,6 +40,13 @@ pub enum CriuError {
     Failed { op: &'static str, errno: Option<nix::errno::Errno>, message: Option<String> },
     #[error("CRIU exited without answering")]
     Vanished,
+    /// CRIU was SIGKILLed while the container's memory cgroup counted a new OOM kill: its own
+    /// memory is charged to the container, and the limit did not leave enough.
+    #[error(
+        "CRIU was killed by the OOM killer: its memory counts against the container's limit{}",
+        limit.map_or(String::new(), |l| format!(" of {}", crate::sizes::human(l)))
+    )]
+    OomKilled { limit: Option<u64> },
 }
 
 fn failure_detail(errno: Option<nix::errno::Errno>, message: Option<&str>) -> String {
@@ -114,6 +121,7 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
         opts.ps = protobuf::MessageField::some(ps);
     }
 
+    let oom_kills_before = crate::cgroup::oom_kills();
     let child = spawn_criu(signals, &["swrk".into(), theirs.as_raw_fd().to_string()], keep)?;
     drop(theirs);
     drop(req.inherit);
@@ -127,8 +135,15 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
     drop(ours);
     // CRIU exits once the socket closes; reap it (and only it) so it never lingers as a zombie.
     // It has a few seconds for that, and is killed past them: no wait on CRIU is unbounded.
-    reap_or_kill(pid, EXIT_GRACE);
-    let resp = result?;
+    let exit = reap_or_kill(pid, EXIT_GRACE);
+    let oom_killed = matches!(exit, Some(WaitStatus::Signaled(_, Signal::SIGKILL, _)))
+        && crate::cgroup::oom_kills().zip(oom_kills_before).is_some_and(|(now, before)| now > before);
+    let resp = match result {
+        Err(CriuError::Vanished | CriuError::Io(_)) if oom_killed => {
+            return Err(CriuError::OomKilled { limit: crate::cgroup::memory_limit() })
+        }
+        r => r?,
+    };
     if !resp.resp.success() {
         let errno = (resp.resp.cr_errno() != 0).then(|| nix::errno::Errno::from_raw(resp.resp.cr_errno()));
         let message =
@@ -171,15 +186,18 @@ pub fn wait_bounded(pid: Pid, limit: Duration) -> Option<WaitStatus> {
 
 /// Reaps `pid` within `grace`; past it, SIGKILLs its process group and waits `grace` again.
 /// A process that survives even that (stuck in the kernel) is left to the supervisor's reaping.
-pub fn reap_or_kill(pid: Pid, grace: Duration) {
-    if wait_bounded(pid, grace).is_some() {
-        return;
+/// Returns how it ended, when it was reaped here.
+pub fn reap_or_kill(pid: Pid, grace: Duration) -> Option<WaitStatus> {
+    if let Some(status) = wait_bounded(pid, grace) {
+        return Some(status);
     }
     log::warn!("CRIU (pid {pid}) did not exit within {grace:?}: killing it");
     let _ = killpg(pid, Signal::SIGKILL);
-    if wait_bounded(pid, grace).is_none() {
+    let status = wait_bounded(pid, grace);
+    if status.is_none() {
         log::error!("CRIU (pid {pid}) survived SIGKILL for {grace:?}; leaving it to be reaped later");
     }
+    status
 }
 
 /// Starts CRIU with crik's original signal mask, keeping only `keep` of crik's fds.
@@ -433,9 +451,20 @@ fn external_mounts(extra: &[AbsPath]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Dump options for the tree rooted at `pid`; `leave_running` for periodic checkpoints.
-pub fn dump_opts(images_dir: &File, pid: Pid, leave_running: bool, extra_mounts: &[AbsPath]) -> rpc::Criu_opts {
+/// Dump options for the tree rooted at `pid`; `leave_running` for periodic checkpoints;
+/// `lock_network` unless the tree holds no TCP connection
+/// ([`crate::preflight::network_lock_needed`]).
+pub fn dump_opts(
+    images_dir: &File,
+    pid: Pid,
+    leave_running: bool,
+    lock_network: bool,
+    extra_mounts: &[AbsPath],
+) -> rpc::Criu_opts {
     let mut o = common_opts(images_dir, DUMP_LOG);
+    if !lock_network {
+        o.set_network_lock(rpc::Criu_network_lock_method::SKIP);
+    }
     o.set_pid(pid.as_raw());
     o.set_leave_running(leave_running);
     // Record the CPU (cpuinfo.img), so a restore elsewhere can be checked against it first.
@@ -626,8 +655,11 @@ mod tests {
         assert_eq!(o.ext_mnt.len(), EXTERNAL_MOUNTS.len() + 1);
         assert_eq!(o.ext_mnt[0].key(), "null");
         assert_eq!((o.ext_mnt[7].key(), o.ext_mnt[7].val()), ("var-run-secrets", "/var/run/secrets"));
-        let d = dump_opts(&f, Pid::from_raw(7), false, &[]);
+        let d = dump_opts(&f, Pid::from_raw(7), false, true, &[]);
         assert_eq!(d.ext_mnt[0].key(), "/dev/null");
         assert_eq!(d.pid(), 7);
+        assert_eq!(d.network_lock(), rpc::Criu_network_lock_method::NFTABLES);
+        let d = dump_opts(&f, Pid::from_raw(7), false, false, &[]);
+        assert_eq!(d.network_lock(), rpc::Criu_network_lock_method::SKIP);
     }
 }

@@ -232,6 +232,23 @@ fn describe_inet(s: &Inet_sk_entry) -> String {
     }
 }
 
+/// The TCP connections (sockets neither listening nor closed) among the files of a dump, as
+/// `inspect` describes them: a dump without CRIU's network lock must hold none
+/// ([`crate::preflight::network_lock_needed`]).
+pub fn tcp_connections(dir: &Path) -> Result<Vec<String>, ImageError> {
+    let files: Vec<File_entry> = read(&dir.join("files.img"))?;
+    Ok(files
+        .iter()
+        .filter_map(|f| f.isk.as_ref().filter(|_| f.type_() == Fd_types::INETSK))
+        .filter(|s| s.proto() == TCP && s.state() != TCP_LISTEN && s.state() != TCP_CLOSE)
+        .map(describe_inet)
+        .collect())
+}
+
+const TCP: u32 = 6;
+const TCP_CLOSE: u32 = 7;
+const TCP_LISTEN: u32 = 10;
+
 /// fdinfo-<files_id>.img: the descriptors of one process, resolved through the file table.
 fn open_files(dir: &Path, files_id: u32, table: &BTreeMap<u32, (String, String)>) -> Result<Vec<OpenFile>, ImageError> {
     let fds: Vec<Fdinfo_entry> = read(&dir.join(format!("fdinfo-{files_id}.img")))?;
@@ -347,6 +364,42 @@ mod tests {
         fs::write(&p, &data).unwrap();
         let e = entries(&p).unwrap_err().to_string();
         assert!(e.contains("larger than 64 MiB"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_tcp_sockets_neither_listening_nor_closed_are_connections() {
+        let dir = std::env::temp_dir().join(format!("crik-images-tcp-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let sock = |id: u32, proto: u32, state: u32, dst_port: u32| {
+            let mut isk = Inet_sk_entry::new();
+            isk.set_id(id);
+            isk.set_ino(id);
+            isk.set_family(2);
+            isk.set_type(if proto == 6 { 1 } else { 2 });
+            isk.set_proto(proto);
+            isk.set_state(state);
+            isk.set_src_port(8080);
+            isk.set_dst_port(dst_port);
+            isk.set_flags(0);
+            isk.set_backlog(0);
+            isk.src_addr = vec![0x0100_007f];
+            isk.dst_addr = vec![0x0100_007f];
+            let fown = isk.fown.mut_or_insert_default();
+            (fown.uid, fown.euid, fown.signum, fown.pid_type, fown.pid) = (Some(0), Some(0), Some(0), Some(0), Some(0));
+            let o = isk.opts.mut_or_insert_default();
+            (o.so_sndbuf, o.so_rcvbuf) = (Some(4096), Some(4096));
+            (o.so_snd_tmo_sec, o.so_snd_tmo_usec, o.so_rcv_tmo_sec, o.so_rcv_tmo_usec) =
+                (Some(0), Some(0), Some(0), Some(0));
+            let mut f = File_entry::new();
+            f.set_type(Fd_types::INETSK);
+            f.set_id(id);
+            f.isk = protobuf::MessageField::some(isk);
+            f.write_to_bytes().unwrap()
+        };
+        let files = [sock(1, 6, TCP_LISTEN, 0), sock(2, 6, 1, 40000), sock(3, 17, 7, 0), sock(4, 6, TCP_CLOSE, 0)];
+        fs::write(dir.join("files.img"), image(&files)).unwrap();
+        assert_eq!(tcp_connections(&dir).unwrap(), vec!["tcp 127.0.0.1:8080 -> 127.0.0.1:40000 established"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

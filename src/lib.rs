@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod caps;
+pub mod cgroup;
 pub mod checkpoint;
 pub mod chunks;
 pub mod cli;

@@ -31,7 +31,7 @@ pub struct Manifest {
     /// The container's own cgroup directories: open files under them are re-pointed to the new
     /// container's at restore.
     #[serde(default)]
-    pub cgroups: Vec<crate::remap::CgroupDir>,
+    pub cgroups: Vec<crate::cgroup::CgroupDir>,
     /// The container's writable layer, when captured (`rootfs.tar` holds its files).
     #[serde(default)]
     pub rootfs: Option<crate::rootfs::RootfsDiff>,

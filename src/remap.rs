@@ -9,49 +9,13 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::cgroup::{own_cgroup_dirs, CgroupDir};
 use crate::config::AbsPath;
 use crate::criu::InheritFd;
 use crate::images::RegFile;
-use crate::mountinfo::Mount;
 
 /// Runtime-provided bind mounts of every Kubernetes pod.
 pub const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
-
-/// One of the container's cgroup directories: the hierarchy it belongs to (`0::` for cgroup v2,
-/// `N:controllers` for v1) and where it is mounted.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct CgroupDir {
-    pub hierarchy: String,
-    pub dir: PathBuf,
-}
-
-/// The calling process's cgroup directories, resolved through the mounted cgroup filesystems.
-pub fn own_cgroup_dirs() -> Vec<CgroupDir> {
-    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    cgroup_dirs(&cgroups, &crate::mountinfo::read().unwrap_or_default())
-}
-
-fn cgroup_dirs(cgroups: &str, mounts: &[Mount]) -> Vec<CgroupDir> {
-    let mut out = Vec::new();
-    for line in cgroups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let mount = mounts.iter().find(|m| {
-            if controllers.is_empty() {
-                m.fstype == "cgroup2"
-            } else {
-                m.fstype == "cgroup" && controllers.split(',').all(|c| m.super_options.split(',').any(|o| o == c))
-            }
-        });
-        let Some(mount) = mount else { continue };
-        let Ok(rel) = Path::new(path).strip_prefix(&mount.root) else { continue };
-        if rel.as_os_str().is_empty() {
-            continue; // the hierarchy's root: not the container's own directory
-        }
-        out.push(CgroupDir { hierarchy: format!("{id}:{controllers}"), dir: mount.point.join(rel) });
-    }
-    out
-}
 
 /// Where an open file of the checkpointed app should point in this container, if elsewhere
 /// than its old path or on a runtime-provided mount.
@@ -106,28 +70,6 @@ pub fn remapped_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MOUNTINFO: &str = "\
-30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
-31 25 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-32 25 0:28 /kubepods /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
-";
-
-    #[test]
-    fn cgroup_dirs_follow_mounts_and_roots() {
-        let mounts = crate::mountinfo::parse(MOUNTINFO);
-        let dirs =
-            cgroup_dirs("0::/kubepods.slice/pod-a/ctr\n4:memory:/kube/ctr\n5:pids:/kubepods/x\n6:cpu:/y\n", &mounts);
-        assert_eq!(
-            dirs,
-            vec![
-                CgroupDir { hierarchy: "0:".into(), dir: "/sys/fs/cgroup/kubepods.slice/pod-a/ctr".into() },
-                CgroupDir { hierarchy: "4:memory".into(), dir: "/sys/fs/cgroup/memory/kube/ctr".into() },
-                CgroupDir { hierarchy: "5:pids".into(), dir: "/sys/fs/cgroup/pids/x".into() },
-            ]
-        );
-        assert!(cgroup_dirs("0::/\n", &mounts).is_empty(), "the root is nobody's own directory");
-    }
 
     #[test]
     fn files_under_the_old_cgroup_move_to_the_new_one_and_runtime_files_stay() {

@@ -541,8 +541,17 @@ fn supervise(
                 }
             }
         };
-        let target =
-            Target { config, app: pid, command, leave_running: false, rootfs_upper, deadline, remote, staging };
+        let target = Target {
+            config,
+            app: pid,
+            command,
+            leave_running: false,
+            rootfs_upper,
+            deadline,
+            remote,
+            staging,
+            always_lock_network: false,
+        };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => {
                 saved = Some(Saved::Checkpointed);
@@ -566,7 +575,17 @@ fn supervise(
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
         let deadline = config.checkpoint_timeout;
-        let target = Target { config, app: pid, command, leave_running: true, rootfs_upper, deadline, remote, staging };
+        let target = Target {
+            config,
+            app: pid,
+            command,
+            leave_running: true,
+            rootfs_upper,
+            deadline,
+            remote,
+            staging,
+            always_lock_network: false,
+        };
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(t) => {
                 periodic_taken.borrow_mut().push(t.id);

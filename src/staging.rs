@@ -62,7 +62,7 @@ impl MemoryStaging {
             ));
         }
         if is_tmpfs(&self.dir) {
-            if let Some(headroom) = cgroup_headroom() {
+            if let Some(headroom) = crate::cgroup::memory_headroom() {
                 if headroom < need {
                     return Err(format!(
                         "the container's memory limit leaves {}, the dump needs about {}",
@@ -105,51 +105,12 @@ fn is_tmpfs(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
-/// What the memory limit of this process's cgroup leaves: the limit less the working set
-/// (usage less inactive file cache, which the kernel reclaims first: the kubelet's measure).
-/// cgroup v2 (`memory.max`, `memory.current`) or v1 (`memory.limit_in_bytes`,
-/// `memory.usage_in_bytes`); `None` without a limit.
-fn cgroup_headroom() -> Option<u64> {
-    let read = |p: PathBuf| fs::read_to_string(p).ok();
-    crate::remap::own_cgroup_dirs().into_iter().find_map(|cg| {
-        let (max, current, inactive) = if cg.hierarchy == "0:" {
-            ("memory.max", "memory.current", "inactive_file")
-        } else if cg.hierarchy.split(':').nth(1).is_some_and(|c| c.split(',').any(|c| c == "memory")) {
-            ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
-        } else {
-            return None;
-        };
-        let stat = read(cg.dir.join("memory.stat")).unwrap_or_default();
-        headroom(&read(cg.dir.join(max))?, &read(cg.dir.join(current))?, &stat, inactive)
-    })
-}
-
-fn headroom(max: &str, current: &str, stat: &str, inactive_key: &str) -> Option<u64> {
-    let max: u64 = max.trim().parse().ok()?; // v2 "max": no limit
-    if max >= 1 << 62 {
-        return None; // v1's "no limit" (a page-rounded i64::MAX)
-    }
-    let current: u64 = current.trim().parse().ok()?;
-    let inactive: u64 =
-        stat.lines().find_map(|l| l.strip_prefix(inactive_key)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0);
-    Some(max.saturating_sub(current.saturating_sub(inactive)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn headroom_is_the_limit_less_the_usage() {
-        assert_eq!(headroom("max\n", "123\n", "", "inactive_file"), None);
-        assert_eq!(headroom("9223372036854771712\n", "123\n", "", "total_inactive_file"), None);
-        assert_eq!(headroom("1000\n", "400\n", "", "inactive_file"), Some(600));
-        assert_eq!(headroom("1000", "1400", "", "inactive_file"), Some(0));
-        // Inactive file cache is reclaimed before a limit bites: not counted as used.
-        let stat = "active_file 5\ninactive_file 300\n";
-        assert_eq!(headroom("1000", "400", stat, "inactive_file"), Some(900));
-        let v1 = "inactive_file 1\ntotal_inactive_file 100\n";
-        assert_eq!(headroom("1000", "400", v1, "total_inactive_file"), Some(700));
+    fn room_needed_adds_a_tenth_and_64_mib() {
         assert_eq!(room_needed(1 << 30), (1 << 30) + (1 << 30) / 10 + (64 << 20));
     }
 

@@ -42,30 +42,10 @@ fn fill_volume(dir: &Path) -> PathBuf {
     filler
 }
 
-/// A tmpfs mounted over a directory for one test (unmounted on drop).
-struct Tmpfs(PathBuf);
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs", dir.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mount tmpfs");
-        Tmpfs(dir.to_path_buf())
-    }
-}
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn full_disk_dump_fails_app_shuts_down_gracefully_previous_checkpoint_kept() {
     let s = Scratch::new("enospc");
-    let _fs = Tmpfs::mount(&s.images(), "8m");
+    let _fs = Tmpfs::mount(s.images(), "8m");
     let cfg = s.config("");
     let last = counter_checkpoint(&s, &cfg);
 
@@ -95,7 +75,7 @@ fn full_disk_dump_fails_app_shuts_down_gracefully_previous_checkpoint_kept() {
 #[test]
 fn failed_dump_with_app_exiting_zero_still_exits_non_zero() {
     let s = Scratch::new("dumpfail");
-    let _fs = Tmpfs::mount(&s.images(), "1m");
+    let _fs = Tmpfs::mount(s.images(), "1m");
     let cfg = s.config("");
     let app = String::from(
         "import signal, sys, time\n\
@@ -339,7 +319,7 @@ fn second_crik_on_the_same_image_dir_fails_clearly_and_harms_nothing() {
 #[test]
 fn failed_final_checkpoint_keeps_the_periodic_one() {
     let s = Scratch::new("periodic-enospc");
-    let _fs = Tmpfs::mount(&s.images(), "8m");
+    let _fs = Tmpfs::mount(s.images(), "8m");
     let cfg = s.config("checkpointInterval: 0.5\n");
     let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
     c.expect_line(SHORT, "count 3", |l| l == "count 3");
@@ -447,4 +427,63 @@ fn an_unreadable_store_with_cold_start_starts_fresh_and_says_so() {
     c.kill();
     std::fs::set_permissions(&published, std::fs::Permissions::from_mode(0o700)).unwrap();
     assert_eq!(s.checkpoints().len(), 1, "the checkpoint that could not be read is still there");
+}
+
+/// CRIU's network lock loads the network namespace's whole nftables ruleset (libnftables), and
+/// CRIU's memory, charged to the container, grows with it. An app without a TCP connection is
+/// dumped without the lock: the dump fits a tight memory limit whatever the node's ruleset,
+/// and leaves no lock table behind. (Before: CRIU was OOM-killed here, "exited without answering".)
+#[test]
+fn an_app_without_connections_is_dumped_without_the_network_lock_within_a_tight_memory_limit() {
+    let s = Scratch::new("no-lock");
+    let _rules = NftTables::add(200);
+    let cfg = s.config("");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let tables = criu_nft_tables();
+    let Some(cg) = MemoryCgroup::limited(64 << 20) else {
+        eprintln!("memory is not a cgroup v1 controller here: the memory limit is not exercised");
+        return;
+    };
+    cg.enter(c.crik_pid());
+    let last = last_count(&checkpoint(&mut c));
+    drop(c);
+    drop(cg);
+    assert_eq!(criu_nft_tables(), tables, "no network lock taken, none left behind");
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_count_after(last);
+}
+
+/// An app with a TCP connection is dumped with the lock. Where CRIU's memory for it does not fit
+/// the limit, the OOM killer ends CRIU: crik says so (not "exited without answering"), keeps
+/// no half checkpoint, and the app, still running, gets SIGTERM and shuts down cleanly.
+#[test]
+fn criu_killed_by_the_oom_killer_is_named_and_the_app_shuts_down_cleanly() {
+    let s = Scratch::new("oom");
+    let _rules = NftTables::add(200);
+    let cfg = s.config("");
+    let app = "import signal, socket, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (print('shutting down', flush=True), sys.exit(0)))
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+c = socket.create_connection(l.getsockname()); a, _ = l.accept()
+print('connected', flush=True)
+while True: time.sleep(0.1)
+";
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, "-c", app]));
+    c.expect_line(SHORT, "connected", |l| l == "connected");
+    let Some(cg) = MemoryCgroup::limited(64 << 20) else {
+        eprintln!("memory is not a cgroup v1 controller here: the OOM kill is not exercised");
+        return;
+    };
+    cg.enter(c.crik_pid());
+    c.signal(libc::SIGTERM);
+    c.expect_line(LONG, "shutting down", |l| l == "shutting down");
+    assert_eq!(c.wait_code(LONG), 1, "state was not saved: crik must not exit 0\n{}", c.stderr());
+    let failed = c.expect_event("checkpoint_failed", &[]);
+    let msg = failed["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("CRIU was killed by the OOM killer: its memory counts against the container's limit of 64.0 MiB"),
+        "{msg}"
+    );
+    assert!(s.checkpoints().is_empty(), "{:?}", s.checkpoints());
 }

@@ -207,55 +207,6 @@ fn wrong_credentials_are_a_clear_error_at_start() {
     assert!(c.stderr().contains("AWS_ACCESS_KEY_ID"), "{}", c.stderr());
 }
 
-/// A tmpfs of its own, unmounted (and removed) on drop.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: std::path::PathBuf, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(&dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "crik-test", dir.to_str().unwrap()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "cannot mount a tmpfs on {}", dir.display());
-        Tmpfs(dir)
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// A cgroup v1 memory cgroup with a limit, beside the test's own; removed on drop. `None` where
-/// memory is not a v1 controller (cgroup v2 keeps processes out of a parent with controllers).
-struct MemoryCgroup(std::path::PathBuf);
-
-impl MemoryCgroup {
-    fn limited(bytes: u64) -> Option<MemoryCgroup> {
-        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        let rel = own.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))?;
-        let dir = std::path::Path::new("/sys/fs/cgroup/memory")
-            .join(rel.trim_start_matches('/'))
-            .join(format!("crik-test-{}", std::process::id()));
-        std::fs::create_dir(&dir).ok()?;
-        std::fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
-        Some(MemoryCgroup(dir))
-    }
-    fn enter(&self, pid: i32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
-    }
-}
-
-impl Drop for MemoryCgroup {
-    fn drop(&mut self) {
-        let _ = eventually(SHORT, || std::fs::remove_dir(&self.0).is_ok());
-    }
-}
-
 #[test]
 fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room() {
     let s = Scratch::new("s3-memory");

@@ -39,7 +39,7 @@ pub struct Scratch {
 
 /// CRIU leaves its nftables lock table behind after a dump (the restore removes it); on the
 /// host network of these tests, the tables of checkpoints never restored would pile up.
-fn criu_nft_tables() -> Vec<String> {
+pub fn criu_nft_tables() -> Vec<String> {
     let out = Command::new("nft").args(["list", "tables"]).output();
     let Ok(out) = out else { return Vec::new() };
     String::from_utf8_lossy(&out.stdout)
@@ -510,4 +510,108 @@ impl Client {
         }
         Ok(s.trim_end().to_string())
     }
+}
+
+/// A tmpfs of its own, unmounted (and its mount point removed, when empty) on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: impl AsRef<Path>, size: &str) -> Tmpfs {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "crik-test", dir.to_str().unwrap()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs on {}", dir.display());
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A cgroup v1 memory cgroup with a limit, beside the test's own; removed on drop. `None` where
+/// memory is not a v1 controller (cgroup v2 keeps processes out of a parent with controllers).
+pub struct MemoryCgroup(PathBuf);
+
+impl MemoryCgroup {
+    pub fn limited(bytes: u64) -> Option<MemoryCgroup> {
+        let own = fs::read_to_string("/proc/self/cgroup").ok()?;
+        let rel = own.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()))?;
+        let dir = Path::new("/sys/fs/cgroup/memory")
+            .join(rel.trim_start_matches('/'))
+            .join(format!("crik-test-{}", std::process::id()));
+        fs::create_dir(&dir).ok()?;
+        fs::write(dir.join("memory.limit_in_bytes"), bytes.to_string()).unwrap();
+        Some(MemoryCgroup(dir))
+    }
+    /// Moves `pid` in; what it allocates from now on counts against the limit.
+    pub fn enter(&self, pid: i32) {
+        fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = eventually(SHORT, || fs::remove_dir(&self.0).is_ok());
+    }
+}
+
+/// nftables tables in the host network namespace, each shaped like CRIU's network lock (two
+/// sets, two hooked chains), as a node's own rules or locks left behind would be; deleted on
+/// drop. A process that loads the namespace's ruleset (libnftables) pays memory for each.
+pub struct NftTables(Vec<String>);
+
+impl NftTables {
+    pub fn add(count: usize) -> NftTables {
+        let names: Vec<String> = (0..count).map(|i| format!("crik-test-{}-{i}", std::process::id())).collect();
+        let rules = [
+            "ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop",
+            "ip6 saddr . tcp sport . ip6 daddr . tcp dport @conns6 drop",
+        ];
+        let mut script = String::new();
+        for t in &names {
+            script.push_str(&format!("table inet {t} {{\n"));
+            for (set, addr) in [("conns4", "ipv4_addr"), ("conns6", "ipv6_addr")] {
+                script.push_str(&format!(
+                    "  set {set} {{\n    type {addr} . inet_service . {addr} . inet_service\n  }}\n"
+                ));
+            }
+            for hook in ["output", "input"] {
+                script.push_str(&format!(
+                    "  chain {hook} {{\n    type filter hook {hook} priority filter; policy accept;\n"
+                ));
+                for r in rules {
+                    script.push_str(&format!("    {r}\n"));
+                }
+                script.push_str("  }\n");
+            }
+            script.push_str("}\n");
+        }
+        let tables = NftTables(names);
+        assert!(nft_script(&script), "nft -f failed");
+        tables
+    }
+}
+
+impl Drop for NftTables {
+    fn drop(&mut self) {
+        let script: String = self.0.iter().map(|t| format!("delete table inet {t}\n")).collect();
+        nft_script(&script);
+    }
+}
+
+/// Runs an nft script (one transaction); whether it succeeded.
+fn nft_script(script: &str) -> bool {
+    let file = std::env::temp_dir().join(format!("crik-test-nft-{}", std::process::id()));
+    fs::write(&file, script).unwrap();
+    let ok = Command::new("nft").arg("-f").arg(&file).status().is_ok_and(|s| s.success());
+    let _ = fs::remove_file(&file);
+    ok
 }
