@@ -116,7 +116,7 @@ pub struct Config {
     pub on_escaped_processes: OnEscapedProcesses,
     /// crik's own log lines: `text` or `json`.
     #[serde(default)]
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: crate::cmd::logging::LogFormat,
     /// Object storage every checkpoint is uploaded to (imageDir stays the local staging dir).
     #[serde(default)]
     pub storage: Option<StorageConfig>,
@@ -265,7 +265,7 @@ impl Default for Config {
             tcp_restore: TcpRestore::default(),
             node_state: None,
             on_node_state_error: OnNodeStateError::default(),
-            log_format: crate::logging::LogFormat::default(),
+            log_format: crate::cmd::logging::LogFormat::default(),
             checkpoint_interval: None,
             lazy_pages: false,
             on_escaped_processes: OnEscapedProcesses::default(),

@@ -1,39 +1,34 @@
 //! crik: a PID-1 wrapper that checkpoints a container's process tree with CRIU on SIGTERM and
 //! restores it on the next start.
 //!
-//! Data flows one way: [`config`] → decision ([`run`]) → [`criu`] → [`store`].
+//! Data flows one way, top to bottom; no module reaches back up:
+//!
+//! ```text
+//! cmd         the three commands (run, restore, inspect): thin, they wire the rest together
+//!  ├ config   the configuration file, every value checked while parsing
+//!  ├ init     PID-1 duties: the app as a child, signals forwarded, orphans reaped
+//!  ├ lifecycle  decisions: which checkpoint to restore at start, what SIGTERM does (node state,
+//!  │            checkpoint plan), the status file
+//!  ├ checkpoint  a running app → a published checkpoint (preflight, CRIU dump, archives)
+//!  ├ restore     a checkpoint → the running app (verify, files re-pointed, CRIU restore)
+//!  │   └ criu      CRIU itself: the swrk client, options, page server, images, CPU records
+//!  │   └ archive   what is saved beside CRIU's images: additionalPaths, tmpfs files, rootfs diff
+//!  ├ store     the image dir: staging, sealing, publishing, retiring, integrity
+//!  └ remote    object storage: chunks, upload, download, garbage collection, S3, SigV4
+//! host        facts about the machine: capabilities, cgroups, mounts, addresses
+//! ```
 
-pub mod app;
-pub mod caps;
-pub mod cgroup;
-pub mod checkpoint;
-pub mod chunks;
-pub mod cli;
+mod archive;
+mod checkpoint;
+pub mod cmd;
 pub mod config;
-pub mod cpu;
-pub mod criu;
-pub mod files;
-pub mod host;
+mod criu;
+mod host;
 pub mod image_types;
-pub mod images;
-pub mod inspect;
-pub mod integrity;
-pub mod logging;
-pub mod manifest;
-pub mod mountinfo;
-pub mod nodestate;
-pub mod pageserver;
-pub mod plan;
-pub mod preflight;
-pub mod remap;
-pub mod remote;
-pub mod restore;
-pub mod rootfs;
-pub mod run;
-pub mod s3;
-pub mod sigv4;
-pub mod sizes;
-pub mod staging;
-pub mod status;
-pub mod store;
-pub mod supervisor;
+mod init;
+mod layout;
+mod lifecycle;
+mod remote;
+mod restore;
+mod sizes;
+mod store;

@@ -1,14 +1,14 @@
 use clap::Parser;
-use crik::cli::{Cli, Command};
+use crik::cmd::cli::{Cli, Command};
 
 fn main() {
     // --help and --version print to stdout and exit 0; usage errors exit 2.
     let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
     // Logging starts once the configuration (and so the log format) is known.
     let result = match cli.command {
-        Command::Run(args) => crik::run::run(args),
-        Command::Restore(args) => crik::run::restore_cmd(args),
-        Command::Inspect(args) => crik::run::inspect_cmd(args),
+        Command::Run(args) => crik::cmd::run::run(args),
+        Command::Restore(args) => crik::cmd::run::restore_cmd(args),
+        Command::Inspect(args) => crik::cmd::run::inspect_cmd(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -11,13 +11,14 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::{after_upload, dump_into, keep_failed_log, upload_failed, CheckpointError, Dump, Published, Target};
-use crate::manifest::{FileSum, Manifest};
-use crate::pageserver::{self, PageServerError, PageSink};
-use crate::plan::Cost;
+use crate::criu::pageserver::{self, PageServerError, PageSink};
+use crate::init::supervisor::Signals;
+use crate::layout::IMAGES_DIR;
+use crate::lifecycle::plan::Cost;
 use crate::remote::{Remote, StreamedFile, Upload, Uploaded};
-use crate::store::{self, Checkpoint, Store, IMAGES_DIR};
-use crate::supervisor::Signals;
-use crate::{criu, sizes};
+use crate::sizes;
+use crate::store::manifest::{FileSum, Manifest};
+use crate::store::{self, Checkpoint, Staging, Store};
 
 pub(super) enum Outcome {
     Published(Published),
@@ -52,10 +53,11 @@ pub(super) fn checkpoint(
     };
     // Only the small images land here: memory staging needs little room for them.
     let memory = target.staging.filter(|m| m.fits(0).is_ok());
-    let staged = match memory {
-        Some(m) => m.stage()?,
-        None => store.stage()?,
+    let area: &dyn Staging = match memory {
+        Some(m) => m,
+        None => store,
     };
+    let staged = area.stage()?;
     log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
         "{kind} checkpoint of app (pid {}), its pages streamed to {}, its other images into {}",
         target.app, remote.url, staged.dir.display());
@@ -65,7 +67,7 @@ pub(super) fn checkpoint(
         Ok((manifest, uploaded, tail)) => {
             // The image dir's checkpoints are older than this one, in storage only: a start
             // that cannot reach storage must not restore one of them as if it were current.
-            store.retire_published(target.config.keep_checkpoints);
+            store.retire_where(|_| true, target.config.keep_checkpoints);
             after_upload(remote, &staged.id, &uploaded, target, deadline);
             Ok(Outcome::Published(Published {
                 id: staged.id.clone(),
@@ -83,10 +85,7 @@ pub(super) fn checkpoint(
             Err(e)
         }
     };
-    match memory {
-        Some(m) => m.remove(&staged),
-        None => store.discard(&staged),
-    }
+    area.discard(&staged);
     result
 }
 
@@ -155,7 +154,7 @@ fn join(
 /// Uploads CRIU's other images and the archives, and returns their sums. CRIU still writes its
 /// log after this notification: what it holds so far is uploaded (all of the dump itself).
 fn upload_small_images(staged: &Checkpoint, up: &Upload) -> Result<Vec<FileSum>, CheckpointError> {
-    let log = format!("{IMAGES_DIR}/{}", criu::DUMP_LOG);
+    let log = format!("{IMAGES_DIR}/{}", crate::layout::DUMP_LOG);
     let mut sums = store::sums(&staged.dir)?;
     sums.retain(|f| f.path != log);
     let fail = |e| upload_failed(&staged.id, up.remote(), e);

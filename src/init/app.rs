@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::supervisor::Signals;
+use crate::init::supervisor::Signals;
 
 /// Where PIDs of a freshly started app begin, so that they are free again at restore time,
 /// when crik, CRIU and its helpers take the low ones.
@@ -133,7 +133,7 @@ pub fn spawn_app(signals: &Signals, argv: &[OsString], isolate_ipc: bool) -> Res
 /// cannot dump an fd whose mount it cannot see ("Can't lookup mount"), so the app must not
 /// inherit them. Pipes, sockets and files on visible mounts are passed through untouched.
 pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
-    let mounts: Vec<u64> = crate::mountinfo::read().unwrap_or_default().iter().map(|m| m.id).collect();
+    let mounts: Vec<u64> = crate::host::mountinfo::read().unwrap_or_default().iter().map(|m| m.id).collect();
     [0, 1, 2].map(|fd| {
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
         let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_owned));

@@ -9,10 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::cgroup::{own_cgroup_dirs, CgroupDir};
 use crate::config::AbsPath;
+use crate::criu::images::RegFile;
 use crate::criu::InheritFd;
-use crate::images::RegFile;
+use crate::host::cgroup::{own_cgroup_dirs, CgroupDir};
 
 /// Runtime-provided bind mounts of every Kubernetes pod.
 pub const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];

@@ -3,6 +3,8 @@
 //! manifest → additionalPaths back in place → crik's stdio lent to CRIU under the keys the app's
 //! stdio had → CRIU restore (restore-sibling, bounded) → the restored root's PID.
 
+pub mod remap;
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
@@ -11,16 +13,16 @@ use std::time::Duration;
 
 use nix::unistd::Pid;
 
-use crate::app;
+use crate::archive::files::{self, FilesError};
 use crate::config::{Config, TcpRestore};
+use crate::criu::images::ImageError;
 use crate::criu::{self, CriuError, InheritFd};
-use crate::files::{self, FilesError};
 use crate::host;
-use crate::images::ImageError;
-use crate::integrity::{self, IntegrityError, Scope};
-use crate::manifest::{Manifest, ManifestError};
+use crate::init::app;
+use crate::init::supervisor::Signals;
+use crate::store::integrity::{self, IntegrityError, Scope};
+use crate::store::manifest::{Manifest, ManifestError};
 use crate::store::Checkpoint;
-use crate::supervisor::Signals;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
@@ -33,7 +35,7 @@ pub enum RestoreError {
     #[error("cannot read the checkpoint's images: {0}")]
     Images(#[from] ImageError),
     #[error(transparent)]
-    Rootfs(#[from] crate::rootfs::RootfsError),
+    Rootfs(#[from] crate::archive::rootfs::RootfsError),
     #[error("cannot open images dir {path}: {source}")]
     ImagesDir { path: PathBuf, source: std::io::Error },
     /// The checkpoint is sound but needs a CPU this node does not have: it is kept for a node
@@ -82,10 +84,10 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         manifest.command
     );
     if let Some(diff) = &manifest.rootfs {
-        crate::rootfs::apply(diff, &ckpt.dir.join(crate::rootfs::ROOTFS_ARCHIVE))?;
+        crate::archive::rootfs::apply(diff, &ckpt.dir.join(crate::layout::ROOTFS_ARCHIVE))?;
     }
     if !manifest.runtime_tmpfs.is_empty() {
-        files::extract(&ckpt.dir.join(files::TMPFS_ARCHIVE), Path::new("/"))?;
+        files::extract(&ckpt.dir.join(crate::layout::TMPFS_ARCHIVE), Path::new("/"))?;
         log::info!("the app's files on tmpfs mounts put back: {}", manifest.runtime_tmpfs.join(", "));
     }
     if manifest.has_files_archive {
@@ -93,8 +95,8 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         log::info!("additionalPaths put back from {}", ckpt.files_archive().display());
     }
     let mut inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
-    let open_files = crate::images::regular_files(&ckpt.images_dir())?;
-    for f in crate::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups)
+    let open_files = crate::criu::images::regular_files(&ckpt.images_dir())?;
+    for f in crate::restore::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups)
         .map_err(RestoreError::Stdio)?
     {
         if !inherit.iter().any(|i| i.key == f.key) {
@@ -114,9 +116,9 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     let dir = File::open(&images).map_err(|e| RestoreError::ImagesDir { path: images.clone(), source: e })?;
     let lazy_daemon = if config.lazy_pages {
         let pid = criu::start_lazy_pages(signals, &images, config.restore_timeout).map_err(|e| RestoreError::Criu {
-            log_lines: criu::log_errors(&images.join(criu::LAZY_PAGES_LOG), 8),
+            log_lines: criu::log_errors(&images.join(crate::layout::LAZY_PAGES_LOG), 8),
             source: e,
-            log: images.join(criu::LAZY_PAGES_LOG),
+            log: images.join(crate::layout::LAZY_PAGES_LOG),
         })?;
         log::info!("lazy restore: CRIU's lazy-pages daemon (pid {pid}) serves the app's memory on demand");
         Some(pid)
@@ -142,7 +144,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         writeback: None,
         on_notify: Some(&mut on_notify),
     };
-    let log = images.join(criu::RESTORE_LOG);
+    let log = images.join(crate::layout::RESTORE_LOG);
     let criu_started = std::time::Instant::now();
     let result = criu::call(signals, req);
     if let Some(check) = pages_check.take() {
@@ -190,10 +192,10 @@ fn check_cpu(signals: &Signals, ckpt: &Checkpoint, manifest: &Manifest) -> Resul
         return Err(RestoreError::IncompatibleCpu { missing, log_lines: Vec::new() });
     }
     let images = ckpt.images_dir();
-    if !images.join(crate::cpu::CPUINFO_IMAGE).exists() {
+    if !images.join(crate::layout::CPUINFO_IMAGE).exists() {
         return Ok(()); // not x86: the architecture is all CRIU records
     }
-    if !cpu.fingerprint.is_empty() && cpu.fingerprint == crate::cpu::fingerprint() {
+    if !cpu.fingerprint.is_empty() && cpu.fingerprint == crate::criu::cpu::fingerprint() {
         log::debug!("same CPU type and kernel as at the checkpoint: CRIU's CPU check is not needed");
         return Ok(());
     }
@@ -204,10 +206,10 @@ fn check_cpu(signals: &Signals, ckpt: &Checkpoint, manifest: &Manifest) -> Resul
     if verdict.is_ok() {
         return Ok(());
     }
-    let log_lines = criu::log_errors(&images.join(criu::CPUINFO_LOG), 4);
+    let log_lines = criu::log_errors(&images.join(crate::layout::CPUINFO_LOG), 4);
     let missing = match cpu_here(signals, ckpt).and_then(|now| {
-        let then = crate::cpu::read_x86(&images).map_err(|e| e.to_string())?.ok_or("no x86 record")?;
-        Ok(crate::cpu::missing(&then, &now))
+        let then = crate::criu::cpu::read_x86(&images).map_err(|e| e.to_string())?.ok_or("no x86 record")?;
+        Ok(crate::criu::cpu::missing(&then, &now))
     }) {
         Ok(m) if !m.is_empty() => m.join(", "),
         Ok(_) => "CRIU refused the CPU (see its log)".to_string(),
@@ -224,7 +226,7 @@ fn cpu_here(signals: &Signals, ckpt: &Checkpoint) -> Result<crate::image_types::
     let result = File::open(&scratch)
         .map_err(|e| e.to_string())
         .and_then(|d| criu::cpuinfo(signals, criu::rpc::Criu_req_type::CPUINFO_DUMP, &d).map_err(|e| e.to_string()))
-        .and_then(|()| crate::cpu::read_x86(&scratch).map_err(|e| e.to_string()))
+        .and_then(|()| crate::criu::cpu::read_x86(&scratch).map_err(|e| e.to_string()))
         .and_then(|x| x.ok_or_else(|| "CRIU wrote no x86 record".to_string()));
     let _ = std::fs::remove_dir_all(&scratch);
     result

@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 
 use crate::config::AbsPath;
 
-/// The app's open files on tmpfs mounts (which a new container gets empty), see checkpoint.rs.
-pub const TMPFS_ARCHIVE: &str = "tmpfs.tar";
-
 #[derive(Debug, thiserror::Error)]
 pub enum FilesError {
     #[error("cannot archive {path}: {source}")]

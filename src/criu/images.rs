@@ -234,7 +234,7 @@ fn describe_inet(s: &Inet_sk_entry) -> String {
 
 /// The TCP connections (sockets neither listening nor closed) among the files of a dump, as
 /// `inspect` describes them: a dump without CRIU's network lock must hold none
-/// ([`crate::preflight::network_lock_needed`]).
+/// ([`crate::checkpoint::preflight::network_lock_needed`]).
 pub fn tcp_connections(dir: &Path) -> Result<Vec<String>, ImageError> {
     let files: Vec<File_entry> = read(&dir.join("files.img"))?;
     Ok(files

@@ -4,8 +4,8 @@
 
 use nix::unistd::Pid;
 
-use crate::app::ProcessTable;
 use crate::config::{Config, OnEscapedProcesses};
+use crate::init::app::ProcessTable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
@@ -61,14 +61,17 @@ fn escaped(table: &ProcessTable, app: Pid, policy: OnEscapedProcesses) -> Result
     log::warn!(event = "escaped_killed"; "killing processes that left the app's tree before the dump \
         (onEscapedProcesses: kill): {}", names.join(", "));
     let pids: Vec<i32> = escaped.iter().map(|(p, _)| *p).collect();
-    crate::app::kill_and_wait(&pids, std::time::Duration::from_secs(2));
+    crate::init::app::kill_and_wait(&pids, std::time::Duration::from_secs(2));
     Ok(())
 }
 
 /// Processes of another user than crik, when crik lacks what CRIU needs for them.
 fn other_users(pids: &[i32]) -> Result<(), PreflightError> {
-    let lacking: Vec<&str> =
-        crate::caps::FOR_OTHER_USERS.iter().filter(|(bit, _)| !crate::caps::has(*bit)).map(|(_, n)| *n).collect();
+    let lacking: Vec<&str> = crate::host::caps::FOR_OTHER_USERS
+        .iter()
+        .filter(|(bit, _)| !crate::host::caps::has(*bit))
+        .map(|(_, n)| *n)
+        .collect();
     if lacking.is_empty() {
         return Ok(());
     }
@@ -127,7 +130,7 @@ fn message_queues(pids: &[i32]) -> Result<(), PreflightError> {
 /// (measured: 113 MiB for a host namespace with 200 tables, 9 MiB without the lock), charged to
 /// the container. A process in another network namespace than crik's, or a socket table that
 /// cannot be read, keeps the lock. A connection opened after this look is caught after the dump
-/// ([`crate::images::tcp_connections`]).
+/// ([`crate::criu::images::tcp_connections`]).
 pub fn network_lock_needed(pids: &[i32]) -> bool {
     let netns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
     let own = netns("self");

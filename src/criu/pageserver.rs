@@ -19,9 +19,9 @@ use std::path::Path;
 
 use protobuf::Message;
 
+use crate::criu::images::{IMG_COMMON_MAGIC, PAGE_SIZE, PE_PRESENT};
 use crate::image_types::pagemap::{Pagemap_entry, Pagemap_head};
-use crate::images::{IMG_COMMON_MAGIC, PAGE_SIZE, PE_PRESENT};
-use crate::manifest::FileSum;
+use crate::store::manifest::FileSum;
 
 const OPEN: u32 = 3;
 const OPEN2: u32 = 4;
@@ -357,16 +357,16 @@ mod tests {
         assert_eq!(sums[1].crc32, crc32fast::hash(&pages_b));
 
         // The pagemap reads back as CRIU's: head, then one entry per ADD_F.
-        let head: Pagemap_head = crate::images::read_one(&dir.join("pagemap-9001.img")).unwrap();
+        let head: Pagemap_head = crate::criu::images::read_one(&dir.join("pagemap-9001.img")).unwrap();
         assert_eq!(head.pages_id(), 1);
-        let entries = crate::images::entries(&dir.join("pagemap-9001.img")).unwrap();
+        let entries = crate::criu::images::entries(&dir.join("pagemap-9001.img")).unwrap();
         let got: Vec<(u64, u64, u32)> = entries[1..]
             .iter()
             .map(|b| Pagemap_entry::parse_from_bytes(b).unwrap())
             .map(|e| (e.vaddr(), e.nr_pages(), e.flags()))
             .collect();
         assert_eq!(got, [(0x1000, 2, PE_PRESENT), (0x8000, 1, PE_PRESENT)]);
-        let shm: Pagemap_head = crate::images::read_one(&dir.join("pagemap-shmem-5.img")).unwrap();
+        let shm: Pagemap_head = crate::criu::images::read_one(&dir.join("pagemap-shmem-5.img")).unwrap();
         assert_eq!(shm.pages_id(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }

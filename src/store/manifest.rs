@@ -4,12 +4,10 @@
 //! Version rule: a manifest with a higher major `format` than ours is refused; fields added
 //! later are optional, so older manifests keep loading.
 
+use crate::layout::MAX_MANIFEST;
 use serde::{Deserialize, Serialize};
 
-pub const MANIFEST_FILE: &str = "manifest.json";
 pub const FORMAT: u32 = 1;
-/// Largest manifest crik reads (a real one is a few KiB).
-const MAX_MANIFEST: u64 = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -31,10 +29,10 @@ pub struct Manifest {
     /// The container's own cgroup directories: open files under them are re-pointed to the new
     /// container's at restore.
     #[serde(default)]
-    pub cgroups: Vec<crate::cgroup::CgroupDir>,
+    pub cgroups: Vec<crate::host::cgroup::CgroupDir>,
     /// The container's writable layer, when captured (`rootfs.tar` holds its files).
     #[serde(default)]
-    pub rootfs: Option<crate::rootfs::RootfsDiff>,
+    pub rootfs: Option<crate::archive::rootfs::RootfsDiff>,
     /// Whether `files.tar` (additionalPaths) is part of the checkpoint.
     #[serde(default)]
     pub has_files_archive: bool,
@@ -42,9 +40,9 @@ pub struct Manifest {
     /// archived in `tmpfs.tar` and put back before CRIU restores.
     #[serde(default)]
     pub runtime_tmpfs: Vec<String>,
-    /// The CPU the checkpoint was taken on; checked at restore (see [`crate::cpu`]).
+    /// The CPU the checkpoint was taken on; checked at restore (see [`crate::criu::cpu`]).
     #[serde(default)]
-    pub cpu: Option<crate::cpu::CpuRecord>,
+    pub cpu: Option<crate::criu::cpu::CpuRecord>,
     pub crik_version: String,
     pub criu_version: String,
     pub kernel: String,
@@ -55,7 +53,7 @@ pub struct Manifest {
     #[serde(default)]
     pub seal_millis: u64,
     /// The app tree's anonymous memory when it was checkpointed: with the two durations, what
-    /// a checkpoint of this app costs per byte (see [`crate::plan`]).
+    /// a checkpoint of this app costs per byte (see [`crate::lifecycle::plan`]).
     #[serde(default)]
     pub app_memory_bytes: u64,
     /// Every file of the checkpoint (relative path, size, CRC-32), recorded at publish time and
@@ -93,8 +91,10 @@ impl Manifest {
         let read_err = |e| ManifestError::Read { path: path.into(), source: e };
         // Manifests are small: refuse to read (let alone parse) anything absurd.
         let mut text = Vec::new();
-        std::fs::File::open(path).and_then(|f| f.take(MAX_MANIFEST + 1).read_to_end(&mut text)).map_err(read_err)?;
-        if text.len() as u64 > MAX_MANIFEST {
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_MANIFEST as u64 + 1).read_to_end(&mut text))
+            .map_err(read_err)?;
+        if text.len() > MAX_MANIFEST {
             return Err(read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "manifest larger than 16 MiB")));
         }
         let m: Manifest =
@@ -138,7 +138,7 @@ mod tests {
     fn round_trips_and_rejects_newer_formats() {
         let dir = std::env::temp_dir().join(format!("crik-manifest-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join(MANIFEST_FILE);
+        let p = dir.join(crate::layout::MANIFEST_FILE);
         let m = Manifest::for_tests();
         std::fs::write(&p, m.to_json()).unwrap();
         assert_eq!(Manifest::load(&p).unwrap(), m);
@@ -153,7 +153,7 @@ mod tests {
         // Over the cap: refused without being parsed (it would be valid JSON otherwise).
         let mut huge = m.to_json().into_bytes();
         huge.pop(); // the newline
-        huge.resize(MAX_MANIFEST as usize + 1, b' ');
+        huge.resize(MAX_MANIFEST + 1, b' ');
         std::fs::write(&p, &huge).unwrap();
         let e = Manifest::load(&p).unwrap_err().to_string();
         assert!(e.contains("larger than 16 MiB"), "{e}");

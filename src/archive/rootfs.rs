@@ -17,9 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::mountinfo::Mount;
-
-pub const ROOTFS_ARCHIVE: &str = "rootfs.tar";
+use crate::host::mountinfo::Mount;
 
 /// What the archive cannot carry: paths deleted from the image's root, and directories that
 /// replaced the image's (their old contents must go first).
@@ -43,7 +41,8 @@ pub enum RootfsError {
 /// The overlay upper dir of `/`, checked to be reachable from here. Called at start, so that a
 /// misconfiguration is found before any SIGTERM.
 pub fn upper_dir() -> Result<PathBuf, RootfsError> {
-    let mounts = crate::mountinfo::read().map_err(|e| RootfsError::Setup(format!("cannot read mountinfo: {e}")))?;
+    let mounts =
+        crate::host::mountinfo::read().map_err(|e| RootfsError::Setup(format!("cannot read mountinfo: {e}")))?;
     upper_dir_of(&mounts)
 }
 
@@ -59,7 +58,7 @@ fn upper_dir_of(mounts: &[Mount]) -> Result<PathBuf, RootfsError> {
             root.fstype
         )));
     }
-    let upper = crate::mountinfo::option(&root.super_options, "upperdir")
+    let upper = crate::host::mountinfo::option(&root.super_options, "upperdir")
         .ok_or_else(|| RootfsError::Setup("the root overlay has no upperdir (read-only root?)".into()))?;
     let upper = PathBuf::from(upper);
     if !upper.is_dir() {
@@ -74,7 +73,12 @@ fn upper_dir_of(mounts: &[Mount]) -> Result<PathBuf, RootfsError> {
 
 /// Mount points other than `/`: volumes, bind mounts, /proc, /dev, ... (never captured).
 fn other_mounts() -> Vec<PathBuf> {
-    crate::mountinfo::read().unwrap_or_default().into_iter().map(|m| m.point).filter(|p| p != Path::new("/")).collect()
+    crate::host::mountinfo::read()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| m.point)
+        .filter(|p| p != Path::new("/"))
+        .collect()
 }
 
 fn is_whiteout(md: &fs::Metadata) -> bool {
@@ -151,7 +155,7 @@ pub fn apply(diff: &RootfsDiff, archive: &Path) -> Result<(), RootfsError> {
     for p in &diff.deleted {
         remove(Path::new(p)).map_err(err(Path::new(p)))?;
     }
-    crate::files::extract(archive, Path::new("/"))
+    crate::archive::files::extract(archive, Path::new("/"))
         .map_err(|e| RootfsError::Apply { path: archive.into(), source: io::Error::other(e.to_string()) })?;
     log::info!(
         "container's writable layer put back: {} entries, {} deletions, {} replaced dirs",
@@ -177,7 +181,7 @@ mod tests {
 
     #[test]
     fn upper_dir_is_read_from_the_root_mount() {
-        let of = |text: &str| upper_dir_of(&crate::mountinfo::parse(text));
+        let of = |text: &str| upper_dir_of(&crate::host::mountinfo::parse(text));
         let mi = "22 1 0:21 / / rw - ext4 /dev/vda rw\n\
                   40 22 0:40 / / rw,relatime - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/,workdir=/w\n";
         assert_eq!(of(mi).unwrap(), PathBuf::from("/"));

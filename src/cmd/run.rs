@@ -6,18 +6,18 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use crate::app::{self, SpawnError};
 use crate::checkpoint::{self, CheckpointError, Target};
-use crate::cli::{InspectArgs, RestoreArgs, RunArgs};
+use crate::cmd::cli::{InspectArgs, RestoreArgs, RunArgs};
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource, OnNodeStateError, OnRestoreFailure};
-use crate::nodestate::{self, Answer, Query};
-use crate::plan::{self, Cost, Decision};
+use crate::init::app::{self, SpawnError};
+use crate::init::supervisor::{self, Periodic, Signals, TermAction};
+use crate::lifecycle::nodestate::{self, Answer, Query};
+use crate::lifecycle::plan::{self, Cost, Decision};
+use crate::lifecycle::status::CheckpointStatus;
 use crate::remote::{Remote, RemoteError, RemoteManifest};
 use crate::restore::{self, RestoreError, Restored};
-use crate::staging::MemoryStaging;
-use crate::status::CheckpointStatus;
-use crate::store::{Checkpoint, Store, StoreError};
-use crate::supervisor::{self, Periodic, Signals, TermAction};
+use crate::store::staging::MemoryStaging;
+use crate::store::{Checkpoint, Staging, Store, StoreError};
 
 /// Why crik gave up; each kind has its exit code.
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,7 @@ fn load_config(flag: Option<PathBuf>) -> Result<Config, Fatal> {
     let source = ConfigSource::resolve(flag, std::env::var_os("CRIK_CONFIG"));
     let loaded = source.load()?;
     let config = loaded.clone().unwrap_or_default();
-    crate::logging::init(config.log_format);
+    crate::cmd::logging::init(config.log_format);
     match loaded {
         Some(_) => log::debug!("configuration read from {}", source.path.display()),
         None => log::debug!("no configuration at {}: checkpointing is off", source.path.display()),
@@ -94,7 +94,7 @@ fn rootfs_upper(config: &Config) -> Result<Option<PathBuf>, Fatal> {
     if !config.capture_rootfs_diff {
         return Ok(None);
     }
-    let upper = crate::rootfs::upper_dir().map_err(|e| Fatal::Invalid(e.to_string()))?;
+    let upper = crate::archive::rootfs::upper_dir().map_err(|e| Fatal::Invalid(e.to_string()))?;
     log::info!("the container's writable layer ({}) goes into every checkpoint", upper.display());
     Ok(Some(upper))
 }
@@ -102,7 +102,7 @@ fn rootfs_upper(config: &Config) -> Result<Option<PathBuf>, Fatal> {
 /// With checkpointing on, CRIU must run and have the privileges it needs: found at start, not
 /// when the node is going away. (Its version is cached for the checkpoints' manifests.)
 fn check_criu(signals: &Signals) -> Result<(), Fatal> {
-    let missing = crate::caps::missing();
+    let missing = crate::host::caps::missing();
     if !missing.is_empty() {
         return Err(Fatal::failed(
             "checkpointing is on (imageDir) but CRIU would lack privileges",
@@ -380,14 +380,14 @@ pub fn inspect_cmd(args: InspectArgs) -> Result<i32, Fatal> {
     let config = load_config(args.config)?;
     let dir = image_dir_arg(&args.image_dir, &config)?;
     let config = Config { image_dir: Some(dir.clone()), ..config };
-    let mut report = crate::inspect::inspect(dir.as_path(), args.checkpoint.as_deref())
+    let mut report = crate::cmd::inspect::inspect(dir.as_path(), args.checkpoint.as_deref())
         .map_err(|e| Fatal::failed("cannot inspect", e))?;
     if config.storage.is_some() {
         // Read-only, like the rest of inspect; unreachable storage is reported, not fatal.
         report.storage = match open_remote(&config) {
-            Ok(Some(remote)) => Some(crate::inspect::StorageReport::of(&remote)),
+            Ok(Some(remote)) => Some(crate::cmd::inspect::StorageReport::of(&remote)),
             Ok(None) => None,
-            Err(e) => Some(crate::inspect::StorageReport {
+            Err(e) => Some(crate::cmd::inspect::StorageReport {
                 url: config.storage.as_ref().map(|s| s.url.to_string()).unwrap_or_default(),
                 checkpoints: Vec::new(),
                 error: Some(e.to_string()),
@@ -397,7 +397,7 @@ pub fn inspect_cmd(args: InspectArgs) -> Result<i32, Fatal> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
     } else {
-        print!("{}", crate::inspect::render(&report));
+        print!("{}", crate::cmd::inspect::render(&report));
     }
     Ok(0)
 }
@@ -493,6 +493,18 @@ fn supervise(
     command: &[String],
 ) -> i32 {
     let Context { store, remote, staging, node_state } = ctx;
+    // What a checkpoint of the app is given: a final one (`leave_running` false) or a periodic one.
+    let target_of = |app, leave_running, deadline| Target {
+        config,
+        app,
+        command,
+        leave_running,
+        rootfs_upper,
+        deadline,
+        remote,
+        staging,
+        always_lock_network: false,
+    };
     // What the last SIGTERM did about the app's state.
     let mut saved: Option<Saved> = None;
     // Periodic checkpoints of this run, oldest first (the SIGTERM handler may keep the last).
@@ -534,24 +546,14 @@ fn supervise(
                         let mut status = CheckpointStatus::new("final", "skipped", SystemTime::now());
                         status.id = Some(id);
                         status.error = Some(format!("would take about {estimate_ms} ms, {left_ms} ms of budget left"));
-                        crate::status::write(store.root(), status);
+                        crate::lifecycle::status::write(store.root(), status);
                         saved = Some(Saved::KeptPeriodic);
                         return TermAction::Forward;
                     }
                 }
             }
         };
-        let target = Target {
-            config,
-            app: pid,
-            command,
-            leave_running: false,
-            rootfs_upper,
-            deadline,
-            remote,
-            staging,
-            always_lock_network: false,
-        };
+        let target = target_of(pid, false, deadline);
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(_) => {
                 saved = Some(Saved::Checkpointed);
@@ -575,17 +577,7 @@ fn supervise(
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
         let deadline = config.checkpoint_timeout;
-        let target = Target {
-            config,
-            app: pid,
-            command,
-            leave_running: true,
-            rootfs_upper,
-            deadline,
-            remote,
-            staging,
-            always_lock_network: false,
-        };
+        let target = target_of(pid, true, deadline);
         match checkpoint::checkpoint(signals, store, &target) {
             Ok(t) => {
                 periodic_taken.borrow_mut().push(t.id);
@@ -619,7 +611,7 @@ fn supervise(
             // run left behind would replay stale state at the next start (a finished job run
             // again, a crash repeated). Older checkpoints, and those kept on SIGTERM or after a
             // failed final checkpoint, stay: they may be the only saved state.
-            let stale = store.retire_ids(&periodic_taken.borrow(), config.keep_checkpoints);
+            let stale = store.retire_where(|c| periodic_taken.borrow().contains(&c.id), config.keep_checkpoints);
             // Storage holds them too (with memory staging, only storage does); each upload
             // retired the one before it there, so only the newest can still be published.
             if let (Some(remote), Some(id)) = (remote, periodic_taken.borrow().last()) {

@@ -13,8 +13,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::criu::images::{self, ImageError};
 use crate::image_types::cpuinfo::{cpuinfo_x86_entry::Vendor, Cpuinfo_entry, Cpuinfo_x86_entry};
-use crate::images::{self, ImageError};
+use crate::layout::CPUINFO_IMAGE;
 
 /// CRIU's `cpu_cap` bits (criu/include/cr_options.h).
 const CPU_CAP_FPU: u32 = 1 << 0;
@@ -22,8 +23,6 @@ const CPU_CAP_INS: u32 = 1 << 2;
 /// What crik has CRIU record at dump and check before a restore: FPU/xsave compatibility and
 /// instruction features (not the strict "every CPUID bit equal", which no two instance types pass).
 pub const CPU_CAPS: u32 = CPU_CAP_FPU | CPU_CAP_INS;
-
-pub const CPUINFO_IMAGE: &str = "cpuinfo.img";
 
 /// The checkpoint's CPU, in its manifest, for people and `crik inspect` (CRIU's cpuinfo.img
 /// is what the check reads).

@@ -4,6 +4,10 @@
 //! restore response (the restored PID) and has no deadline. CRIU can hang for ever on a damaged
 //! image, so every call here has one: past it CRIU's whole process group is SIGKILLed.
 
+pub mod cpu;
+pub mod images;
+pub mod pageserver;
+
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -21,7 +25,8 @@ use protobuf::Message;
 pub use rust_criu::rust_criu_protobuf::rpc;
 
 use crate::config::AbsPath;
-use crate::supervisor::Signals;
+use crate::init::supervisor::Signals;
+use crate::layout::{CPUINFO_LOG, DUMP_LOG, LAZY_PAGES_LOG, LAZY_PAGES_SOCKET, RESTORE_LOG};
 
 pub const CRIU_BIN: &str = "criu";
 
@@ -80,7 +85,7 @@ pub struct Request<'a> {
     /// File descriptors CRIU must inherit (for `inherit_fd`).
     pub inherit: Vec<InheritFd>,
     /// A dump's pages go to this socket (CRIU's page-server protocol, see
-    /// [`crate::pageserver`]) instead of into pages images.
+    /// [`crate::criu::pageserver`]) instead of into pages images.
     pub page_server: Option<OwnedFd>,
     pub deadline: Duration,
     /// While CRIU writes images into this dir, start their writeback to disk every 100 ms, so
@@ -121,7 +126,7 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
         opts.ps = protobuf::MessageField::some(ps);
     }
 
-    let oom_kills_before = crate::cgroup::oom_kills();
+    let oom_kills_before = crate::host::cgroup::oom_kills();
     let child = spawn_criu(signals, &["swrk".into(), theirs.as_raw_fd().to_string()], keep)?;
     drop(theirs);
     drop(req.inherit);
@@ -137,10 +142,10 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
     // It has a few seconds for that, and is killed past them: no wait on CRIU is unbounded.
     let exit = reap_or_kill(pid, EXIT_GRACE);
     let oom_killed = matches!(exit, Some(WaitStatus::Signaled(_, Signal::SIGKILL, _)))
-        && crate::cgroup::oom_kills().zip(oom_kills_before).is_some_and(|(now, before)| now > before);
+        && crate::host::cgroup::oom_kills().zip(oom_kills_before).is_some_and(|(now, before)| now > before);
     let resp = match result {
         Err(CriuError::Vanished | CriuError::Io(_)) if oom_killed => {
-            return Err(CriuError::OomKilled { limit: crate::cgroup::memory_limit() })
+            return Err(CriuError::OomKilled { limit: crate::host::cgroup::memory_limit() })
         }
         r => r?,
     };
@@ -376,13 +381,13 @@ pub fn major_minor(version: &str) -> (u32, u32) {
 }
 
 /// `cpuinfo dump` (record this CPU into `dir`, as cpuinfo.img) or `cpuinfo check` (can the CPU
-/// recorded in `dir` run here?), with crik's CPU capabilities ([`crate::cpu::CPU_CAPS`]).
+/// recorded in `dir` run here?), with crik's CPU capabilities ([`crate::criu::cpu::CPU_CAPS`]).
 pub fn cpuinfo(signals: &Signals, kind: rpc::Criu_req_type, dir: &File) -> Result<(), CriuError> {
     let mut o = base_opts();
     o.set_images_dir_fd(dir.as_raw_fd());
     o.set_log_level(4);
     o.set_log_file(CPUINFO_LOG.into());
-    o.set_cpu_cap(crate::cpu::CPU_CAPS);
+    o.set_cpu_cap(crate::criu::cpu::CPU_CAPS);
     let req = Request {
         kind,
         opts: Some(o),
@@ -453,7 +458,7 @@ fn external_mounts(extra: &[AbsPath]) -> Vec<(String, String)> {
 
 /// Dump options for the tree rooted at `pid`; `leave_running` for periodic checkpoints;
 /// `lock_network` unless the tree holds no TCP connection
-/// ([`crate::preflight::network_lock_needed`]).
+/// ([`crate::checkpoint::preflight::network_lock_needed`]).
 pub fn dump_opts(
     images_dir: &File,
     pid: Pid,
@@ -468,7 +473,7 @@ pub fn dump_opts(
     o.set_pid(pid.as_raw());
     o.set_leave_running(leave_running);
     // Record the CPU (cpuinfo.img), so a restore elsewhere can be checked against it first.
-    o.set_cpu_cap(crate::cpu::CPU_CAPS);
+    o.set_cpu_cap(crate::criu::cpu::CPU_CAPS);
     // A connected client must never make the checkpoint fail.
     o.set_tcp_established(true);
     o.set_ext_unix_sk(true);
@@ -549,12 +554,6 @@ pub fn start_lazy_pages(signals: &Signals, images: &Path, wait: Duration) -> Res
     }
     Ok(pid)
 }
-
-pub const LAZY_PAGES_SOCKET: &str = "lazy-pages.socket";
-pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
-pub const DUMP_LOG: &str = "dump.log";
-pub const RESTORE_LOG: &str = "restore.log";
-pub const CPUINFO_LOG: &str = "cpuinfo.log";
 
 /// Renders CRIU's own error lines under a failure, so the user sees why, not just "failed".
 pub fn format_log(lines: &[String]) -> String {

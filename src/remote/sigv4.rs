@@ -105,14 +105,14 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// Hex SHA-256 of a body (for the requests whose body is signed).
-pub fn sha256_hex(body: &[u8]) -> String {
-    hex::encode(Sha256::digest(body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hex SHA-256 of a body (for the requests whose body is signed).
+    fn sha256_hex(body: &[u8]) -> String {
+        hex::encode(Sha256::digest(body))
+    }
 
     fn authorization(h: &[(String, String)]) -> &str {
         &h.iter().find(|(k, _)| k == "authorization").unwrap().1

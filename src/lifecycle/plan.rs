@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::manifest::Manifest;
+use crate::store::manifest::Manifest;
 
 /// How many recent checkpoints the estimate looks at.
 const HISTORY: usize = 3;

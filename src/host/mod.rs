@@ -1,5 +1,9 @@
 //! Facts about the machine crik runs on, recorded in a checkpoint and compared at restore.
 
+pub mod caps;
+pub mod cgroup;
+pub mod mountinfo;
+
 /// The container's IP addresses that connections are made to: neither loopback nor link-local.
 /// (A container's IPv6 link-local address follows its interface's MAC, new with every
 /// container even when the runtime gives it the same IP: it must not decide `tcpRestore: auto`.)

@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::mountinfo::Mount;
+use crate::host::mountinfo::Mount;
 
 /// One of the container's cgroup directories: the hierarchy it belongs to (`0::` for cgroup v2,
 /// `N:controllers` for v1) and where it is mounted.
@@ -49,7 +49,7 @@ struct MemoryFiles {
 /// The calling process's cgroup directories, resolved through the mounted cgroup filesystems.
 pub fn own_cgroup_dirs() -> Vec<CgroupDir> {
     let cgroups = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    cgroup_dirs(&cgroups, &crate::mountinfo::read().unwrap_or_default())
+    cgroup_dirs(&cgroups, &crate::host::mountinfo::read().unwrap_or_default())
 }
 
 fn cgroup_dirs(cgroups: &str, mounts: &[Mount]) -> Vec<CgroupDir> {
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn cgroup_dirs_follow_mounts_and_roots() {
-        let mounts = crate::mountinfo::parse(MOUNTINFO);
+        let mounts = crate::host::mountinfo::parse(MOUNTINFO);
         let dirs =
             cgroup_dirs("0::/kubepods.slice/pod-a/ctr\n4:memory:/kube/ctr\n5:pids:/kubepods/x\n6:cpu:/y\n", &mounts);
         assert_eq!(

@@ -1,5 +1,5 @@
 //! PID-1 duties: forward signals, reap every zombie, pass the exit code on. (Starting the app
-//! and killing its tree: [`crate::app`].)
+//! and killing its tree: [`crate::init::app`].)
 //!
 //! Like tini, crik blocks every signal it cares about and takes them synchronously with
 //! `sigtimedwait`: no handlers, no threads. Crash signals stay unblocked so a bug in crik still

@@ -8,12 +8,11 @@
 //! ```
 //! Replaced atomically (written beside, fsynced, renamed): a reader never sees half a file.
 
+use crate::layout::STATUS_FILE;
 use std::path::Path;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-
-pub const STATUS_FILE: &str = "status.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {

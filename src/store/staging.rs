@@ -10,9 +10,8 @@
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
-use crate::store::{self, Checkpoint, StoreError, IMAGES_DIR};
+use crate::store::{self, Checkpoint, Staging, StoreError};
 
 pub struct MemoryStaging {
     dir: PathBuf,
@@ -31,16 +30,7 @@ impl MemoryStaging {
             path: dir.to_path_buf(),
             source: e,
         })?;
-        let entries = fs::read_dir(dir).map_err(|e| StoreError::Io { step: "list", path: dir.into(), source: e })?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if store::is_valid_id(&name) {
-                log::warn!("discarding unfinished checkpoint {} (crik stopped while writing it)", e.path().display());
-                if let Err(err) = fs::remove_dir_all(e.path()) {
-                    log::warn!("cannot remove {}: {err}", e.path().display());
-                }
-            }
-        }
+        store::discard_leftovers(dir)?;
         Ok(MemoryStaging { dir: dir.to_path_buf() })
     }
 
@@ -62,7 +52,7 @@ impl MemoryStaging {
             ));
         }
         if is_tmpfs(&self.dir) {
-            if let Some(headroom) = crate::cgroup::memory_headroom() {
+            if let Some(headroom) = crate::host::cgroup::memory_headroom() {
                 if headroom < need {
                     return Err(format!(
                         "the container's memory limit leaves {}, the dump needs about {}",
@@ -74,30 +64,17 @@ impl MemoryStaging {
         }
         Ok(())
     }
+}
 
+impl Staging for MemoryStaging {
     /// A new checkpoint dir here, with a fresh id.
-    pub fn stage(&self) -> Result<Checkpoint, StoreError> {
-        let base = store::new_id(SystemTime::now());
-        let (mut id, mut n) = (base.clone(), 1);
-        while self.dir.join(&id).exists() {
-            n += 1;
-            id = format!("{base}-{n}");
-        }
-        let dir = self.dir.join(&id);
-        let images = dir.join(IMAGES_DIR);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&images).map_err(|e| StoreError::Io {
-            step: "create",
-            path: images.clone(),
-            source: e,
-        })?;
-        Ok(Checkpoint { id, dir })
+    fn stage(&self) -> Result<Checkpoint, StoreError> {
+        store::stage_in(&self.dir, |id| self.dir.join(id).exists())
     }
 
     /// Frees a checkpoint's memory.
-    pub fn remove(&self, c: &Checkpoint) {
-        if let Err(e) = fs::remove_dir_all(&c.dir) {
-            log::warn!("cannot remove {}: {e}", c.dir.display());
-        }
+    fn discard(&self, c: &Checkpoint) {
+        store::remove_or_warn(&c.dir);
     }
 }
 
@@ -127,7 +104,7 @@ mod tests {
         assert!(m.fits(1 << 20).is_ok());
         let e = m.fits(u64::MAX / 4).unwrap_err();
         assert!(e.contains("free"), "{e}");
-        m.remove(&c);
+        m.discard(&c);
         assert!(!c.dir.exists());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,19 +1,17 @@
 //! The object-storage store: checkpoints mirrored to an S3 bucket as content-addressed,
-//! compressed chunks (see [`crate::chunks`]), so that a node in another zone can restore them.
+//! compressed chunks (see [`crate::remote::chunks`]), so that a node in another zone can restore them.
 //!
-//! ```text
-//! s3://bucket/prefix/
-//! ├── chunks/<blake3>             zstd of one chunk; shared by every checkpoint that has it
-//! ├── checkpoints/<id>.json       a complete checkpoint: crik's manifest + each file's chunks
-//! ├── retired/<id>.json           restored once (history, keepCheckpoints of them)
-//! └── quarantine/<id>.json        failed to restore; never retried
-//! ```
+//! Its layout in the bucket is drawn in [`crate::layout`].
 //!
 //! A checkpoint's chunks are all uploaded before its manifest, so a listed manifest always
 //! names chunks that are there: an upload cut short leaves only unlisted chunks, which the
 //! next garbage collection removes. One crik writes a prefix at a time (one app per prefix).
 //! The local image dir stays the staging area: CRIU dumps there, crik uploads from there,
 //! and a restore downloads there first.
+
+pub mod chunks;
+pub mod s3;
+pub mod sigv4;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -24,18 +22,15 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::chunks::{self, ChunkError, ChunkRef};
 use crate::config::StorageConfig;
-use crate::manifest::Manifest;
-use crate::s3::{Bucket, S3Error};
+use crate::layout::bucket::{CHECKPOINTS, CHUNKS, QUARANTINE, RETIRED};
+use crate::layout::MAX_MANIFEST;
+use crate::remote::s3::{Bucket, S3Error};
+use crate::store::manifest::Manifest;
 use crate::store::Checkpoint;
+use chunks::{ChunkError, ChunkRef};
 
 const FORMAT: u32 = 1;
-const CHUNKS: &str = "chunks/";
-const PUBLISHED: &str = "checkpoints/";
-const RETIRED: &str = "retired/";
-const QUARANTINE: &str = "quarantine/";
-const MAX_MANIFEST: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -281,7 +276,7 @@ impl<'r> Upload<'r> {
         let chunks = files.iter().map(|f| f.chunks.len()).sum();
         let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files };
         let body = serde_json::to_vec(&body).expect("manifest serializes");
-        remote.bucket.put(&remote.key(PUBLISHED, &format!("{id}.json")), &body, deadline)?;
+        remote.bucket.put(&remote.key(CHECKPOINTS, &format!("{id}.json")), &body, deadline)?;
 
         let claimed = std::mem::take(&mut *lock(&self.claimed));
         if let Some(k) = lock(&remote.known).as_mut() {
@@ -369,8 +364,8 @@ impl Remote {
     /// error when its manifest is there but unusable.
     pub fn latest(&self) -> Result<Option<Latest>, RemoteError> {
         let deadline = self.soon();
-        let Some(id) = self.ids(PUBLISHED, deadline)?.pop() else { return Ok(None) };
-        let bytes = self.bucket.get(&self.key(PUBLISHED, &format!("{id}.json")), deadline)?;
+        let Some(id) = self.ids(CHECKPOINTS, deadline)?.pop() else { return Ok(None) };
+        let bytes = self.bucket.get(&self.key(CHECKPOINTS, &format!("{id}.json")), deadline)?;
         let damaged = |why: String| Err(RemoteError::Damaged { id: id.clone(), why });
         let parsed = match bytes {
             // Listed a moment ago, gone now: retired or quarantined in between.
@@ -441,15 +436,15 @@ impl Remote {
         // Listed again after moving: a listing may lag a write just made (seen with s3s-fs
         // right after the previous upload).
         for pass in 1..=3 {
-            let older: Vec<String> = self.ids(PUBLISHED, deadline)?.into_iter().filter(|i| i != id).collect();
+            let older: Vec<String> = self.ids(CHECKPOINTS, deadline)?.into_iter().filter(|i| i != id).collect();
             if older.is_empty() {
                 break;
             }
             if pass == 3 {
-                log::warn!("storage: older checkpoints {older:?} still listed in {PUBLISHED} after retiring them");
+                log::warn!("storage: older checkpoints {older:?} still listed in {CHECKPOINTS} after retiring them");
             }
             for old in older {
-                self.move_manifest(&old, PUBLISHED, RETIRED, deadline)?;
+                self.move_manifest(&old, CHECKPOINTS, RETIRED, deadline)?;
             }
         }
         self.prune(RETIRED, keep, deadline)
@@ -463,7 +458,7 @@ impl Remote {
         let mut places: HashMap<&str, Places> = HashMap::new();
         let mut files = Vec::with_capacity(m.files.len());
         for (i, f) in m.files.iter().enumerate() {
-            if !crate::integrity::is_safe_relative(&f.path) {
+            if !crate::store::integrity::is_safe_relative(&f.path) {
                 return Err(damaged(format!("unsafe path {:?}", f.path)));
             }
             let sum: u64 = f.chunks.iter().map(|c| c.len as u64).sum();
@@ -538,7 +533,7 @@ impl Remote {
     /// of the restored app never replays it.
     pub fn retire(&self, id: &str, keep: usize) -> Result<(), RemoteError> {
         let deadline = self.soon();
-        self.move_manifest(id, PUBLISHED, RETIRED, deadline)?;
+        self.move_manifest(id, CHECKPOINTS, RETIRED, deadline)?;
         self.prune(RETIRED, keep, deadline)
     }
 
@@ -547,7 +542,7 @@ impl Remote {
     pub fn summaries(&self) -> Result<Vec<RemoteSummary>, RemoteError> {
         let deadline = self.soon();
         let mut out = Vec::new();
-        for (area, state) in [(PUBLISHED, "complete"), (RETIRED, "retired"), (QUARANTINE, "quarantined")] {
+        for (area, state) in [(CHECKPOINTS, "complete"), (RETIRED, "retired"), (QUARANTINE, "quarantined")] {
             for id in self.ids(area, deadline)? {
                 let body = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)?;
                 let parsed = body.as_deref().map(serde_json::from_slice::<RemoteManifest>);
@@ -566,7 +561,7 @@ impl Remote {
 
     /// After a failed restore: the checkpoint goes to quarantine/, never retried.
     pub fn quarantine(&self, id: &str) -> Result<(), RemoteError> {
-        self.move_manifest(id, PUBLISHED, QUARANTINE, self.soon())
+        self.move_manifest(id, CHECKPOINTS, QUARANTINE, self.soon())
     }
 
     /// S3 has no rename: the manifest is written under its new name, then removed.
@@ -590,7 +585,7 @@ impl Remote {
     /// pruned checkpoints and of uploads cut short. Returns how many were removed.
     pub fn collect_garbage(&self, deadline: Instant) -> Result<usize, RemoteError> {
         let mut referenced: HashSet<String> = HashSet::new();
-        for area in [PUBLISHED, RETIRED, QUARANTINE] {
+        for area in [CHECKPOINTS, RETIRED, QUARANTINE] {
             for id in self.ids(area, deadline)? {
                 let Some(body) = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)? else { continue };
                 match serde_json::from_slice::<RemoteManifest>(&body) {

@@ -12,18 +12,20 @@ use std::time::{Instant, SystemTime};
 
 use nix::unistd::Pid;
 
+use crate::archive::files::{self, FilesError};
 use crate::config::Config;
 use crate::criu::{self, CriuError};
-use crate::files::{self, FilesError};
 use crate::host;
-use crate::manifest::{Manifest, FORMAT};
-use crate::plan::Cost;
+use crate::init::supervisor::Signals;
+use crate::layout::FAILED_DUMP_LOG;
+use crate::lifecycle::plan::Cost;
+use crate::lifecycle::status::CheckpointStatus;
 use crate::sizes;
-use crate::staging::MemoryStaging;
-use crate::status::CheckpointStatus;
-use crate::store::{self, Checkpoint, Store, StoreError};
-use crate::supervisor::Signals;
+use crate::store::manifest::{Manifest, FORMAT};
+use crate::store::staging::MemoryStaging;
+use crate::store::{self, Checkpoint, Staging, Store, StoreError};
 
+pub mod preflight;
 mod streamed;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,11 +35,11 @@ pub enum CheckpointError {
     #[error(transparent)]
     Files(#[from] FilesError),
     #[error(transparent)]
-    Rootfs(#[from] crate::rootfs::RootfsError),
+    Rootfs(#[from] crate::archive::rootfs::RootfsError),
     #[error("CRIU finished the dump without its post-dump notification: files were not archived")]
     NoPostDump,
     #[error(transparent)]
-    Preflight(#[from] crate::preflight::PreflightError),
+    Preflight(#[from] crate::checkpoint::preflight::PreflightError),
     #[error("cannot read the container's stdio links in /proc/{pid}/fd: {source}")]
     Stdio { pid: i32, source: std::io::Error },
     #[error("cannot open images dir {path}: {source}")]
@@ -54,7 +56,7 @@ pub enum CheckpointError {
     Unlocked(Vec<String>),
     /// crik's page server failed (see [`streamed`]).
     #[error("streaming the dump's pages: {0}")]
-    PageStream(#[from] crate::pageserver::PageServerError),
+    PageStream(#[from] crate::criu::pageserver::PageServerError),
 }
 
 /// What a checkpoint needs besides the store: the config and the app being checkpointed.
@@ -78,15 +80,12 @@ pub struct Target<'a> {
     pub always_lock_network: bool,
 }
 
-/// A checkpoint taken: its id, and what it cost (for [`crate::plan`]).
+/// A checkpoint taken: its id, and what it cost (for [`crate::lifecycle::plan`]).
 #[derive(Debug, Clone)]
 pub struct Taken {
     pub id: String,
     pub cost: Cost,
 }
-
-/// Where the CRIU log of the last failed dump is kept, in the image dir.
-pub const FAILED_DUMP_LOG: &str = "failed-dump.log";
 
 /// Checkpoints the app's whole tree and publishes it. CRIU stops the tree when the dump
 /// succeeds; when it fails, CRIU resumes the app and the staging dir is removed. Either way the
@@ -102,7 +101,7 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<T
     }
     // The status file is current before the event says the checkpoint is done: whoever acts
     // on the event (an operator, a test) reads the outcome it announces.
-    crate::status::write(store.root(), status);
+    crate::lifecycle::status::write(store.root(), status);
     let p = result?;
     log::info!(
         event = "checkpoint_finished", kind, id = p.id.as_str(), duration_ms = p.millis,
@@ -179,24 +178,25 @@ fn stage_dump_unstreamed(
     kind: &str,
     started: Instant,
 ) -> Result<Published, CheckpointError> {
-    let memory = target.staging.filter(|m| match m.fits(crate::app::tree_memory(target.app)) {
+    let memory = target.staging.filter(|m| match m.fits(crate::init::app::tree_memory(target.app)) {
         Ok(()) => true,
         Err(why) => {
             log::warn!("dumping into the image dir, not {}: {why}", m.dir().display());
             false
         }
     });
-    let staged = match memory {
-        Some(m) => m.stage()?,
-        None => store.stage()?,
+    let area: &dyn Staging = match memory {
+        Some(m) => m,
+        None => store,
     };
+    let staged = area.stage()?;
     log::info!(event = "checkpoint_started", kind, pid = target.app.as_raw();
         "{kind} checkpoint of app (pid {}) into {}", target.app, staged.dir.display());
     let dumped =
         dump_into(signals, &staged, target, Dump { writeback: memory.is_none(), page_server: None, on_dumped: None });
     let deadline = started + target.deadline;
     let Some(memory) = memory else {
-        let (published, manifest) = match dumped.and_then(|m| Ok(store.publish_sealed(&staged, m)?)) {
+        let (published, manifest) = match dumped.and_then(|m| Ok(store.publish(&staged, m)?)) {
             Ok(p) => p,
             Err(e) => {
                 keep_failed_log(&staged, store);
@@ -204,7 +204,7 @@ fn stage_dump_unstreamed(
                 return Err(e);
             }
         };
-        store.retire_all_but(&published, target.config.keep_checkpoints);
+        store.retire_where(|other| other.id != published.id, target.config.keep_checkpoints);
         let uploaded = match target.remote {
             Some(remote) => Some(
                 upload(remote, &published, &manifest, target, deadline)
@@ -227,7 +227,7 @@ fn stage_dump_unstreamed(
         Ok(m) => m,
         Err(e) => {
             keep_failed_log(&staged, store);
-            memory.remove(&staged);
+            memory.discard(&staged);
             return Err(e);
         }
     };
@@ -238,7 +238,7 @@ fn stage_dump_unstreamed(
         Ok(u) => {
             // The image dir's own checkpoints are older than this one, now in storage only: a
             // start that cannot reach storage must not restore one of them as if it were current.
-            store.retire_published(target.config.keep_checkpoints);
+            store.retire_where(|_| true, target.config.keep_checkpoints);
             Ok(Published {
                 id: staged.id.clone(),
                 size,
@@ -252,7 +252,7 @@ fn stage_dump_unstreamed(
             // Not lost: copied into the image dir, as a dump there would have left it.
             let kept = match store.publish_copy(&staged, &manifest) {
                 Ok(c) => {
-                    store.retire_all_but(&c, target.config.keep_checkpoints);
+                    store.retire_where(|other| other.id != c.id, target.config.keep_checkpoints);
                     format!("it is complete in the image dir ({})", c.dir.display())
                 }
                 Err(ce) => format!("it could not be kept in the image dir either: {ce}"),
@@ -260,7 +260,7 @@ fn stage_dump_unstreamed(
             Err(upload_error(&staged.id, remote, e, kept))
         }
     };
-    memory.remove(&staged);
+    memory.discard(&staged);
     result
 }
 
@@ -275,7 +275,7 @@ fn upload_error(id: &str, remote: &crate::remote::Remote, e: CheckpointError, ke
 
 /// CRIU's whole log of a failed dump outlives the discarded staging dir, for whoever debugs it.
 fn keep_failed_log(staged: &Checkpoint, store: &Store) {
-    let (log, kept) = (staged.images_dir().join(criu::DUMP_LOG), store.root().join(FAILED_DUMP_LOG));
+    let (log, kept) = (staged.images_dir().join(crate::layout::DUMP_LOG), store.root().join(FAILED_DUMP_LOG));
     // A rename, or a copy from a memory staging dir (another filesystem).
     if std::fs::rename(&log, &kept).is_ok() || std::fs::copy(&log, &kept).is_ok() {
         log::warn!("CRIU's log of the failed dump: {}", kept.display());
@@ -352,7 +352,7 @@ struct Dump<'h> {
 type OnDumped<'h> = dyn FnMut(&mut Manifest) -> Result<(), CheckpointError> + 'h;
 
 fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump) -> Result<Manifest, CheckpointError> {
-    let app_tree = crate::preflight::check(target.app, target.config)?;
+    let app_tree = crate::checkpoint::preflight::check(target.app, target.config)?;
     let stdio = stdio_links()?;
     if !target.leave_running {
         files::delete_paths(&target.config.inotify_incompatible_paths)?;
@@ -361,8 +361,8 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump)
     let dir = File::open(&images).map_err(|e| CheckpointError::ImagesDir { path: images.clone(), source: e })?;
     let criu_version = criu::version(signals).map_err(|e| CheckpointError::Criu { source: e, log_lines: vec![] })?;
 
-    let app_memory_bytes = crate::app::memory_of(&app_tree);
-    let lock_network = target.always_lock_network || crate::preflight::network_lock_needed(&app_tree);
+    let app_memory_bytes = crate::init::app::memory_of(&app_tree);
+    let lock_network = target.always_lock_network || crate::checkpoint::preflight::network_lock_needed(&app_tree);
     if !lock_network {
         log::debug!("the app holds no TCP connection: CRIU dumps it without its network lock");
     }
@@ -382,7 +382,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump)
         }
         // A connection opened since crik looked, dumped without the lock: roll back, try again.
         if !lock_network {
-            if let Some(connections) = crate::images::tcp_connections(&images).ok().filter(|c| !c.is_empty()) {
+            if let Some(connections) = crate::criu::images::tcp_connections(&images).ok().filter(|c| !c.is_empty()) {
                 dumped_manifest = Some(Err(CheckpointError::Unlocked(connections)));
                 return false;
             }
@@ -419,7 +419,7 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump)
         return Err(e);
     }
     if let Err(e) = dumped {
-        let mut log_lines = criu::log_errors(&images.join(criu::DUMP_LOG), 8);
+        let mut log_lines = criu::log_errors(&images.join(crate::layout::DUMP_LOG), 8);
         if let Some(full) = volume_full(&images) {
             // CRIU cannot even write its log then: say it ourselves.
             log_lines.push(full);
@@ -450,11 +450,11 @@ fn manifest_of(
         root_pid: target.app.as_raw(),
         stdio: stdio.clone(),
         addresses: host::addresses(),
-        cgroups: crate::cgroup::own_cgroup_dirs(),
+        cgroups: crate::host::cgroup::own_cgroup_dirs(),
         rootfs,
         has_files_archive,
         runtime_tmpfs,
-        cpu: match crate::cpu::record(images) {
+        cpu: match crate::criu::cpu::record(images) {
             Ok(r) => Some(r),
             Err(e) => {
                 log::warn!("cannot read the CPU record CRIU wrote: {e}; a restore will not check the CPU");
@@ -474,7 +474,7 @@ fn manifest_of(
 /// What was archived beside CRIU's images, while the dumped tree was frozen.
 struct Archived {
     has_files_archive: bool,
-    rootfs: Option<crate::rootfs::RootfsDiff>,
+    rootfs: Option<crate::archive::rootfs::RootfsDiff>,
     runtime_tmpfs: Vec<String>,
 }
 
@@ -490,7 +490,7 @@ fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, Check
     let rootfs = match target.rootfs_upper {
         Some(upper) => {
             let skip = own_dirs(target);
-            let diff = crate::rootfs::capture(upper, &staged.dir.join(crate::rootfs::ROOTFS_ARCHIVE), &skip)?;
+            let diff = crate::archive::rootfs::capture(upper, &staged.dir.join(crate::layout::ROOTFS_ARCHIVE), &skip)?;
             log::info!(
                 "container's writable layer: {} entries archived, {} deletions, {} replaced dirs",
                 diff.archived,
@@ -518,13 +518,13 @@ fn own_dirs<'a>(target: &Target<'a>) -> Vec<&'a std::path::Path> {
 /// only: without their contents the restore in a new container would fail. Only the app's own
 /// files are taken (CRIU's file table says which), never the rest of the mount.
 fn archive_runtime_tmpfs(staged: &Checkpoint, own: &[&std::path::Path]) -> Result<Vec<String>, CheckpointError> {
-    let open = crate::images::regular_files(&staged.images_dir()).map_err(|e| {
+    let open = crate::criu::images::regular_files(&staged.images_dir()).map_err(|e| {
         CheckpointError::Files(FilesError::Archive {
             path: staged.images_dir(),
             source: std::io::Error::other(e.to_string()),
         })
     })?;
-    let mounts = crate::mountinfo::read().unwrap_or_default();
+    let mounts = crate::host::mountinfo::read().unwrap_or_default();
     let mut paths: Vec<String> = open
         .into_iter()
         .map(|f| f.path)
@@ -542,7 +542,7 @@ fn archive_runtime_tmpfs(staged: &Checkpoint, own: &[&std::path::Path]) -> Resul
         return Ok(paths);
     }
     let abs: Vec<crate::config::AbsPath> = paths.iter().filter_map(|p| crate::config::AbsPath::new(p).ok()).collect();
-    files::archive_paths(&abs, &staged.dir.join(files::TMPFS_ARCHIVE))?;
+    files::archive_paths(&abs, &staged.dir.join(crate::layout::TMPFS_ARCHIVE))?;
     log::info!("{} file(s) of the app on tmpfs mounts archived: {}", paths.len(), paths.join(", "));
     Ok(paths)
 }

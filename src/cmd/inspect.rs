@@ -5,17 +5,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::images::{self, Process};
-use crate::integrity::{self, Scope};
-use crate::manifest::Manifest;
+use crate::criu::images::{self, Process};
 use crate::sizes::{self, dir_size};
+use crate::store::integrity::{self, Scope};
+use crate::store::manifest::Manifest;
 use crate::store::{self, Checkpoint, State};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub image_dir: PathBuf,
     /// The image dir's status file: the outcome of the last checkpoint.
-    pub status: Option<crate::status::Status>,
+    pub status: Option<crate::lifecycle::status::Status>,
     /// Why the status file could not be read, if it could not.
     pub status_error: Option<String>,
     /// Every checkpoint in the dir, oldest first.
@@ -96,7 +96,7 @@ pub fn inspect(image_dir: &Path, wanted: Option<&str>) -> Result<Report, Inspect
             .or_else(|| all.iter().rev().find(|(s, _)| *s != State::Partial)),
     };
     let detail = chosen.map(|(state, c)| detail(*state, c));
-    let (status, status_error) = match crate::status::read(image_dir) {
+    let (status, status_error) = match crate::lifecycle::status::read(image_dir) {
         Ok(s) => (s, None),
         Err(e) => (None, Some(e)),
     };

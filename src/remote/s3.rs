@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::sigv4::{self, Keys};
+use crate::remote::sigv4::{self, Keys};
 
 /// Largest response body read (a manifest or a chunk is far smaller).
 const MAX_BODY: u64 = 64 << 20;

@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::manifest::Manifest;
+use crate::store::manifest::Manifest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntegrityError {
@@ -180,7 +180,7 @@ fn cores() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::FileSum;
+    use crate::store::manifest::FileSum;
 
     fn tmp(name: &str) -> PathBuf {
         let p = std::env::temp_dir().join(format!("crik-integrity-{}-{}", name, std::process::id()));

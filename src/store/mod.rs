@@ -1,21 +1,14 @@
 //! The image store: crik's on-disk layout inside `imageDir`, and atomic publishing.
 //!
-//! ```text
-//! imageDir/                       0700, owned by crik's user
-//! ├── lock                        flock()ed by the crik using this store
-//! ├── staging/<id>/               a checkpoint being written; never restored
-//! ├── checkpoints/<id>/           published, complete checkpoints (newest id wins)
-//! │   ├── images/                 CRIU's image files and its dump/restore logs
-//! │   ├── files.tar               additionalPaths, when configured
-//! │   ├── rootfs.tar              the container's writable layer (captureRootfsDiff)
-//! │   └── manifest.json           written last (fsynced); its presence marks completeness
-//! ├── retired/<id>/               checkpoints already restored once (history)
-//! └── quarantine/<id>/            checkpoints that failed to restore, with CRIU's log
-//! ```
+//! Its layout is drawn in [`crate::layout`].
 //!
 //! A checkpoint is built in `staging/`, every file and directory fsynced, the manifest written
 //! last, then `rename(2)`d into `checkpoints/` and the parent fsynced. A crash at any point
 //! leaves either the previous good checkpoint or the new one published, never a partial one.
+
+pub mod integrity;
+pub mod manifest;
+pub mod staging;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -24,16 +17,10 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::integrity::{self, IntegrityError};
-use crate::manifest::{FileSum, Manifest, MANIFEST_FILE};
-
-pub const IMAGES_DIR: &str = "images";
-pub const FILES_ARCHIVE: &str = "files.tar";
-const STAGING: &str = "staging";
-const PUBLISHED: &str = "checkpoints";
-const RETIRED: &str = "retired";
-const QUARANTINE: &str = "quarantine";
-const LOCK: &str = "lock";
+pub use crate::layout::{is_valid_id, new_id};
+use crate::layout::{CHECKPOINTS, FILES_ARCHIVE, IMAGES_DIR, LOCK, MANIFEST_FILE, QUARANTINE, RETIRED, STAGING};
+use crate::store::manifest::{FileSum, Manifest};
+use integrity::IntegrityError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,6 +36,50 @@ pub enum StoreError {
 
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| StoreError::Io { step, path: path.to_path_buf(), source }
+}
+
+/// Where a checkpoint is written before it is published or uploaded: the image dir's
+/// `staging/` ([`Store`]) or a memory-backed dir ([`staging::MemoryStaging`]).
+pub trait Staging {
+    /// A new, empty checkpoint dir (with its images dir) under a fresh id.
+    fn stage(&self) -> Result<Checkpoint, StoreError>;
+    /// Removes a staged checkpoint that failed or is no longer needed.
+    fn discard(&self, staged: &Checkpoint);
+}
+
+/// A new checkpoint dir in `dir`, 0700, with its images dir, under an id made of the current
+/// time (and a `-N` suffix when `taken` says the id is in use).
+fn stage_in(dir: &Path, taken: impl Fn(&str) -> bool) -> Result<Checkpoint, StoreError> {
+    let base = new_id(SystemTime::now());
+    let (mut id, mut n) = (base.clone(), 1);
+    while taken(&id) {
+        n += 1;
+        id = format!("{base}-{n}");
+    }
+    let dir = dir.join(&id);
+    let images = dir.join(IMAGES_DIR);
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&images).map_err(io_err("create", &images))?;
+    Ok(Checkpoint { id, dir })
+}
+
+/// Removes what a crik killed while staging left in `dir`: never restorable. Only checkpoint
+/// dirs (valid ids) are crik's to remove.
+fn discard_leftovers(dir: &Path) -> Result<(), StoreError> {
+    let entries = fs::read_dir(dir).map_err(io_err("list", dir))?;
+    for e in entries {
+        let e = e.map_err(io_err("list", dir))?;
+        if is_valid_id(&e.file_name().to_string_lossy()) && e.path().is_dir() {
+            log::warn!("discarding unfinished checkpoint {} (crik stopped while writing it)", e.path().display());
+            remove_or_warn(&e.path());
+        }
+    }
+    Ok(())
+}
+
+fn remove_or_warn(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir) {
+        log::warn!("cannot remove {}: {e}", dir.display());
+    }
 }
 
 /// An image dir, locked for this crik for as long as the value lives.
@@ -72,10 +103,24 @@ impl Checkpoint {
         self.dir.join(FILES_ARCHIVE)
     }
     pub fn restore_log(&self) -> PathBuf {
-        self.images_dir().join(crate::criu::RESTORE_LOG)
+        self.images_dir().join(crate::layout::RESTORE_LOG)
     }
     pub fn manifest_path(&self) -> PathBuf {
         self.dir.join(MANIFEST_FILE)
+    }
+}
+
+impl Staging for Store {
+    /// A new checkpoint in staging/.
+    fn stage(&self) -> Result<Checkpoint, StoreError> {
+        let root = &self.root;
+        stage_in(&root.join(STAGING), |id| {
+            root.join(STAGING).join(id).exists() || root.join(CHECKPOINTS).join(id).exists()
+        })
+    }
+
+    fn discard(&self, staged: &Checkpoint) {
+        remove_or_warn(&staged.dir);
     }
 }
 
@@ -85,7 +130,7 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io_err("create", root))?;
         check_ownership(root)?;
-        for sub in [STAGING, PUBLISHED, RETIRED, QUARANTINE] {
+        for sub in [STAGING, CHECKPOINTS, RETIRED, QUARANTINE] {
             let p = root.join(sub);
             fs::DirBuilder::new().recursive(true).mode(0o700).create(&p).map_err(io_err("create", &p))?;
         }
@@ -105,53 +150,18 @@ impl Store {
             }
             return Err(StoreError::Io { step: "lock", path: lock_path, source: e });
         }
-        let store = Store { root: root.to_path_buf(), _lock: lock };
-        store.discard_staging()?;
-        Ok(store)
-    }
-
-    /// Leftovers in staging/ are checkpoints a killed crik never finished: never restorable.
-    fn discard_staging(&self) -> Result<(), StoreError> {
-        for c in self.list(STAGING)? {
-            log::warn!("discarding unfinished checkpoint {} (crik stopped while writing it)", c.dir.display());
-            if let Err(e) = fs::remove_dir_all(&c.dir) {
-                log::warn!("cannot remove {}: {e}", c.dir.display());
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts a new checkpoint in staging/.
-    pub fn stage(&self) -> Result<Checkpoint, StoreError> {
-        let base = new_id(SystemTime::now());
-        let mut id = base.clone();
-        let mut n = 1;
-        while self.root.join(STAGING).join(&id).exists() || self.root.join(PUBLISHED).join(&id).exists() {
-            n += 1;
-            id = format!("{base}-{n}");
-        }
-        let dir = self.root.join(STAGING).join(&id);
-        let images = dir.join(IMAGES_DIR);
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(&images).map_err(io_err("create", &images))?;
-        Ok(Checkpoint { id, dir })
+        discard_leftovers(&root.join(STAGING))?;
+        Ok(Store { root: root.to_path_buf(), _lock: lock })
     }
 
     /// Makes a staged checkpoint durable and publishes it with one rename. The manifest, with
-    /// the size and checksum of every file, is written last: a published checkpoint always has one.
-    pub fn publish(&self, staged: &Checkpoint, manifest: Manifest) -> Result<Checkpoint, StoreError> {
-        self.publish_sealed(staged, manifest).map(|(c, _)| c)
-    }
-
-    /// [`Store::publish`], returning the manifest as written (with the files' sums).
-    pub fn publish_sealed(
-        &self,
-        staged: &Checkpoint,
-        manifest: Manifest,
-    ) -> Result<(Checkpoint, Manifest), StoreError> {
+    /// the size and checksum of every file, is written last: a published checkpoint always has
+    /// one. Returns it as written (with the files' sums).
+    pub fn publish(&self, staged: &Checkpoint, manifest: Manifest) -> Result<(Checkpoint, Manifest), StoreError> {
         let manifest = seal(staged, manifest)?;
-        let target = self.root.join(PUBLISHED).join(&staged.id);
+        let target = self.root.join(CHECKPOINTS).join(&staged.id);
         fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
-        sync_dir(&self.root.join(PUBLISHED))?;
+        sync_dir(&self.root.join(CHECKPOINTS))?;
         sync_dir(&self.root.join(STAGING))?;
         Ok((Checkpoint { id: staged.id.clone(), dir: target }, manifest))
     }
@@ -183,18 +193,18 @@ impl Store {
                 sync_dir(sub.path())?;
             }
         }
-        let target = self.root.join(PUBLISHED).join(&staged.id);
+        let target = self.root.join(CHECKPOINTS).join(&staged.id);
         if target.exists() {
             fs::remove_dir_all(&target).map_err(io_err("remove", &target))?;
         }
         fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
-        sync_dir(&self.root.join(PUBLISHED))?;
+        sync_dir(&self.root.join(CHECKPOINTS))?;
         sync_dir(&self.root.join(STAGING))?;
         Ok(Checkpoint { id: staged.id.clone(), dir: target })
     }
 
     /// Copies a checkpoint sealed outside the image dir (memory staging, see
-    /// [`crate::staging`]) into it, durably, and publishes it.
+    /// [`crate::store::staging`]) into it, durably, and publishes it.
     pub fn publish_copy(&self, sealed: &Checkpoint, manifest: &Manifest) -> Result<Checkpoint, StoreError> {
         let staged = self.stage_as(&sealed.id)?;
         let copied = (|| {
@@ -218,41 +228,24 @@ impl Store {
         copied
     }
 
-    /// Retires every published checkpoint: a newer one is in object storage only.
-    pub fn retire_published(&self, history: usize) {
-        for c in self.list_or_warn(PUBLISHED) {
-            if let Err(e) = self.move_to(&c, RETIRED) {
-                log::warn!("cannot retire {}: {e}", c.dir.display());
-            }
-        }
-        self.prune(RETIRED, history);
-    }
-
     /// The image dir.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     /// Manifests of the published and retired checkpoints, newest first: what earlier
-    /// checkpoints of this app cost (see [`crate::plan`]). Unreadable ones are skipped.
+    /// checkpoints of this app cost (see [`crate::lifecycle::plan`]). Unreadable ones are skipped.
     pub fn history(&self) -> Vec<Manifest> {
-        let mut all: Vec<Checkpoint> = self.list_or_warn(PUBLISHED);
+        let mut all: Vec<Checkpoint> = self.list_or_warn(CHECKPOINTS);
         all.extend(self.list_or_warn(RETIRED));
         all.sort_by(|a, b| b.id.cmp(&a.id));
         all.iter().filter_map(|c| Manifest::load(&c.manifest_path()).ok()).collect()
     }
 
-    /// Removes a staged checkpoint that failed.
-    pub fn discard(&self, staged: &Checkpoint) {
-        if let Err(e) = fs::remove_dir_all(&staged.dir) {
-            log::warn!("cannot remove {}: {e}", staged.dir.display());
-        }
-    }
-
     /// The newest published checkpoint, if any. A store that cannot be read is an error, never
     /// "no checkpoint": starting the app fresh would replace the state that is there.
     pub fn latest(&self) -> Result<Option<Checkpoint>, StoreError> {
-        for c in self.list(PUBLISHED)?.into_iter().rev() {
+        for c in self.list(CHECKPOINTS)?.into_iter().rev() {
             let manifest = c.manifest_path();
             match fs::metadata(&manifest) {
                 Ok(md) if md.is_file() => return Ok(Some(c)),
@@ -268,20 +261,13 @@ impl Store {
         Ok(None)
     }
 
-    /// Older published checkpoints than `keep` are retired once a newer one is published.
-    pub fn retire_all_but(&self, keep: &Checkpoint, history: usize) {
-        for c in self.list_or_warn(PUBLISHED) {
-            if c.id != keep.id {
-                let _ = self.move_to(&c, RETIRED);
-            }
-        }
-        self.prune(RETIRED, history);
-    }
-
-    /// Retires the published checkpoints with these ids; returns how many were still published.
-    pub fn retire_ids(&self, ids: &[String], history: usize) -> usize {
+    /// Retires the published checkpoints `which` picks, keeping `history` retired ones;
+    /// returns how many it moved. Housekeeping after a checkpoint already made: a failure is
+    /// logged, never returned. (Older ones once a newer one is published, all of them once a
+    /// newer one is in object storage only, a run's own periodic ones once its app exited.)
+    pub fn retire_where(&self, which: impl Fn(&Checkpoint) -> bool, history: usize) -> usize {
         let mut n = 0;
-        for c in self.list_or_warn(PUBLISHED).iter().filter(|c| ids.contains(&c.id)) {
+        for c in self.list_or_warn(CHECKPOINTS).iter().filter(|c| which(c)) {
             match self.move_to(c, RETIRED) {
                 Ok(_) => n += 1,
                 Err(e) => log::warn!("cannot retire {}: {e}", c.dir.display()),
@@ -301,13 +287,6 @@ impl Store {
     /// Moves a checkpoint that failed to restore into quarantine/, so it is never retried.
     pub fn quarantine(&self, c: &Checkpoint) -> Result<Checkpoint, StoreError> {
         self.move_to(c, QUARANTINE)
-    }
-
-    pub fn retired(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        self.list(RETIRED)
-    }
-    pub fn quarantined(&self) -> Result<Vec<Checkpoint>, StoreError> {
-        self.list(QUARANTINE)
     }
 
     fn move_to(&self, c: &Checkpoint, area: &str) -> Result<Checkpoint, StoreError> {
@@ -373,7 +352,7 @@ impl State {
 pub fn list_all(root: &Path) -> Result<Vec<(State, Checkpoint)>, StoreError> {
     let areas = [
         (STAGING, State::Partial),
-        (PUBLISHED, State::Complete),
+        (CHECKPOINTS, State::Complete),
         (RETIRED, State::Retired),
         (QUARANTINE, State::Quarantined),
     ];
@@ -403,21 +382,6 @@ fn list_area(root: &Path, area: &str) -> Result<Vec<Checkpoint>, StoreError> {
     }
     v.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(v)
-}
-
-/// A checkpoint id: its UTC creation time, which sorts in time order ("20261125T152416.123Z").
-pub fn new_id(t: SystemTime) -> String {
-    let s = humantime::format_rfc3339_millis(t).to_string();
-    s.chars().filter(|c| *c != '-' && *c != ':').collect()
-}
-
-/// Whether `id` can be a checkpoint id: what [`new_id`] makes (and its `-N` suffix), never a
-/// path. Ids read from object storage are checked before they name a local directory.
-pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        && !id.starts_with('.')
 }
 
 /// A checkpoint holds the app's whole memory, secrets included, and restoring it runs code as
@@ -511,8 +475,8 @@ fn seal_tree(dir: &Path, durable: bool) -> Result<Vec<FileSum>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::integrity::{verify, Scope};
-    use crate::manifest::Manifest;
+    use crate::store::integrity::{verify, Scope};
+    use crate::store::manifest::Manifest;
     use std::time::{Duration, UNIX_EPOCH};
 
     fn tmp(name: &str) -> PathBuf {
@@ -538,7 +502,7 @@ mod tests {
         let staged = store.stage().unwrap();
         fs::write(staged.images_dir().join("x.img"), b"data").unwrap();
         assert!(store.latest().unwrap().is_none(), "a staged checkpoint must not be restorable");
-        let published = store.publish(&staged, Manifest::for_tests()).unwrap();
+        let published = store.publish(&staged, Manifest::for_tests()).unwrap().0;
         assert_eq!(store.latest().unwrap(), Some(published.clone()));
         assert!(published.manifest_path().is_file());
         assert!(!staged.dir.exists());
@@ -555,7 +519,7 @@ mod tests {
         let staged = store.stage().unwrap();
         fs::write(staged.images_dir().join("pages-1.img"), vec![7u8; 10_000]).unwrap();
         fs::write(staged.images_dir().join("core-1.img"), b"core").unwrap();
-        let c = store.publish(&staged, Manifest::for_tests()).unwrap();
+        let c = store.publish(&staged, Manifest::for_tests()).unwrap().0;
         let m = Manifest::load(&c.manifest_path()).unwrap();
         assert_eq!(m.files.len(), 2);
         assert_eq!(m.files[1].path, "images/pages-1.img");
@@ -592,7 +556,7 @@ mod tests {
     fn leftover_staging_is_discarded_and_previous_checkpoint_kept() {
         let root = tmp("leftover");
         let store = Store::open(&root).unwrap();
-        let first = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
+        let first = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap().0;
         let partial = store.stage().unwrap();
         drop(store);
         let store = Store::open(&root).unwrap();
@@ -631,21 +595,21 @@ mod tests {
     fn retire_keeps_history_and_quarantine_hides() {
         let root = tmp("retire");
         let store = Store::open(&root).unwrap();
-        let a = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
+        let a = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap().0;
         std::thread::sleep(Duration::from_millis(2));
-        let b = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
+        let b = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap().0;
         assert_eq!(store.latest().unwrap(), Some(b.clone()));
-        store.retire_all_but(&b, 1);
-        assert_eq!(store.retired().unwrap().len(), 1);
-        assert_eq!(store.retired().unwrap()[0].id, a.id);
+        store.retire_where(|c| c.id != b.id, 1);
+        assert_eq!(store.list(RETIRED).unwrap().len(), 1);
+        assert_eq!(store.list(RETIRED).unwrap()[0].id, a.id);
         store.retire(&b, 1).unwrap();
-        assert_eq!(store.retired().unwrap().len(), 1);
-        assert_eq!(store.retired().unwrap()[0].id, b.id);
+        assert_eq!(store.list(RETIRED).unwrap().len(), 1);
+        assert_eq!(store.list(RETIRED).unwrap()[0].id, b.id);
         assert!(store.latest().unwrap().is_none());
-        let c = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
+        let c = store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap().0;
         store.quarantine(&c).unwrap();
         assert!(store.latest().unwrap().is_none());
-        assert_eq!(store.quarantined().unwrap().len(), 1);
+        assert_eq!(store.list(QUARANTINE).unwrap().len(), 1);
         drop(store);
         fs::remove_dir_all(&root).unwrap();
     }
@@ -656,13 +620,13 @@ mod tests {
         let store = Store::open(&root).unwrap();
         store.publish(&store.stage().unwrap(), Manifest::for_tests()).unwrap();
         // A loop where checkpoints/ was: listing fails (ELOOP), as on a flaky volume.
-        fs::rename(root.join(PUBLISHED), root.join("elsewhere")).unwrap();
-        std::os::unix::fs::symlink(PUBLISHED, root.join(PUBLISHED)).unwrap();
+        fs::rename(root.join(CHECKPOINTS), root.join("elsewhere")).unwrap();
+        std::os::unix::fs::symlink(CHECKPOINTS, root.join(CHECKPOINTS)).unwrap();
         let e = store.latest().unwrap_err().to_string();
         assert!(e.contains("list") && e.contains("checkpoints"), "{e}");
         // A published checkpoint whose manifest cannot be examined is an error too.
-        fs::remove_file(root.join(PUBLISHED)).unwrap();
-        fs::rename(root.join("elsewhere"), root.join(PUBLISHED)).unwrap();
+        fs::remove_file(root.join(CHECKPOINTS)).unwrap();
+        fs::rename(root.join("elsewhere"), root.join(CHECKPOINTS)).unwrap();
         let c = store.latest().unwrap().unwrap();
         fs::remove_file(c.manifest_path()).unwrap();
         std::os::unix::fs::symlink(MANIFEST_FILE, c.manifest_path()).unwrap();
