@@ -24,7 +24,6 @@ pub mod cmd;
 pub mod config;
 mod criu;
 mod host;
-pub mod image_types;
 mod init;
 mod layout;
 mod lifecycle;

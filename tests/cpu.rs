@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use crik::image_types::cpuinfo::Cpuinfo_entry;
+use criu_proto::cpuinfo::Cpuinfo_entry;
 use protobuf::Message;
 use std::path::{Path, PathBuf};
 

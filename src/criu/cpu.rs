@@ -14,8 +14,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::criu::images::{self, ImageError};
-use crate::image_types::cpuinfo::{cpuinfo_x86_entry::Vendor, Cpuinfo_entry, Cpuinfo_x86_entry};
 use crate::layout::CPUINFO_IMAGE;
+use criu_proto::cpuinfo::{cpuinfo_x86_entry::Vendor, Cpuinfo_entry, Cpuinfo_x86_entry};
 
 /// CRIU's `cpu_cap` bits (criu/include/cr_options.h).
 const CPU_CAP_FPU: u32 = 1 << 0;

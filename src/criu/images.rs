@@ -1,34 +1,20 @@
-//! Reading CRIU's image files, in Rust (no dependency on CRIU's Python `crit`).
-//!
-//! ```text
-//! image file:  [u32 common magic] u32 image magic | u32 len | protobuf entry | u32 len | ...
-//! pages-N.img: raw page data, in the order of the present entries of the pagemap images
-//! ```
-//! The entries are CRIU's own protobuf messages, generated from its `images/*.proto` into
-//! [`crate::image_types`]. Read by `crik inspect` (process tree, command lines, open files and
-//! sockets, memory) and by restore (the open files to re-point at the new container's copies).
+//! Reading CRIU's image files, in Rust (no dependency on CRIU's Python `crit`): their framing
+//! and messages from [`criu_proto`]. Read by `crik inspect` (process tree, command lines, open
+//! files and sockets, memory), by restore (the open files to re-point at the new container's
+//! copies) and by a dump without the network lock (the TCP connections it must not hold).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use protobuf::Message;
-
-use crate::image_types::core::{Core_entry, Task_kobj_ids_entry};
-use crate::image_types::fdinfo::{Fd_types, Fdinfo_entry, File_entry};
-use crate::image_types::mm::Mm_entry;
-use crate::image_types::pagemap::{Pagemap_entry, Pagemap_head};
-use crate::image_types::pstree::Pstree_entry;
-use crate::image_types::sk_inet::Inet_sk_entry;
-
-pub(crate) const IMG_COMMON_MAGIC: u32 = 0x5456_4319;
-const IMG_SERVICE_MAGIC: u32 = 0x5510_5940;
-pub(crate) const PAGE_SIZE: u64 = 4096;
-/// pagemap_entry.flags: the pages are in this checkpoint's pages image.
-pub(crate) const PE_PRESENT: u32 = 1 << 2;
-/// Largest single entry crik accepts (CRIU's are small; a larger one means a damaged image).
-const MAX_ENTRY: usize = 64 << 20;
+use criu_proto::core::{Core_entry, Task_kobj_ids_entry};
+use criu_proto::fdinfo::{Fd_types, Fdinfo_entry, File_entry};
+use criu_proto::mm::Mm_entry;
+use criu_proto::pagemap::{Pagemap_entry, Pagemap_head};
+use criu_proto::pstree::Pstree_entry;
+use criu_proto::sk_inet::Inet_sk_entry;
+use criu_proto::{Message, PAGE_SIZE, PE_PRESENT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -41,25 +27,9 @@ pub enum ImageError {
 /// The protobuf entries of one image file.
 pub(crate) fn entries(path: &Path) -> Result<Vec<Vec<u8>>, ImageError> {
     let data = fs::read(path).map_err(|e| ImageError::Read { path: path.into(), source: e })?;
-    let damaged = |why: &str| ImageError::Damaged { path: path.into(), why: why.into() };
-    let word = |at: usize| data.get(at..at + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let mut pos = match word(0) {
-        Some(IMG_COMMON_MAGIC) | Some(IMG_SERVICE_MAGIC) => 8,
-        Some(_) => 4,
-        None => return Err(damaged("shorter than its magic")),
-    };
-    let mut out = Vec::new();
-    while pos < data.len() {
-        let len = word(pos).ok_or_else(|| damaged("truncated entry length"))? as usize;
-        pos += 4;
-        if len > MAX_ENTRY {
-            return Err(damaged("entry larger than 64 MiB"));
-        }
-        let body = data.get(pos..pos + len).ok_or_else(|| damaged("truncated entry"))?;
-        out.push(body.to_vec());
-        pos += len;
-    }
-    Ok(out)
+    let entries =
+        criu_proto::entries(&data).map_err(|e| ImageError::Damaged { path: path.into(), why: e.to_string() })?;
+    Ok(entries.into_iter().map(<[u8]>::to_vec).collect())
 }
 
 /// Every entry of an image file, decoded as `M` (CRIU's message for that image).
@@ -306,29 +276,10 @@ fn memory(dir: &Path, pid: u32) -> Result<(u64, Option<Vec<String>>), ImageError
 mod tests {
     use super::*;
 
-    #[test]
-    fn image_framing_skips_magics_and_rejects_truncation() {
-        let dir = std::env::temp_dir().join(format!("crik-images-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("x.img");
-        let mut data = Vec::new();
-        data.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-        data.extend_from_slice(&0x1234_5678u32.to_le_bytes());
-        data.extend_from_slice(&2u32.to_le_bytes());
-        data.extend_from_slice(&[0x08, 0x01]);
-        fs::write(&p, &data).unwrap();
-        assert_eq!(entries(&p).unwrap(), vec![vec![0x08, 0x01]]);
-        data.extend_from_slice(&10u32.to_le_bytes());
-        data.push(0);
-        fs::write(&p, &data).unwrap();
-        assert!(matches!(entries(&p), Err(ImageError::Damaged { .. })));
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
     /// An image file as CRIU writes it: magics, then length-prefixed entries.
     fn image(entries: &[Vec<u8>]) -> Vec<u8> {
         let mut data = Vec::new();
-        data.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
+        data.extend_from_slice(&criu_proto::IMG_COMMON_MAGIC.to_le_bytes());
         data.extend_from_slice(&0x5060_5060u32.to_le_bytes());
         for e in entries {
             data.extend_from_slice(&(e.len() as u32).to_le_bytes());
@@ -355,42 +306,19 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_over_the_size_cap_is_refused_before_it_is_read() {
-        let dir = std::env::temp_dir().join(format!("crik-images-cap-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("core-1.img");
-        let mut data = image(&[]);
-        data.extend_from_slice(&((MAX_ENTRY + 1) as u32).to_le_bytes());
-        fs::write(&p, &data).unwrap();
-        let e = entries(&p).unwrap_err().to_string();
-        assert!(e.contains("larger than 64 MiB"), "{e}");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
     fn only_tcp_sockets_neither_listening_nor_closed_are_connections() {
         let dir = std::env::temp_dir().join(format!("crik-images-tcp-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let sock = |id: u32, proto: u32, state: u32, dst_port: u32| {
             let mut isk = Inet_sk_entry::new();
-            isk.set_id(id);
-            isk.set_ino(id);
             isk.set_family(2);
             isk.set_type(if proto == 6 { 1 } else { 2 });
             isk.set_proto(proto);
             isk.set_state(state);
             isk.set_src_port(8080);
             isk.set_dst_port(dst_port);
-            isk.set_flags(0);
-            isk.set_backlog(0);
             isk.src_addr = vec![0x0100_007f];
             isk.dst_addr = vec![0x0100_007f];
-            let fown = isk.fown.mut_or_insert_default();
-            (fown.uid, fown.euid, fown.signum, fown.pid_type, fown.pid) = (Some(0), Some(0), Some(0), Some(0), Some(0));
-            let o = isk.opts.mut_or_insert_default();
-            (o.so_sndbuf, o.so_rcvbuf) = (Some(4096), Some(4096));
-            (o.so_snd_tmo_sec, o.so_snd_tmo_usec, o.so_rcv_tmo_sec, o.so_rcv_tmo_usec) =
-                (Some(0), Some(0), Some(0), Some(0));
             let mut f = File_entry::new();
             f.set_type(Fd_types::INETSK);
             f.set_id(id);

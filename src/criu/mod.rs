@@ -1,8 +1,9 @@
-//! A small client for CRIU's swrk RPC, built on rust-criu's generated protobuf types.
+//! CRIU itself: a small client for its swrk RPC (messages from [`criu_proto::rpc`]), the options
+//! crik gives it, its logs, its lazy-pages daemon; beside it, crik's page server
+//! ([`pageserver`]), CRIU's images read ([`images`]) and its CPU records ([`cpu`]).
 //!
-//! rust-criu's `Criu` cannot set every option crik needs (tcp_close, ghost_limit), drops the
-//! restore response (the restored PID) and has no deadline. CRIU can hang for ever on a damaged
-//! image, so every call here has one: past it CRIU's whole process group is SIGKILLed.
+//! CRIU can hang for ever on a damaged image, so every call here has a deadline: past it CRIU's
+//! whole process group is SIGKILLed.
 
 pub mod cpu;
 pub mod images;
@@ -16,13 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use criu_proto::rpc;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::socket::{recvmsg, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use protobuf::Message;
-pub use rust_criu::rust_criu_protobuf::rpc;
 
 use crate::config::AbsPath;
 use crate::init::supervisor::Signals;

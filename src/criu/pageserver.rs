@@ -17,10 +17,9 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use protobuf::Message;
+use criu_proto::pagemap::{Pagemap_entry, Pagemap_head};
+use criu_proto::{write_entry, write_magic, PAGEMAP_MAGIC, PAGE_SIZE, PE_PARENT, PE_PRESENT};
 
-use crate::criu::images::{IMG_COMMON_MAGIC, PAGE_SIZE, PE_PRESENT};
-use crate::image_types::pagemap::{Pagemap_entry, Pagemap_head};
 use crate::store::manifest::FileSum;
 
 const OPEN: u32 = 3;
@@ -33,14 +32,8 @@ const GET: u32 = 7;
 const CLOSE: u32 = 0x1023;
 const FORCE_CLOSE: u32 = 0x1024;
 
-/// Pagemap entry flags (images/pagemap.proto).
-const PE_PARENT: u32 = 1;
-
 const TYPE_PID: u64 = 1;
 const TYPE_SHMEM: u64 = 2;
-
-/// A pagemap image's own magic, after the common one (criu/include/magic.h).
-const PAGEMAP_MAGIC: u32 = 0x5608_4025;
 
 /// Where the page bytes of each pages image go, in order.
 pub trait PageSink {
@@ -230,10 +223,7 @@ fn begin(
         .open(images.join(&name))
         .map_err(|e| image_err(&pagemap_path, e))?;
     let mut pagemap = BufWriter::new(file);
-    let mut magic = Vec::with_capacity(8);
-    magic.extend_from_slice(&IMG_COMMON_MAGIC.to_le_bytes());
-    magic.extend_from_slice(&PAGEMAP_MAGIC.to_le_bytes());
-    pagemap.write_all(&magic).map_err(|e| image_err(&pagemap_path, e))?;
+    write_magic(&mut pagemap, PAGEMAP_MAGIC).map_err(|e| image_err(&pagemap_path, e))?;
     let mut head = Pagemap_head::new();
     head.set_pages_id(pages_id);
     write_entry(&mut pagemap, &head).map_err(|e| image_err(&pagemap_path, e))?;
@@ -252,16 +242,10 @@ fn close(open: Option<Open>, sink: &mut dyn PageSink) -> Result<Option<FileSum>,
     Ok(Some(o.pages))
 }
 
-/// One protobuf entry as CRIU frames it: its length (u32, little-endian), then its bytes.
-fn write_entry(w: &mut impl Write, m: &impl Message) -> io::Result<()> {
-    let bytes = m.write_to_bytes().map_err(io::Error::other)?;
-    w.write_all(&(bytes.len() as u32).to_le_bytes())?;
-    w.write_all(&bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use criu_proto::Message;
 
     /// Records what reaches the sink.
     #[derive(Default)]

@@ -219,7 +219,7 @@ fn check_cpu(signals: &Signals, ckpt: &Checkpoint, manifest: &Manifest) -> Resul
 }
 
 /// This node's CPU as CRIU describes it (`cpuinfo dump` into a scratch dir of the checkpoint).
-fn cpu_here(signals: &Signals, ckpt: &Checkpoint) -> Result<crate::image_types::cpuinfo::Cpuinfo_x86_entry, String> {
+fn cpu_here(signals: &Signals, ckpt: &Checkpoint) -> Result<criu_proto::cpuinfo::Cpuinfo_x86_entry, String> {
     let scratch = ckpt.dir.join("cpuinfo-here");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir(&scratch).map_err(|e| format!("create {}: {e}", scratch.display()))?;
