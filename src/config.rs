@@ -482,7 +482,39 @@ pub fn parse(text: &str) -> Result<Config, String> {
         return Err("the top level must be a mapping of keys (imageDir: ..., ...)".into());
     }
     // Parse the text again (not the Value) so that errors keep their line and column.
-    serde_yaml_ng::from_str(text).map_err(|e| with_line(e.to_string(), text))
+    let config: Config = serde_yaml_ng::from_str(text).map_err(|e| with_line(e.to_string(), text))?;
+    check(&config)?;
+    Ok(config)
+}
+
+/// What no single value says: settings that only make sense together.
+fn check(c: &Config) -> Result<(), String> {
+    if let Some(s) = &c.storage {
+        let Some(image_dir) = &c.image_dir else {
+            return Err("storage needs imageDir: the local dir CRIU dumps into before the upload".into());
+        };
+        let path_after_host =
+            |u: &HttpUrl| u.as_str().split_once("://").is_some_and(|(_, r)| r.trim_end_matches('/').contains('/'));
+        if s.endpoint.as_ref().is_some_and(path_after_host) {
+            return Err("storage.endpoint must be scheme://host[:port], with no path".into());
+        }
+        if s.staging_dir.as_ref().is_some_and(|d| d.as_path().starts_with(image_dir.as_path())) {
+            return Err("storage.stagingDir must not be inside imageDir".into());
+        }
+    }
+    if let Some(ns) = &c.node_state {
+        match (&ns.endpoint, &c.node_state_server_url) {
+            (Some(_), Some(_)) => return Err("set nodeStateServerURL or nodeState.endpoint, not both".into()),
+            (None, Some(_)) if ns.source != NodeStateSource::Server => {
+                return Err("nodeStateServerURL is only used with nodeState.source: server".into())
+            }
+            (None, None) if ns.source == NodeStateSource::Server => {
+                return Err("nodeState.source: server needs nodeState.endpoint or nodeStateServerURL".into())
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The YAML parser omits the position of an error at the very start of the document (an

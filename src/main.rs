@@ -7,8 +7,8 @@ fn main() {
     // Logging starts once the configuration (and so the log format) is known.
     let result = match cli.command {
         Command::Run(args) => crik::cmd::run::run(args),
-        Command::Restore(args) => crik::cmd::run::restore_cmd(args),
-        Command::Inspect(args) => crik::cmd::run::inspect_cmd(args),
+        Command::Restore(args) => crik::cmd::restore::restore(args),
+        Command::Inspect(args) => crik::cmd::inspect::run(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -423,7 +423,10 @@ fn system_v_shared_memory_needs_isolate_ipc_and_then_comes_back() {
     let last = checkpoint(&mut c).iter().filter_map(|l| sysv(l)).next_back().unwrap();
     let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &script]));
     let first = sysv(&c.expect_line(LONG, "the counter", |l| sysv(l).is_some())).unwrap();
-    assert!(first == last || first == last + 1, "restored at {first}, checkpointed at {last}\n{}", c.stderr());
+    // The dump may catch the child's increment before the parent printed it (last + 1), and on
+    // restore the child, whose sleep ran out while it was frozen, may increment again before the
+    // parent's first print (last + 2). A lost segment would start again near 0.
+    assert!((last..=last + 2).contains(&first), "restored at {first}, checkpointed at {last}\n{}", c.stderr());
     c.expect_line(SHORT, "it goes on", |l| sysv(l).is_some_and(|n| n >= last + 3));
     c.expect_event("restore_finished", &[]);
 }

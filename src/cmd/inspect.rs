@@ -11,6 +11,37 @@ use crate::store::integrity::{self, Scope};
 use crate::store::manifest::Manifest;
 use crate::store::{self, Checkpoint, State};
 
+use super::{image_dir_arg, load_config, open_remote, Fatal};
+use crate::cmd::cli::InspectArgs;
+use crate::config::Config;
+
+/// `crik inspect`: the report, as text or JSON, on stdout.
+pub fn run(args: InspectArgs) -> Result<i32, Fatal> {
+    let config = load_config(args.config)?;
+    let dir = image_dir_arg(&args.image_dir, &config)?;
+    let config = Config { image_dir: Some(dir.clone()), ..config };
+    let mut report =
+        inspect(dir.as_path(), args.checkpoint.as_deref()).map_err(|e| Fatal::failed("cannot inspect", e))?;
+    if config.storage.is_some() {
+        // Read-only, like the rest of inspect; unreachable storage is reported, not fatal.
+        report.storage = match open_remote(&config) {
+            Ok(Some(remote)) => Some(StorageReport::of(&remote)),
+            Ok(None) => None,
+            Err(e) => Some(StorageReport {
+                url: config.storage.as_ref().map(|s| s.url.to_string()).unwrap_or_default(),
+                checkpoints: Vec::new(),
+                error: Some(e.to_string()),
+            }),
+        };
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(0)
+}
+
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub image_dir: PathBuf,

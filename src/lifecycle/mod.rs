@@ -4,4 +4,6 @@
 
 pub mod nodestate;
 pub mod plan;
+pub mod running;
+pub mod startup;
 pub mod status;

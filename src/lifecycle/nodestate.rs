@@ -49,24 +49,15 @@ const GCP_DEFAULT: &str = "http://169.254.169.254/";
 const AZURE_DEFAULT: &str = "http://169.254.169.254/";
 
 impl Query {
-    /// Resolves the configuration; `Ok(None)` when no source is configured. Misconfiguration
+    /// Resolves the configuration; `Ok(None)` when no source is configured. A missing node name
     /// is found here, at start, not at SIGTERM.
     pub fn from_config(config: &Config, node_name: Option<String>) -> Result<Option<Query>, String> {
         let (source, endpoint, timeout) = match (&config.node_state, &config.node_state_server_url) {
             (None, None) => return Ok(None),
             (None, Some(url)) => (NodeStateSource::Server, Some(url.clone()), Duration::from_secs(3)),
-            (Some(ns), short) => {
-                let endpoint = match (&ns.endpoint, short) {
-                    (Some(_), Some(_)) => return Err("set nodeStateServerURL or nodeState.endpoint, not both".into()),
-                    (Some(e), None) => Some(e.clone()),
-                    (None, Some(u)) if ns.source == NodeStateSource::Server => Some(u.clone()),
-                    (None, Some(_)) => {
-                        return Err("nodeStateServerURL is only used with nodeState.source: server".into())
-                    }
-                    (None, None) => None,
-                };
-                (ns.source, endpoint, ns.timeout)
-            }
+            // The long form's endpoint, or the short form's URL for a server (config::parse
+            // refused the combinations that make no sense).
+            (Some(ns), short) => (ns.source, ns.endpoint.clone().or_else(|| short.clone()), ns.timeout),
         };
         let base = |default: &str| -> HttpUrl {
             endpoint.clone().unwrap_or_else(|| HttpUrl::parse(default).expect("valid default"))
@@ -227,7 +218,7 @@ mod tests {
     use crate::config::parse;
 
     fn query(yaml: &str, node: Option<&str>) -> Result<Option<Query>, String> {
-        Query::from_config(&parse(yaml).unwrap(), node.map(String::from))
+        Query::from_config(&parse(yaml)?, node.map(String::from))
     }
 
     #[test]

@@ -1,0 +1,48 @@
+//! `crik restore`: a checkpoint restored in the foreground, to debug it (the image dir's newest,
+//! or storage's when newer); storage is left as it was.
+
+use super::{check_criu, image_dir_arg, load_config, node_state_query, open_remote, open_staging, open_store};
+use super::{rootfs_upper, setup_process, Fatal};
+use crate::cmd::cli::RestoreArgs;
+use crate::config::Config;
+use crate::lifecycle::running::{self, Context};
+use crate::lifecycle::startup;
+
+pub fn restore(args: RestoreArgs) -> Result<i32, Fatal> {
+    let config = load_config(args.config)?;
+    let dir = image_dir_arg(&args.image_dir, &config)?;
+    let config = Config { image_dir: Some(dir.clone()), ..config };
+    let node_state = node_state_query(&config)?;
+    let rootfs_upper = rootfs_upper(&config)?;
+    // Unlike `run`, which creates its volume's image dir, a debugging restore of a mistyped
+    // path must say so rather than create an empty dir.
+    if !dir.as_path().exists() {
+        return Err(Fatal::failed("nothing to restore", format!("image dir {dir} does not exist")));
+    }
+    let signals = setup_process()?;
+    let store = open_store(dir.as_path())?;
+    check_criu(&signals)?;
+    let remote = open_remote(&config)?;
+    let staging = open_staging(&config)?;
+    let mut ckpt = startup::latest_checkpoint(&store).map_err(|e| Fatal::failed("cannot read image dir", e))?;
+    if let Some(remote) = &remote {
+        // A debugging restore fetches storage's newest too, and leaves storage as it was.
+        let local = ckpt.as_ref().map(|c| c.id.clone());
+        match startup::from_storage(&store, remote, &config, local.as_deref()) {
+            Ok(startup::Pick::Downloaded(c)) => ckpt = Some(c),
+            Ok(startup::Pick::Local { .. }) => {}
+            Err(e) => return Err(Fatal::failed(format!("cannot restore from {}", remote.url), e)),
+        }
+    }
+    let ckpt = ckpt.ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
+    let r = crate::restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
+    log::info!("CRIU's log: {}", ckpt.restore_log().display());
+    let _keep_open = r.keep_open;
+    let ctx = Context {
+        store: Some(&store),
+        remote: remote.as_ref(),
+        staging: staging.as_ref(),
+        node_state: node_state.as_ref(),
+    };
+    Ok(running::supervise(&signals, &config, ctx, rootfs_upper.as_deref(), r.pid, &r.manifest.command))
+}
