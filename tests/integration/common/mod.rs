@@ -1,6 +1,5 @@
 //! Test harness: the real crik binary as PID 1 of a fresh PID namespace ("a container"),
 //! with every wait bounded and only the processes a test started cleaned up.
-#![allow(dead_code)]
 
 pub mod podman;
 pub mod s3;

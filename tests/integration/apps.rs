@@ -3,9 +3,8 @@
 //! server with timers, a JVM HTTP server with several threads. (Headless Chromium:
 //! tests/podman.rs.)
 
-mod common;
-use common::podman::{image, Container, Pod, DEFAULTS_PLUS, RUNTIMES};
-use common::*;
+use crate::common::podman::{image, Container, Pod, DEFAULTS_PLUS, RUNTIMES};
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! Crash safety: every way a checkpoint or a restore can go wrong, and in each case proof that
 //! nothing that should survive was lost.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -2,14 +2,13 @@
 //! checkpoints, `podman rm` removes the container, a new `podman run` on the same volume
 //! restores, and the app's state carries on.
 
-mod common;
-use common::podman::{image, Pod, LEAST_PRIVILEGE, RUNTIMES};
-use common::*;
+use crate::common::podman::{image, Pod, LEAST_PRIVILEGE, RUNTIMES};
+use crate::common::*;
 use std::time::Duration;
 
 const GRACE: Duration = Duration::from_secs(60);
 
-fn count_lines(c: &common::podman::Container) -> Vec<u64> {
+fn count_lines(c: &crate::common::podman::Container) -> Vec<u64> {
     c.stdout_lines().iter().filter_map(|l| count_of(l)).collect()
 }
 
@@ -85,7 +84,7 @@ fn kv_across_containers(
     runtime: &str,
     s: &Scratch,
     ip: Option<&str>,
-) -> (Client, common::podman::Container, String, String) {
+) -> (Client, crate::common::podman::Container, String, String) {
     let port = free_port();
     let mut pod = Pod::new(&image("base"), runtime, &s.dir, "");
     pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
@@ -169,7 +168,7 @@ fn posix_shared_memory_and_semaphores_in_dev_shm_come_back() {
 
 /// A counter app in `pod`, checkpointed by `podman stop` and restored by a new `podman run`
 /// of `cmd`; checks that the count carried on. Returns the restored container.
-fn counter_round_trip(pod: &Pod, cmd: &[&str]) -> common::podman::Container {
+fn counter_round_trip(pod: &Pod, cmd: &[&str]) -> crate::common::podman::Container {
     let c = pod.start(cmd);
     c.expect_line(LONG, "count 3", |l| l == "count 3");
     assert_eq!(c.stop(GRACE), 0, "{}", c.logs().1);
@@ -284,7 +283,7 @@ const CHROMIUM: [&str; 10] = [
 
 /// Evaluates `expr` in the browser's page over a new DevTools connection (tests/workloads/cdp.py
 /// inside the container), retrying while the browser is not answering yet.
-fn devtools(c: &common::podman::Container, expr: &str) -> serde_json::Value {
+fn devtools(c: &crate::common::podman::Container, expr: &str) -> serde_json::Value {
     let deadline = std::time::Instant::now() + LONG;
     loop {
         let out = c.exec(&["python3", "/workloads/cdp.py", "9222", expr]);
@@ -317,7 +316,7 @@ fn headless_chromium_keeps_its_tab_counting_across_two_cycles() {
 #[test]
 fn headless_chromium_streams_to_storage_and_comes_back_on_another_node() {
     let s = Scratch::new("podman-chromium-s3");
-    let s3 = common::s3::S3Server::start_for_containers(&s.path("s3"));
+    let s3 = crate::common::s3::S3Server::start_for_containers(&s.path("s3"));
     let node = |n: u32| {
         let mut pod = chromium_pod(&s.path(&format!("node{n}")), &s3.container_config("chromium"));
         for (k, v) in s3.env() {
@@ -325,7 +324,7 @@ fn headless_chromium_streams_to_storage_and_comes_back_on_another_node() {
         }
         pod
     };
-    let streamed = |c: &common::podman::Container| {
+    let streamed = |c: &crate::common::podman::Container| {
         let done = c.expect_event("checkpoint_finished");
         assert_eq!(done["staging"], "storage (streamed)", "{done}");
     };
@@ -344,8 +343,8 @@ fn chromium_pod(dir: &std::path::Path, config: &str) -> Pod {
 /// `stopped` and `restored` check each checkpointed and each restored container's log too.
 fn chromium_two_cycles(
     pod_for: impl Fn(u32) -> Pod,
-    stopped: impl Fn(&common::podman::Container),
-    restored: impl Fn(&common::podman::Container),
+    stopped: impl Fn(&crate::common::podman::Container),
+    restored: impl Fn(&crate::common::podman::Container),
 ) {
     let mut cmd = vec!["run", "--"];
     cmd.extend(CHROMIUM);

@@ -1,4 +1,4 @@
-"""Making Debian roots on this machine, for scripts/check_shipping.py and scripts/test_images.py:
+"""Making Debian roots on this machine, for scripts/images/check_shipping.py and scripts/images/test_images.py:
 the machine's own Debian mirror and apt network settings, and running commands chrooted in a
 root with /proc, /dev and DNS."""
 import os

@@ -2,8 +2,7 @@
 //! a real overlay root (this machine's root as the lower layer, a fresh tmpfs upper) mounted in
 //! the test's own mount namespace and pivoted into, as container runtimes do.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 /// Shell commands that give crik an overlay root; the scratch dir stays a "volume" at its path.

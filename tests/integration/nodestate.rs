@@ -1,8 +1,7 @@
 //! Deciding when to checkpoint: local HTTP servers stand in for the node-state server and the
 //! clouds' metadata endpoints, and drive crik's real SIGTERM handling end to end.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};

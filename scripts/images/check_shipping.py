@@ -12,7 +12,7 @@
    into it) with its ENTRYPOINT: starts the counter, checkpoints it on SIGTERM with the image's
    own CRIU, restores it, and checks that the count carried on.
 
-Usage (as root): scripts/check_shipping.py   (scripts/setup.sh installs the tools)
+Usage (as root): scripts/images/check_shipping.py   (scripts/setup.sh installs the tools)
 """
 import hashlib
 import json
@@ -27,7 +27,7 @@ import time
 
 from debian_root import copy_apt_settings, debian_mirror, in_root
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOLS = "/opt/crik-tools/bin"
 WORK = os.path.join(REPO, "target", "shipping")
 

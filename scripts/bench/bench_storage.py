@@ -56,7 +56,7 @@ class Crik:
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def term(self):
-        os.sync()  # as scripts/bench.py: no dirty pages of an earlier step in the timed one
+        os.sync()  # as scripts/bench/bench.py: no dirty pages of an earlier step in the timed one
         t0 = time.monotonic()
         os.kill(child_of(self.p.pid), signal.SIGTERM)
         _, err = self.p.communicate()

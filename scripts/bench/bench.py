@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CRIK = os.path.join(REPO, "target", "x86_64-unknown-linux-gnu", "release", "crik")
 APP = os.path.join(REPO, "tests", "workloads", "bench_app.py")
 PY = "/usr/bin/python3"

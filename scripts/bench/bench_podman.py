@@ -12,7 +12,7 @@ bench_app.py, answering on a published port), alternating the two, medians of RU
 Both run under runc with the same image, capabilities and port. crik's checkpoint includes
 podman stopping the container; podman's, the export tar (what a move to another node needs).
 
-Usage (as root, after scripts/test.sh built crik and the images): scripts/bench_podman.py
+Usage (as root, after scripts/test.sh built crik and the images): scripts/bench/bench_podman.py
 Environment: CRIK_BENCH_DIR (volume and export dir, default /var/tmp), RUNS (default 3).
 """
 import os
@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CRIK = os.path.join(REPO, "target", "x86_64-unknown-linux-gnu", "release", "crik")
 RUNS = int(os.environ.get("RUNS", "3"))
 

@@ -1,7 +1,6 @@
 //! `crik inspect` on real checkpoints made with real CRIU.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn inspect(images: &std::path::Path, extra: &[&str]) -> (i32, String) {

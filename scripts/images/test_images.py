@@ -7,7 +7,7 @@ bind-mount the binary they test, so a code change needs no rebuild.
 
 An image is tagged with a hash of what goes into it and rebuilt only when that changes.
 
-Usage (as root): scripts/test_images.py [APP ...]   (APP: base, chromium, postgres, ...)
+Usage (as root): scripts/images/test_images.py [APP ...]   (APP: base, chromium, postgres, ...)
 """
 import hashlib
 import os
@@ -17,7 +17,7 @@ import sys
 
 from debian_root import copy_apt_settings, debian_mirror, in_root
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORK = os.path.join(REPO, "target", "test-images")
 # name -> Debian packages on top of the base root.
 APPS = {

@@ -4,7 +4,7 @@
 #   - the release binary's size
 # Goal: idle RSS at most 2 MiB.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 bash scripts/setup.sh >/dev/null
 cargo build --release --locked --quiet
 crik=$PWD/target/x86_64-unknown-linux-gnu/release/crik
@@ -34,4 +34,4 @@ printf '%-38s %7s KiB\n' "tini idle RSS (supervising sleep)" "$tini_rss"
 printf '%-38s %10s\n' "crik / tini RSS" "$(awk -v a="$crik_rss" -v b="$tini_rss" 'BEGIN {printf "%.2fx", a/b}')"
 printf '%-38s %7s KiB\n' "crik release binary size" "$(( size / 1024 ))"
 printf '%-38s %10s\n' "goal: crik idle RSS <= 2048 KiB" "$([ "$crik_rss" -le 2048 ] && echo met || echo MISSED)"
-python3 scripts/bench.py
+python3 scripts/bench/bench.py

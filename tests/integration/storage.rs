@@ -2,9 +2,8 @@
 //! server (s3s-fs) and restored on "another node" (a fresh image dir), with the faults a
 //! careful user meets: server down, an upload cut short, damaged or missing chunks, wrong keys.
 
-mod common;
-use common::s3::S3Server;
-use common::*;
+use crate::common::s3::S3Server;
+use crate::common::*;
 
 fn spec(cfg: &std::path::Path, s3: &S3Server, cmd: &[&str]) -> Spec {
     let mut spec = Spec::run(Some(cfg), cmd);
@@ -22,7 +21,7 @@ fn checkpoints_are_uploaded_incrementally_and_restored_on_another_node() {
     assert!(periodic["new_chunks"].as_u64().unwrap() > 0, "{periodic}");
     let last = last_count(&checkpoint(&mut c));
     let finals: Vec<_> =
-        common::events(&c.stderr()).into_iter().filter(|e| e["event"] == "checkpoint_uploaded").collect();
+        crate::common::events(&c.stderr()).into_iter().filter(|e| e["event"] == "checkpoint_uploaded").collect();
     let fin = finals.last().unwrap();
     // The final checkpoint shares most chunks with the periodic ones before it.
     assert!(
@@ -193,7 +192,7 @@ fn wrong_credentials_are_a_clear_error_at_start() {
     let s3 = S3Server::start(&s.path("s3"));
     let cfg = s.config(&s3.config("app"));
     let mut spec = Spec::run(Some(&cfg), &COUNTER);
-    spec.env.push(("AWS_ACCESS_KEY_ID".into(), common::s3::ACCESS_KEY.into()));
+    spec.env.push(("AWS_ACCESS_KEY_ID".into(), crate::common::s3::ACCESS_KEY.into()));
     spec.env.push(("AWS_SECRET_ACCESS_KEY".into(), "not-the-secret".into()));
     let mut c = Container::start(spec);
     assert_eq!(c.wait_code(SHORT), 1, "{}", c.stderr());
@@ -402,7 +401,7 @@ fn web_identity_credentials_come_from_sts_and_sign_every_request() {
     let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6YXBwIn0.c2lnbmF0dXJl";
     let token_file = s.path("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let sts = common::s3::Sts::start(token);
+    let sts = crate::common::s3::Sts::start(token);
     let cfg = s.config(&s3.config("app"));
     let with_identity = |cmd: &[&str]| {
         let mut spec = Spec::run(Some(&cfg), cmd);

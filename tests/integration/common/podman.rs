@@ -1,6 +1,6 @@
 //! Real OCI containers: crik as the ENTRYPOINT of a podman container (runc or crun), its image
 //! dir on a volume, its config bind-mounted read-only, the crik binary under test bind-mounted
-//! over the image's. Images come from scripts/test_images.py (built there, never pulled).
+//! over the image's. Images come from scripts/images/test_images.py (built there, never pulled).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -22,17 +22,17 @@ pub const LEAST_PRIVILEGE: [&str; 6] = [
     "seccomp=unconfined",
 ];
 
-/// The image for `app` (`base`, ...), built by scripts/test_images.py if missing. Fails (never
+/// The image for `app` (`base`, ...), built by scripts/images/test_images.py if missing. Fails (never
 /// skips) when podman or a runtime is missing: scripts/setup.sh installs them.
 pub fn image(app: &str) -> String {
     for tool in ["podman", "runc", "crun"] {
         assert!(Command::new(tool).arg("--version").output().is_ok(), "{tool} is not installed: run scripts/setup.sh");
     }
     let out = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test_images.py"))
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/images/test_images.py"))
         .arg(app)
         .output()
-        .expect("run scripts/test_images.py");
+        .expect("run scripts/images/test_images.py");
     assert!(out.status.success(), "building the {app} image failed:\n{}", String::from_utf8_lossy(&out.stderr));
     // The name is the last line (a build may print more before it).
     String::from_utf8(out.stdout).unwrap().lines().last().expect("an image name").trim().to_string()

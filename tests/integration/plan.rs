@@ -1,8 +1,7 @@
 //! A final checkpoint that cannot fit `checkpointBudget` is not started: the newest periodic
 //! checkpoint is kept instead. The outcome of every checkpoint is in the image dir's status file.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn status(s: &Scratch) -> serde_json::Value {
     let text = std::fs::read_to_string(s.images().join("status.json")).expect("status.json");

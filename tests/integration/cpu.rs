@@ -1,8 +1,7 @@
 //! A checkpoint taken on a CPU with features this one lacks is refused before CRIU restores
 //! anything, named, and kept for a node that has them.
 
-mod common;
-use common::*;
+use crate::common::*;
 use criu_proto::cpuinfo::Cpuinfo_entry;
 use protobuf::Message;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,7 @@
 //! crik as a container's init: each PID-1 duty, with the real binary as PID 1 of a fresh PID
 //! namespace (and, where it matters, outside one as a child subreaper).
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 #[test]

@@ -1,5 +1,5 @@
 //! The shipped examples stay true: the crik configuration embedded in the Kubernetes example
-//! parses with crik's own parser (schemas are checked by scripts/check_shipping.py).
+//! parses with crik's own parser (schemas are checked by scripts/images/check_shipping.py).
 
 use serde::Deserialize;
 

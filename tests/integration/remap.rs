@@ -1,8 +1,7 @@
 //! Files the app holds open on runtime-provided mounts and in its own cgroup point at the new
 //! container's copies after a restore.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 const LOOP: &str = "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done";

@@ -1,8 +1,7 @@
 //! Checkpoint on SIGTERM and restore on the next start, with real CRIU and real workloads.
 //! Each test proves that state survived, not merely that a process is alive.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 /// Restores in a fresh container and checks the counter carries on from `last`, exactly.
@@ -383,7 +382,7 @@ fn established_connection_keeps_working_across_periodic_checkpoints() {
     assert_eq!(client.ask("SET k v0").unwrap(), "OK");
     for round in 1..=3 {
         let periodic = |c: &Container| {
-            common::events(&c.stderr())
+            crate::common::events(&c.stderr())
                 .iter()
                 .filter(|e| e["event"] == "checkpoint_finished" && e["kind"] == "periodic")
                 .count()
