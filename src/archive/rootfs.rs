@@ -36,6 +36,8 @@ pub enum RootfsError {
     Archive { path: PathBuf, source: io::Error },
     #[error("cannot apply the container's writable layer ({path}): {source}")]
     Apply { path: PathBuf, source: io::Error },
+    #[error("cannot apply the container's writable layer: {0}")]
+    Extract(#[from] crate::archive::files::FilesError),
 }
 
 /// The overlay upper dir of `/`, checked to be reachable from here. Called at start, so that a
@@ -155,8 +157,7 @@ pub fn apply(diff: &RootfsDiff, archive: &Path) -> Result<(), RootfsError> {
     for p in &diff.deleted {
         remove(Path::new(p)).map_err(err(Path::new(p)))?;
     }
-    crate::archive::files::extract(archive, Path::new("/"))
-        .map_err(|e| RootfsError::Apply { path: archive.into(), source: io::Error::other(e.to_string()) })?;
+    crate::archive::files::extract(archive, Path::new("/"))?;
     log::info!(
         "container's writable layer put back: {} entries, {} deletions, {} replaced dirs",
         diff.archived,

@@ -50,6 +50,13 @@ pub enum CheckpointError {
     /// checkpoint is now.
     #[error("checkpoint {id} could not be uploaded to {url}: {source}; {kept}")]
     Upload { id: String, url: String, source: Box<crate::remote::RemoteError>, kept: String },
+    /// Object storage failed while a streamed dump was under way: CRIU rolls the dump back.
+    #[error("object storage: {0}")]
+    Storage(Box<crate::remote::RemoteError>),
+    #[error("cannot make a socket for CRIU's page stream: {0}")]
+    PageStreamSocket(std::io::Error),
+    #[error("cannot read the dump's images: {0}")]
+    Images(#[from] crate::criu::images::ImageError),
     /// A TCP connection was opened after crik looked for one and dumped without CRIU's network
     /// lock; CRIU rolled back (the app keeps running) and the dump is taken again with it.
     #[error("the app opened TCP connections during a dump without the network lock: {}", .0.join(", "))]
@@ -208,7 +215,7 @@ fn stage_dump_unstreamed(
         let uploaded = match target.remote {
             Some(remote) => Some(
                 upload(remote, &published, &manifest, target, deadline)
-                    .map_err(|e| upload_error(&published.id, remote, e, "it is complete in the image dir".into()))?,
+                    .map_err(|e| upload_error(&published.id, remote, e, "it is complete in the image dir"))?,
             ),
             None => None,
         };
@@ -257,20 +264,21 @@ fn stage_dump_unstreamed(
                 }
                 Err(ce) => format!("it could not be kept in the image dir either: {ce}"),
             };
-            Err(upload_error(&staged.id, remote, e, kept))
+            Err(upload_error(&staged.id, remote, e, &kept))
         }
     };
     memory.discard(&staged);
     result
 }
 
-fn upload_error(id: &str, remote: &crate::remote::Remote, e: CheckpointError, kept: String) -> CheckpointError {
-    match e {
-        CheckpointError::Upload { source, .. } => {
-            CheckpointError::Upload { id: id.into(), url: remote.url.clone(), source, kept }
-        }
-        e => e,
-    }
+/// An upload's failure, once the caller knows where the checkpoint is kept instead.
+fn upload_error(
+    id: &str,
+    remote: &crate::remote::Remote,
+    e: crate::remote::RemoteError,
+    kept: &str,
+) -> CheckpointError {
+    CheckpointError::Upload { id: id.into(), url: remote.url.clone(), source: Box::new(e), kept: kept.into() }
 }
 
 /// CRIU's whole log of a failed dump outlives the discarded staging dir, for whoever debugs it.
@@ -290,17 +298,10 @@ fn upload(
     manifest: &Manifest,
     target: &Target,
     deadline: Instant,
-) -> Result<crate::remote::Uploaded, CheckpointError> {
-    let up = remote
-        .upload(sealed, manifest, target.config.keep_checkpoints, deadline)
-        .map_err(|e| upload_failed(&sealed.id, remote, e))?;
+) -> Result<crate::remote::Uploaded, crate::remote::RemoteError> {
+    let up = remote.upload(sealed, manifest, target.config.keep_checkpoints, deadline)?;
     after_upload(remote, &sealed.id, &up, target, deadline);
     Ok(up)
-}
-
-/// An upload's error, before the caller says where the checkpoint is kept.
-fn upload_failed(id: &str, remote: &crate::remote::Remote, e: crate::remote::RemoteError) -> CheckpointError {
-    CheckpointError::Upload { id: id.into(), url: remote.url.clone(), source: Box::new(e), kept: String::new() }
 }
 
 /// Logs an upload; after a periodic checkpoint, removes the chunks no checkpoint refers to.
@@ -518,12 +519,7 @@ fn own_dirs<'a>(target: &Target<'a>) -> Vec<&'a std::path::Path> {
 /// only: without their contents the restore in a new container would fail. Only the app's own
 /// files are taken (CRIU's file table says which), never the rest of the mount.
 fn archive_runtime_tmpfs(staged: &Checkpoint, own: &[&std::path::Path]) -> Result<Vec<String>, CheckpointError> {
-    let open = crate::criu::images::regular_files(&staged.images_dir()).map_err(|e| {
-        CheckpointError::Files(FilesError::Archive {
-            path: staged.images_dir(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })?;
+    let open = crate::criu::images::regular_files(&staged.images_dir())?;
     let mounts = crate::host::mountinfo::read().unwrap_or_default();
     let mut paths: Vec<String> = open
         .into_iter()

@@ -10,8 +10,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::{after_upload, dump_into, keep_failed_log, upload_failed, CheckpointError, Dump, Published, Target};
-use crate::criu::pageserver::{self, PageServerError, PageSink};
+use super::{after_upload, dump_into, keep_failed_log, CheckpointError, Dump, Published, Target};
+use crate::criu::pageserver::{self, PageServerError, PageSink, SinkError};
 use crate::init::supervisor::Signals;
 use crate::layout::IMAGES_DIR;
 use crate::lifecycle::plan::Cost;
@@ -34,7 +34,7 @@ fn storage_side(e: &CheckpointError) -> bool {
         e,
         CheckpointError::PageStream(
             PageServerError::Sink(_) | PageServerError::Protocol(_) | PageServerError::Image { .. }
-        )
+        ) | CheckpointError::PageStreamSocket(_)
     )
 }
 
@@ -78,7 +78,7 @@ pub(super) fn checkpoint(
                 location: format!("in storage only ({})", remote.url),
             }))
         }
-        Err(CheckpointError::Upload { source, .. }) => Ok(Outcome::StorageFailed(source.to_string())),
+        Err(CheckpointError::Storage(e)) => Ok(Outcome::StorageFailed(e.to_string())),
         Err(e) if storage_side(&e) => Ok(Outcome::StorageFailed(e.to_string())),
         Err(e) => {
             keep_failed_log(&staged, store);
@@ -97,8 +97,7 @@ fn dump_streamed(
     target: &Target,
     up: &Upload,
 ) -> Result<(Manifest, Uploaded, Duration), CheckpointError> {
-    let (ours, theirs) = UnixStream::pair()
-        .map_err(|e| PageServerError::Image { path: "a socket for CRIU's page stream".into(), source: e })?;
+    let (ours, theirs) = UnixStream::pair().map_err(CheckpointError::PageStreamSocket)?;
     let images = staged.images_dir();
     std::thread::scope(|s| {
         let mut workers = Some(up.spawn_workers(s));
@@ -114,7 +113,7 @@ fn dump_streamed(
             m.files = upload_small_images(staged, up)?;
             m.files.extend(streamed);
             m.files.sort_by(|a, b| a.path.cmp(&b.path));
-            let fail = |e| upload_failed(&staged.id, up.remote(), e);
+            let fail = |e| CheckpointError::Storage(Box::new(e));
             up.finish(workers.take().unwrap_or_default()).map_err(fail)?;
             let u = up.publish(&staged.id, m, target.config.keep_checkpoints).map_err(fail)?;
             uploaded = Some((u, tail.elapsed()));
@@ -130,7 +129,7 @@ fn dump_streamed(
             // The upload's own error says more than the sink's "upload stopped".
             Err(e) => {
                 return Err(match (finished, served) {
-                    (Some(Err(up_err)), _) => upload_failed(&staged.id, up.remote(), up_err),
+                    (Some(Err(up_err)), _) => CheckpointError::Storage(Box::new(up_err)),
                     (_, Err(s @ (PageServerError::Sink(_) | PageServerError::Protocol(_)))) => s.into(),
                     _ => e,
                 })
@@ -157,7 +156,7 @@ fn upload_small_images(staged: &Checkpoint, up: &Upload) -> Result<Vec<FileSum>,
     let log = format!("{IMAGES_DIR}/{}", crate::layout::DUMP_LOG);
     let mut sums = store::sums(&staged.dir)?;
     sums.retain(|f| f.path != log);
-    let fail = |e| upload_failed(&staged.id, up.remote(), e);
+    let fail = |e| CheckpointError::Storage(Box::new(e));
     for f in &sums {
         up.send_file(&f.path, &staged.dir.join(&f.path)).map_err(fail)?;
     }
@@ -185,22 +184,20 @@ struct UploadSink<'u, 'r> {
     file: Option<StreamedFile<'u, 'r>>,
 }
 
-const STOPPED: &str = "the upload stopped";
-
 impl PageSink for UploadSink<'_, '_> {
-    fn begin(&mut self, path: &str) -> Result<(), String> {
+    fn begin(&mut self, path: &str) -> Result<(), SinkError> {
         self.file = Some(self.upload.stream(path));
         Ok(())
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<(), String> {
+    fn write(&mut self, data: &[u8]) -> Result<(), SinkError> {
         let file = self.file.as_mut().ok_or("pages before their image began")?;
-        file.write(data).map_err(|_| STOPPED.to_string())
+        Ok(file.write(data)?)
     }
 
-    fn end(&mut self) -> Result<(), String> {
+    fn end(&mut self) -> Result<(), SinkError> {
         match self.file.take() {
-            Some(f) => f.end().map_err(|_| STOPPED.to_string()),
+            Some(f) => Ok(f.end()?),
             None => Ok(()),
         }
     }

@@ -38,11 +38,14 @@ const TYPE_SHMEM: u64 = 2;
 /// Where the page bytes of each pages image go, in order.
 pub trait PageSink {
     /// A pages image begins (`path` relative to the checkpoint dir).
-    fn begin(&mut self, path: &str) -> Result<(), String>;
-    fn write(&mut self, data: &[u8]) -> Result<(), String>;
+    fn begin(&mut self, path: &str) -> Result<(), SinkError>;
+    fn write(&mut self, data: &[u8]) -> Result<(), SinkError>;
     /// The current pages image is complete.
-    fn end(&mut self) -> Result<(), String>;
+    fn end(&mut self) -> Result<(), SinkError>;
 }
+
+/// Why a [`PageSink`] refused bytes (for the upload: its queue stopped).
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PageServerError {
@@ -57,7 +60,7 @@ pub enum PageServerError {
     Image { path: String, source: io::Error },
     /// The sink failed (the upload): the stream was cut, so CRIU's dump fails.
     #[error("{0}")]
-    Sink(String),
+    Sink(#[source] SinkError),
 }
 
 /// One command of the protocol.
@@ -255,15 +258,15 @@ mod tests {
     }
 
     impl PageSink for Recorder {
-        fn begin(&mut self, path: &str) -> Result<(), String> {
+        fn begin(&mut self, path: &str) -> Result<(), SinkError> {
             self.files.push((path.into(), Vec::new()));
             Ok(())
         }
-        fn write(&mut self, data: &[u8]) -> Result<(), String> {
+        fn write(&mut self, data: &[u8]) -> Result<(), SinkError> {
             self.files.last_mut().unwrap().1.extend_from_slice(data);
             Ok(())
         }
-        fn end(&mut self) -> Result<(), String> {
+        fn end(&mut self) -> Result<(), SinkError> {
             self.ended += 1;
             Ok(())
         }
@@ -368,13 +371,13 @@ mod tests {
 
         struct Failing;
         impl PageSink for Failing {
-            fn begin(&mut self, _: &str) -> Result<(), String> {
+            fn begin(&mut self, _: &str) -> Result<(), SinkError> {
                 Ok(())
             }
-            fn write(&mut self, _: &[u8]) -> Result<(), String> {
+            fn write(&mut self, _: &[u8]) -> Result<(), SinkError> {
                 Err("storage said no".into())
             }
-            fn end(&mut self) -> Result<(), String> {
+            fn end(&mut self) -> Result<(), SinkError> {
                 Ok(())
             }
         }

@@ -44,6 +44,10 @@ pub enum RemoteError {
     Local { step: &'static str, path: String, source: std::io::Error },
     #[error(transparent)]
     Chunk(#[from] ChunkError),
+    /// The upload's queue refused a chunk: a worker failed (its error is the one returned by
+    /// [`Upload::finish`]), or the upload is finished.
+    #[error(transparent)]
+    Stopped(#[from] UploadStopped),
     /// The image dir, staging or publishing a download.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -228,7 +232,7 @@ impl<'r> Upload<'r> {
         // `split` reads in large blocks itself: no BufReader copy in between.
         let r = chunks::split::<RemoteError>(rel, file, |data| {
             // Stops the cutting; [`Upload::finish`] returns the worker's own error.
-            self.send(i, data).map_err(|_| RemoteError::Damaged { id: String::new(), why: "upload failed".into() })
+            Ok(self.send(i, data)?)
         });
         match r {
             Err(_) if self.failed() => Ok(()),
@@ -295,7 +299,8 @@ impl<'r> Upload<'r> {
 }
 
 /// The upload was stopped (a chunk failed, or the queue is closed).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the upload stopped")]
 pub struct UploadStopped;
 
 /// One file of a checkpoint uploaded as its bytes arrive.

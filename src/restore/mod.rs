@@ -42,8 +42,11 @@ pub enum RestoreError {
     /// that has one.
     #[error("the checkpoint needs CPU features this node lacks: {missing}{}", criu::format_log(log_lines))]
     IncompatibleCpu { missing: String, log_lines: Vec<String> },
-    #[error("cannot lend stdio or re-pointed files to CRIU: {0}")]
+    #[error("cannot lend the container's stdio to CRIU: {0}")]
     Stdio(std::io::Error),
+    /// The thread checking the page images' checksums beside CRIU panicked: a bug in crik.
+    #[error("the page checksum thread panicked")]
+    ChecksumThread,
     #[error("{source}{}\nfull CRIU log: {log}", criu::format_log(log_lines))]
     Criu { source: CriuError, log_lines: Vec<String>, log: PathBuf },
 }
@@ -96,9 +99,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     }
     let mut inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
     let open_files = crate::criu::images::regular_files(&ckpt.images_dir())?;
-    for f in crate::restore::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups)
-        .map_err(RestoreError::Stdio)?
-    {
+    for f in crate::restore::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups) {
         if !inherit.iter().any(|i| i.key == f.key) {
             inherit.push(f);
         }
@@ -127,7 +128,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     };
     let mut opts = criu::restore_opts(&dir, established, lazy_daemon.is_some(), &config.external_mounts);
     opts.set_notify_scripts(true);
-    let mut pages_verdict: Option<Result<Duration, IntegrityError>> = None;
+    let mut pages_verdict: Option<Result<Duration, RestoreError>> = None;
     let mut on_notify = |script: &str| {
         if script != "post-restore" {
             return true;
@@ -156,7 +157,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
     }
     if let Some(Err(e)) = pages_verdict {
         app::kill_descendants();
-        return Err(e.into());
+        return Err(e);
     }
     match result {
         Ok(r) => {
@@ -232,10 +233,8 @@ fn cpu_here(signals: &Signals, ckpt: &Checkpoint) -> Result<criu_proto::cpuinfo:
     result
 }
 
-fn join_check(h: std::thread::JoinHandle<Result<Duration, IntegrityError>>) -> Result<Duration, IntegrityError> {
-    h.join().unwrap_or_else(|_| {
-        Err(IntegrityError::Damaged { path: PathBuf::new(), why: "checksum thread panicked".into() })
-    })
+fn join_check(h: std::thread::JoinHandle<Result<Duration, IntegrityError>>) -> Result<Duration, RestoreError> {
+    h.join().map_err(|_| RestoreError::ChecksumThread)?.map_err(RestoreError::from)
 }
 
 /// crik's own stdio, lent to CRIU under the keys the app's stdio had at checkpoint time, so the

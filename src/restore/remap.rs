@@ -29,12 +29,9 @@ fn new_path(old: &Path, external: &[PathBuf], old_cg: &[CgroupDir], new_cg: &[Cg
     external.iter().any(|e| old.starts_with(e)).then(|| old.to_path_buf())
 }
 
-/// Files to lend to CRIU for a restore: (fd opened here, key of the old file).
-pub fn remapped_files(
-    files: &[RegFile],
-    external_mounts: &[AbsPath],
-    old_cg: &[CgroupDir],
-) -> std::io::Result<Vec<InheritFd>> {
+/// Files to lend to CRIU for a restore: (fd opened here, key of the old file). One that cannot
+/// be opened is left out (and logged): CRIU then names it, which says more than crik could.
+pub fn remapped_files(files: &[RegFile], external_mounts: &[AbsPath], old_cg: &[CgroupDir]) -> Vec<InheritFd> {
     let external: Vec<PathBuf> = RUNTIME_FILES
         .iter()
         .map(PathBuf::from)
@@ -64,7 +61,7 @@ pub fn remapped_files(
             Err(e) => log::warn!("cannot open {} for the restored app's {}: {e}", path.display(), f.path),
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
