@@ -50,75 +50,62 @@ pub enum TcpRestore {
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+// Every key is optional: a missing one takes its value from `Config::default()`, the one
+// place defaults are written.
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct Config {
     /// Where checkpoints are written and read. Unset: checkpointing is off.
-    #[serde(default)]
     pub image_dir: Option<AbsPath>,
     /// Node-state server asked on SIGTERM whether the node is going away.
-    #[serde(default, rename = "nodeStateServerURL")]
+    #[serde(rename = "nodeStateServerURL")]
     pub node_state_server_url: Option<HttpUrl>,
     /// Files and directories archived into the checkpoint and put back before restore.
-    #[serde(default)]
     pub additional_paths: Vec<AbsPath>,
     /// Mounts the runtime provides (secret and configmap volumes, ...), added to crik's defaults:
     /// open files on them point to the new container's copy after a restore.
-    #[serde(default)]
     pub external_mounts: Vec<AbsPath>,
     /// Archive the container's writable layer (overlay upper dir of `/`) into each checkpoint
     /// and put it back before a restore.
-    #[serde(default)]
     pub capture_rootfs_diff: bool,
     /// Paths deleted before the dump (things CRIU cannot checkpoint, such as inotify targets).
-    #[serde(default)]
     pub inotify_incompatible_paths: Vec<AbsPath>,
     /// What to do when a checkpoint cannot be restored.
-    #[serde(default)]
     pub on_restore_failure: OnRestoreFailure,
     /// How many retired (already restored) checkpoints to keep as history.
-    #[serde(default = "default_keep_checkpoints")]
     pub keep_checkpoints: usize,
     /// Upper bound for one CRIU dump, in seconds; CRIU is killed past it.
-    #[serde(default = "default_checkpoint_timeout", deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds")]
     pub checkpoint_timeout: Duration,
     /// How long a final checkpoint may take, in seconds (the pod's grace period minus a margin).
     /// When the estimate from earlier checkpoints says it would not fit, the newest periodic
     /// checkpoint is kept instead. Unset: no budget (only `checkpointTimeout`).
-    #[serde(default, deserialize_with = "some_seconds")]
+    #[serde(deserialize_with = "some_seconds")]
     pub checkpoint_budget: Option<Duration>,
     /// Upper bound for one CRIU restore, in seconds; CRIU and what it restored are killed past it.
-    #[serde(default = "default_restore_timeout", deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds")]
     pub restore_timeout: Duration,
     /// How established TCP connections are restored.
-    #[serde(default)]
     pub tcp_restore: TcpRestore,
     /// Where to ask, on SIGTERM, whether the node is going away (long form of
     /// `nodeStateServerURL`, with cloud preemption notices as sources).
-    #[serde(default)]
     pub node_state: Option<NodeStateConfig>,
     /// What to do when the node state cannot be learned.
-    #[serde(default)]
     pub on_node_state_error: OnNodeStateError,
     /// Take a leave-running checkpoint this often (seconds), so that even a hard kill with no
     /// SIGTERM restores recent state. Unset: only the final checkpoint on SIGTERM.
-    #[serde(default, deserialize_with = "some_seconds")]
+    #[serde(deserialize_with = "some_seconds")]
     pub checkpoint_interval: Option<Duration>,
     /// Restore with CRIU's lazy-pages daemon: the app runs before all its memory is read back.
-    #[serde(default)]
     pub lazy_pages: bool,
     /// Start the app in an IPC namespace of its own, which CRIU then checkpoints with it: System
     /// V shared memory, semaphores and message queues (PostgreSQL) live in it.
-    #[serde(default)]
     pub isolate_ipc: bool,
     /// Processes the app daemonized (re-parented to crik, outside the tree CRIU dumps): `fail`
     /// the checkpoint, or `kill` them first.
-    #[serde(default)]
     pub on_escaped_processes: OnEscapedProcesses,
     /// crik's own log lines: `text` or `json`.
-    #[serde(default)]
     pub log_format: crate::cmd::logging::LogFormat,
     /// Object storage every checkpoint is uploaded to (imageDir stays the local staging dir).
-    #[serde(default)]
     pub storage: Option<StorageConfig>,
 }
 
@@ -258,10 +245,10 @@ impl Default for Config {
             external_mounts: Vec::new(),
             capture_rootfs_diff: false,
             on_restore_failure: OnRestoreFailure::default(),
-            keep_checkpoints: default_keep_checkpoints(),
-            checkpoint_timeout: default_checkpoint_timeout(),
+            keep_checkpoints: 1,
+            checkpoint_timeout: Duration::from_secs(300),
             checkpoint_budget: None,
-            restore_timeout: default_restore_timeout(),
+            restore_timeout: Duration::from_secs(300),
             tcp_restore: TcpRestore::default(),
             node_state: None,
             on_node_state_error: OnNodeStateError::default(),
@@ -273,16 +260,6 @@ impl Default for Config {
             storage: None,
         }
     }
-}
-
-fn default_keep_checkpoints() -> usize {
-    1
-}
-fn default_checkpoint_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_restore_timeout() -> Duration {
-    Duration::from_secs(300)
 }
 
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

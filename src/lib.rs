@@ -31,3 +31,5 @@ mod remote;
 mod restore;
 mod sizes;
 mod store;
+#[cfg(test)]
+mod testing;

@@ -22,13 +22,12 @@ pub enum FilesError {
 pub fn delete_paths(paths: &[AbsPath]) -> Result<(), FilesError> {
     for p in paths {
         let p = p.as_path();
-        let r = match fs::symlink_metadata(p) {
+        let delete_err = |e| FilesError::Delete { path: p.to_path_buf(), source: e };
+        match fs::symlink_metadata(p) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => Err(e),
-            Ok(md) if md.is_dir() => fs::remove_dir_all(p),
-            Ok(_) => fs::remove_file(p),
-        };
-        r.map_err(|e| FilesError::Delete { path: p.to_path_buf(), source: e })?;
+            Err(e) => return Err(delete_err(e)),
+            Ok(_) => super::remove(p).map_err(delete_err)?,
+        }
         log::info!("deleted {} (inotifyIncompatiblePaths)", p.display());
     }
     Ok(())
@@ -38,9 +37,7 @@ pub fn delete_paths(paths: &[AbsPath]) -> Result<(), FilesError> {
 /// archived; missing paths are skipped with a log line.
 pub fn archive_paths(paths: &[AbsPath], archive: &Path) -> Result<usize, FilesError> {
     let out = File::create(archive).map_err(|e| FilesError::Archive { path: archive.into(), source: e })?;
-    let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    b.mode(tar::HeaderMode::Complete);
+    let mut b = super::tar_builder(out);
     let mut n = 0;
     for p in paths {
         let p = p.as_path();
@@ -96,12 +93,12 @@ pub fn extract(archive: &Path, root: &Path) -> Result<(), FilesError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
     use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 
     #[test]
     fn archive_and_extract_keep_modes_owners_and_symlinks() {
-        let base = std::env::temp_dir().join(format!("crik-files-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&base);
+        let base = TempDir::new("files");
         let src = base.join("data");
         fs::create_dir_all(src.join("sub")).unwrap();
         fs::write(src.join("sub/secret"), b"s3cret").unwrap();
@@ -134,6 +131,5 @@ mod tests {
 
         delete_paths(&[AbsPath::new(&src).unwrap(), AbsPath::new(&single).unwrap()]).unwrap();
         assert!(!src.exists() && !single.exists());
-        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -106,9 +106,7 @@ pub fn capture(upper: &Path, archive: &Path, skip: &[&Path]) -> Result<RootfsDif
     };
     let mounts = other_mounts();
     let out = File::create(archive).map_err(err(archive))?;
-    let mut b = tar::Builder::new(out);
-    b.follow_symlinks(false);
-    b.mode(tar::HeaderMode::Complete);
+    let mut b = super::tar_builder(out);
     let mut diff = RootfsDiff::default();
     let mut walk = walkdir::WalkDir::new(upper).min_depth(1).into_iter();
     while let Some(entry) = walk.next() {
@@ -150,12 +148,12 @@ pub fn apply(diff: &RootfsDiff, archive: &Path) -> Result<(), RootfsError> {
     for dir in &diff.opaque {
         if let Ok(rd) = fs::read_dir(dir) {
             for e in rd.flatten() {
-                remove(&e.path()).map_err(err(&e.path()))?;
+                super::remove(&e.path()).map_err(err(&e.path()))?;
             }
         }
     }
     for p in &diff.deleted {
-        remove(Path::new(p)).map_err(err(Path::new(p)))?;
+        super::remove(Path::new(p)).map_err(err(Path::new(p)))?;
     }
     crate::archive::files::extract(archive, Path::new("/"))?;
     log::info!(
@@ -165,15 +163,6 @@ pub fn apply(diff: &RootfsDiff, archive: &Path) -> Result<(), RootfsError> {
         diff.opaque.len()
     );
     Ok(())
-}
-
-fn remove(p: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(p) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(md) if md.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-    }
 }
 
 #[cfg(test)]

@@ -406,13 +406,10 @@ fn dump_into(signals: &Signals, staged: &Checkpoint, target: &Target, how: Dump)
         }
     }
     let req = criu::Request {
-        kind: criu::rpc::Criu_req_type::DUMP,
-        opts: Some(opts),
-        inherit: Vec::new(),
         page_server: how.page_server,
-        deadline: target.deadline,
         writeback: how.writeback.then(|| images.clone()),
         on_notify: Some(&mut on_notify),
+        ..criu::Request::new(criu::rpc::Criu_req_type::DUMP, Some(opts), target.deadline)
     };
     let dumped = criu::call(signals, req);
     // An archive (or hook) failure is the reason, whatever CRIU answered after rolling back.
@@ -545,8 +542,7 @@ fn archive_runtime_tmpfs(staged: &Checkpoint, own: &[&std::path::Path]) -> Resul
 
 /// "No space left on device" when the image dir's filesystem is (nearly) full.
 fn volume_full(dir: &std::path::Path) -> Option<String> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let free = crate::host::free_space(dir).ok()?;
     (free < 1024 * 1024)
         .then(|| format!("No space left on device: the image dir's filesystem has {} free", sizes::human(free)))
 }

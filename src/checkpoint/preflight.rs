@@ -79,7 +79,7 @@ fn other_users(pids: &[i32]) -> Result<(), PreflightError> {
     let me = unsafe { libc::geteuid() };
     for &pid in pids {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let field = |name: &str| crate::host::procfs::field(&status, name);
         let uid = field("Uid:").and_then(|u| u.split_whitespace().next()?.parse::<u32>().ok());
         if let Some(uid) = uid.filter(|u| *u != me) {
             let name = field("Name:").unwrap_or("").to_string();

@@ -275,6 +275,7 @@ fn memory(dir: &Path, pid: u32) -> Result<(u64, Option<Vec<String>>), ImageError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
 
     /// An image file as CRIU writes it: magics, then length-prefixed entries.
     fn image(entries: &[Vec<u8>]) -> Vec<u8> {
@@ -290,8 +291,7 @@ mod tests {
 
     #[test]
     fn entries_decode_as_criu_messages_and_missing_required_fields_are_damage() {
-        let dir = std::env::temp_dir().join(format!("crik-images-msg-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("images-msg");
         let p = dir.join("pstree.img");
         let mut e = Pstree_entry::new();
         (e.pid, e.ppid, e.pgid, e.sid, e.threads) = (Some(9001), Some(0), Some(9001), Some(9001), vec![9001, 9002]);
@@ -302,13 +302,11 @@ mod tests {
         let only_ppid = vec![0x10, 0x01]; // field 2 (ppid) = 1
         fs::write(&p, image(&[only_ppid])).unwrap();
         assert!(matches!(read::<Pstree_entry>(&p), Err(ImageError::Damaged { .. })));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn only_tcp_sockets_neither_listening_nor_closed_are_connections() {
-        let dir = std::env::temp_dir().join(format!("crik-images-tcp-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("images-tcp");
         let sock = |id: u32, proto: u32, state: u32, dst_port: u32| {
             let mut isk = Inet_sk_entry::new();
             isk.set_family(2);
@@ -328,6 +326,5 @@ mod tests {
         let files = [sock(1, 6, TCP_LISTEN, 0), sock(2, 6, 1, 40000), sock(3, 17, 7, 0), sock(4, 6, TCP_CLOSE, 0)];
         fs::write(dir.join("files.img"), image(&files)).unwrap();
         assert_eq!(tcp_connections(&dir).unwrap(), vec!["tcp 127.0.0.1:8080 -> 127.0.0.1:40000 established"]);
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

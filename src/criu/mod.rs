@@ -98,6 +98,13 @@ pub struct Request<'a> {
     pub on_notify: Option<&'a mut dyn FnMut(&str) -> bool>,
 }
 
+impl<'a> Request<'a> {
+    /// A request with nothing lent to CRIU and no notification handler.
+    pub fn new(kind: rpc::Criu_req_type, opts: Option<rpc::Criu_opts>, deadline: Duration) -> Request<'a> {
+        Request { kind, opts, inherit: Vec::new(), page_server: None, deadline, writeback: None, on_notify: None }
+    }
+}
+
 /// CRIU's final answer and the fds it sent along (the orphan pts master).
 pub struct Response {
     pub resp: rpc::Criu_resp,
@@ -158,6 +165,9 @@ pub fn call(signals: &Signals, mut req: Request) -> Result<Response, CriuError> 
     }
     Ok(resp)
 }
+
+/// How long a request that dumps and restores nothing (version, CPU record) may take.
+const SMALL_REQUEST: Duration = Duration::from_secs(30);
 
 /// How long CRIU may take to exit after its last answer, or after SIGKILL.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -355,18 +365,7 @@ pub fn version(signals: &Signals) -> Result<String, CriuError> {
     if let Some(v) = VERSION.get() {
         return Ok(v.clone());
     }
-    let r = call(
-        signals,
-        Request {
-            kind: rpc::Criu_req_type::VERSION,
-            opts: None,
-            inherit: Vec::new(),
-            page_server: None,
-            deadline: Duration::from_secs(30),
-            writeback: None,
-            on_notify: None,
-        },
-    )?;
+    let r = call(signals, Request::new(rpc::Criu_req_type::VERSION, None, SMALL_REQUEST))?;
     let v = &r.resp.version;
     let mut s = format!("{}.{}", v.major_number(), v.minor_number());
     if v.has_sublevel() {
@@ -389,16 +388,7 @@ pub fn cpuinfo(signals: &Signals, kind: rpc::Criu_req_type, dir: &File) -> Resul
     o.set_log_level(4);
     o.set_log_file(CPUINFO_LOG.into());
     o.set_cpu_cap(crate::criu::cpu::CPU_CAPS);
-    let req = Request {
-        kind,
-        opts: Some(o),
-        inherit: Vec::new(),
-        page_server: None,
-        deadline: Duration::from_secs(30),
-        writeback: None,
-        on_notify: None,
-    };
-    call(signals, req).map(|_| ())
+    call(signals, Request::new(kind, Some(o), SMALL_REQUEST)).map(|_| ())
 }
 
 /// Mounts CRIU treats as external: the runtime provides them in every container.

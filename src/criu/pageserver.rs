@@ -248,6 +248,7 @@ fn close(open: Option<Open>, sink: &mut dyn PageSink) -> Result<Option<FileSum>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
     use criu_proto::Message;
 
     /// Records what reaches the sink.
@@ -304,11 +305,8 @@ mod tests {
         }
     }
 
-    fn tmp(name: &str) -> std::path::PathBuf {
-        let p = std::env::temp_dir().join(format!("crik-ps-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        p
+    fn tmp(name: &str) -> TempDir {
+        TempDir::new(&format!("ps-{name}"))
     }
 
     #[test]
@@ -355,7 +353,6 @@ mod tests {
         assert_eq!(got, [(0x1000, 2, PE_PRESENT), (0x8000, 1, PE_PRESENT)]);
         let shm: Pagemap_head = crate::criu::images::read_one(&dir.join("pagemap-shmem-5.img")).unwrap();
         assert_eq!(shm.pages_id(), 2);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -392,6 +389,5 @@ mod tests {
         assert!(serve(&mut wire, &dir, "images", &mut Recorder::default()).is_err(), "pages before OPEN");
         let mut wire = Wire { input: io::Cursor::new(Vec::new()), answers: vec![] };
         assert!(serve(&mut wire, &dir, "images", &mut Recorder::default()).is_err(), "closed before CLOSE");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -27,11 +27,7 @@ pub fn has(bit: u32) -> bool {
 }
 
 fn effective(status: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-        .unwrap_or(0)
+    super::procfs::field(status, "CapEff:").and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0)
 }
 
 /// What is missing for checkpointing, from `/proc/self/status`; empty when all is there.
@@ -43,7 +39,7 @@ pub fn missing() -> Vec<String> {
 }
 
 fn missing_in(status: &str) -> Vec<String> {
-    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    let field = |name: &str| super::procfs::field(status, name);
     let eff = effective(status);
     let mut out: Vec<String> = REQUIRED
         .iter()

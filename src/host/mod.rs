@@ -3,6 +3,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod mountinfo;
+pub mod procfs;
 
 /// The container's IP addresses that connections are made to: neither loopback nor link-local.
 /// (A container's IPv6 link-local address follows its interface's MAC, new with every
@@ -33,6 +34,12 @@ fn is_routable(ip: &std::net::IpAddr) -> bool {
         // fe80::/10
         std::net::IpAddr::V6(v6) => !v6.is_loopback() && (v6.segments()[0] & 0xffc0) != 0xfe80,
     }
+}
+
+/// Bytes free for an unprivileged writer on the filesystem of `dir`.
+pub fn free_space(dir: &std::path::Path) -> nix::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir)?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 pub fn kernel_release() -> String {

@@ -11,6 +11,8 @@ use nix::unistd::Pid;
 
 use crate::init::supervisor::Signals;
 
+use crate::host::procfs::Stat;
+
 /// Where PIDs of a freshly started app begin, so that they are free again at restore time,
 /// when crik, CRIU and its helpers take the low ones.
 pub const APP_PID_BASE: u32 = 9000;
@@ -136,7 +138,7 @@ pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
     let mounts: Vec<u64> = crate::host::mountinfo::read().unwrap_or_default().iter().map(|m| m.id).collect();
     [0, 1, 2].map(|fd| {
         let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name).map(str::trim).map(str::to_owned));
+        let field = |name: &str| crate::host::procfs::field(&info, name);
         let mnt_id: u64 = field("mnt_id:")?.parse().ok()?;
         if mounts.contains(&mnt_id) {
             return None;
@@ -145,17 +147,8 @@ pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
         if !path.is_absolute() {
             return None; // pipe:[..], socket:[..], anon_inode:..: not tied to a mount we can reopen
         }
-        let flags = i32::from_str_radix(&field("flags:")?, 8).ok()?;
-        let mut opts = std::fs::OpenOptions::new();
-        match flags & libc::O_ACCMODE {
-            libc::O_WRONLY => opts.write(true),
-            libc::O_RDWR => opts.read(true).write(true),
-            _ => opts.read(true),
-        };
-        if flags & libc::O_APPEND != 0 {
-            opts.append(true);
-        }
-        match opts.open(&path) {
+        let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
+        match crate::host::procfs::reopen_options(flags).open(&path) {
             Ok(f) => {
                 log::debug!(
                     "fd {fd} ({}) is on a mount outside this namespace; the app gets it reopened",
@@ -208,13 +201,8 @@ impl ProcessTable {
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-                if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-                    // The command name may contain spaces and parentheses: parse after the last ')'.
-                    if let Some(ppid) = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) {
-                        if let Ok(ppid) = ppid.parse() {
-                            parents.push((pid, ppid));
-                        }
-                    }
+                if let Some(stat) = Stat::of(pid) {
+                    parents.push((pid, stat.ppid));
                 }
             }
         }
@@ -263,10 +251,7 @@ pub fn kill_and_wait(pids: &[i32], limit: std::time::Duration) {
         let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
     }
     let deadline = std::time::Instant::now() + limit;
-    let exited = |p: &i32| match std::fs::read_to_string(format!("/proc/{p}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => true,
-    };
+    let exited = |p: &i32| Stat::of(*p).map_or(true, Stat::exited);
     while !pids.iter().all(exited) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
@@ -283,7 +268,7 @@ pub fn memory_of(pids: &[i32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
         .filter_map(|t| {
-            let kib = t.lines().find_map(|l| l.strip_prefix("Anonymous:"))?.trim().strip_suffix("kB")?.trim();
+            let kib = crate::host::procfs::field(&t, "Anonymous:")?.strip_suffix("kB")?.trim();
             kib.parse::<u64>().ok()
         })
         .sum::<u64>()

@@ -83,11 +83,11 @@ pub fn read(image_dir: &Path) -> Result<Option<Status>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
 
     #[test]
     fn written_atomically_and_read_back() {
-        let dir = std::env::temp_dir().join(format!("crik-status-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("status");
         assert_eq!(read(&dir).unwrap(), None);
         let mut s = CheckpointStatus::new("final", "complete", SystemTime::now());
         s.id = Some("20261202T000000.000Z".into());
@@ -98,6 +98,5 @@ mod tests {
         assert!(!dir.join(format!(".{STATUS_FILE}.tmp")).exists());
         std::fs::write(dir.join(STATUS_FILE), "{").unwrap();
         assert!(read(&dir).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -137,13 +137,9 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         !matches!(pages_verdict, Some(Err(_)))
     };
     let req = criu::Request {
-        kind: criu::rpc::Criu_req_type::RESTORE,
-        opts: Some(opts),
         inherit,
-        page_server: None,
-        deadline: config.restore_timeout,
-        writeback: None,
         on_notify: Some(&mut on_notify),
+        ..criu::Request::new(criu::rpc::Criu_req_type::RESTORE, Some(opts), config.restore_timeout)
     };
     let log = images.join(crate::layout::RESTORE_LOG);
     let criu_started = std::time::Instant::now();

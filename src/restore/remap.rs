@@ -46,13 +46,7 @@ pub fn remapped_files(files: &[RegFile], external_mounts: &[AbsPath], old_cg: &[
         if out.iter().any(|i| i.key == key) {
             continue;
         }
-        let mut opts = std::fs::OpenOptions::new();
-        match f.flags as i32 & libc::O_ACCMODE {
-            libc::O_WRONLY => opts.write(true),
-            libc::O_RDWR => opts.read(true).write(true),
-            _ => opts.read(true),
-        };
-        match opts.open(&path) {
+        match crate::host::procfs::reopen_options(f.flags as i32).open(&path) {
             Ok(file) => {
                 log::info!("open file {} of the app now points to {}", f.path, path.display());
                 out.push(InheritFd { fd: file.into(), key });

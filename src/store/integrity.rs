@@ -181,12 +181,10 @@ fn cores() -> usize {
 mod tests {
     use super::*;
     use crate::store::manifest::FileSum;
+    use crate::testing::TempDir;
 
-    fn tmp(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("crik-integrity-{}-{}", name, std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        p
+    fn tmp(name: &str) -> TempDir {
+        TempDir::new(&format!("integrity-{name}"))
     }
 
     #[test]
@@ -202,7 +200,6 @@ mod tests {
         assert_eq!(checksum_on(&p, 2).unwrap(), (1000, crc32fast::hash(&data[..1000])));
         fs::write(&p, b"").unwrap();
         assert_eq!(checksum_on(&p, 2).unwrap(), (0, crc32fast::hash(&[])));
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// With memory-mapped checksums this killed the process (SIGBUS); now it is an error, or
@@ -235,7 +232,6 @@ mod tests {
             }
         }
         assert!(errors > 0, "no round truncated the file mid-read: the test proves nothing");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -249,6 +245,5 @@ mod tests {
         }
         let good = FileSum { path: "ok".into(), size: 1, crc32: crc32fast::hash(b"x") };
         verify(&dir, &Manifest { files: vec![good], ..Manifest::for_tests() }, Scope::Everything).unwrap();
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -133,11 +133,11 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
 
     #[test]
     fn round_trips_and_rejects_newer_formats() {
-        let dir = std::env::temp_dir().join(format!("crik-manifest-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = TempDir::new("manifest");
         let p = dir.join(crate::layout::MANIFEST_FILE);
         let m = Manifest::for_tests();
         std::fs::write(&p, m.to_json()).unwrap();
@@ -157,6 +157,5 @@ mod tests {
         std::fs::write(&p, &huge).unwrap();
         let e = Manifest::load(&p).unwrap_err().to_string();
         assert!(e.contains("larger than 16 MiB"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

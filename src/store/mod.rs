@@ -477,12 +477,11 @@ mod tests {
     use super::*;
     use crate::store::integrity::{verify, Scope};
     use crate::store::manifest::Manifest;
+    use crate::testing::TempDir;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn tmp(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("crik-store-{}-{}", name, std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        p
+    fn tmp(name: &str) -> TempDir {
+        TempDir::new(&format!("store-{name}"))
     }
 
     #[test]
@@ -509,7 +508,6 @@ mod tests {
         let md = fs::metadata(&root).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o700);
         drop(store);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -549,7 +547,6 @@ mod tests {
         let no_files = Manifest { files: vec![], ..m };
         assert!(verify(&c.dir, &no_files, Scope::Everything).is_err());
         drop(store);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -563,7 +560,6 @@ mod tests {
         assert!(!partial.dir.exists());
         assert_eq!(store.latest().unwrap(), Some(first));
         drop(store);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -576,7 +572,6 @@ mod tests {
         }
         drop(store);
         assert!(Store::open(&root).is_ok());
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -588,7 +583,6 @@ mod tests {
             Err(StoreError::Unsafe { why, .. }) => assert!(why.contains("write"), "{why}"),
             other => panic!("expected Unsafe, got {:?}", other.err()),
         }
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -611,7 +605,6 @@ mod tests {
         assert!(store.latest().unwrap().is_none());
         assert_eq!(store.list(QUARANTINE).unwrap().len(), 1);
         drop(store);
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -633,6 +626,5 @@ mod tests {
         let e = store.latest().unwrap_err().to_string();
         assert!(e.contains("manifest.json"), "{e}");
         drop(store);
-        fs::remove_dir_all(&root).unwrap();
     }
 }

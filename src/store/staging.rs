@@ -41,8 +41,7 @@ impl MemoryStaging {
     /// Whether a dump of an app holding `memory` bytes fits; `Err` says why not.
     pub fn fits(&self, memory: u64) -> Result<(), String> {
         let need = room_needed(memory);
-        let st = nix::sys::statvfs::statvfs(&self.dir).map_err(|e| format!("statvfs {}: {e}", self.dir.display()))?;
-        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        let free = crate::host::free_space(&self.dir).map_err(|e| format!("statvfs {}: {e}", self.dir.display()))?;
         if free < need {
             return Err(format!(
                 "{} has {} free, the dump needs about {}",
@@ -85,6 +84,7 @@ fn is_tmpfs(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::TempDir;
 
     #[test]
     fn room_needed_adds_a_tenth_and_64_mib() {
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn leftovers_are_discarded_and_a_dump_too_large_is_refused() {
-        let dir = std::env::temp_dir().join(format!("crik-staging-test-{}", std::process::id()));
+        let dir = TempDir::new("staging-test");
         fs::create_dir_all(dir.join("20260101T000000.000000000Z/images")).unwrap();
         fs::create_dir_all(dir.join("lost+found")).unwrap();
         let m = MemoryStaging::open(&dir).unwrap();
@@ -106,6 +106,5 @@ mod tests {
         assert!(e.contains("free"), "{e}");
         m.discard(&c);
         assert!(!c.dir.exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
