@@ -1,5 +1,6 @@
 //! The shipped examples stay true: the crik configuration embedded in the Kubernetes example
-//! parses with crik's own parser (schemas are checked by scripts/images/check_shipping.py).
+//! and every configuration sample in the README and docs/ parse with crik's own parser
+//! (schemas are checked by scripts/images/check_shipping.py).
 
 use serde::Deserialize;
 
@@ -30,4 +31,36 @@ fn configmap_in_the_statefulset_example_is_a_valid_crik_config() {
         }
     }
     assert_eq!(found, 1);
+}
+
+/// Every ```yaml block of the README and docs/ is crik configuration, whole or a part of one (a
+/// part is parsed dedented, beside an imageDir when it names none).
+#[test]
+fn configuration_samples_in_the_docs_parse() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for dir in [root.join("docs"), root.join("docs/design")] {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().extension().is_some_and(|x| x == "md") {
+                pages.push(e.path());
+            }
+        }
+    }
+    let mut checked = 0;
+    for page in pages {
+        let text = std::fs::read_to_string(&page).unwrap();
+        for block in text.split("```yaml\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            let indent = block.lines().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min();
+            let mut cfg: String =
+                block.lines().map(|l| format!("{}\n", l.get(indent.unwrap_or(0)..).unwrap_or(""))).collect();
+            if !cfg.lines().any(|l| l.starts_with("imageDir:")) {
+                cfg.insert_str(0, "imageDir: /var/lib/crik\n");
+            }
+            crik::config::parse(&cfg)
+                .unwrap_or_else(|e| panic!("{}: a sample does not parse: {e}\n{cfg}", page.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} samples found");
 }
