@@ -75,9 +75,51 @@ pub struct RemoteFile {
 }
 
 impl RemoteManifest {
+    /// The manifest stored as `<id>.json`, checked before anything is done with it: its size,
+    /// its JSON, its format, and that it names itself `id`. `Err` says why it is unusable.
+    fn parse(id: &str, body: &[u8]) -> Result<RemoteManifest, String> {
+        if body.len() > MAX_MANIFEST {
+            return Err("manifest larger than 16 MiB".into());
+        }
+        let m: RemoteManifest = serde_json::from_slice(body).map_err(|e| format!("manifest does not parse: {e}"))?;
+        if m.format > FORMAT {
+            return Err(format!("format {} is newer than this crik's {FORMAT}", m.format));
+        }
+        if m.id != id {
+            return Err(format!("manifest says it is {}", m.id));
+        }
+        Ok(m)
+    }
+
     fn chunk_hashes(&self) -> impl Iterator<Item = &str> {
         self.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.hash.as_str()))
     }
+}
+
+/// Runs `job` on every item with `workers` threads; the first error stops the others (each
+/// finishes the item it holds) and is returned.
+fn in_parallel<T: Send, E: Send>(
+    items: Vec<T>,
+    workers: usize,
+    job: impl Fn(T) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let work = Mutex::new(items);
+    let failed: Mutex<Option<E>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers.max(1) {
+            s.spawn(|| loop {
+                if lock(&failed).is_some() {
+                    return;
+                }
+                let Some(item) = lock(&work).pop() else { return };
+                if let Err(e) = job(item) {
+                    lock(&failed).get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    failed.into_inner().unwrap_or_else(|p| p.into_inner()).map_or(Ok(()), Err)
 }
 
 /// One checkpoint in storage, as `crik inspect` lists it.
@@ -371,21 +413,13 @@ impl Remote {
         let deadline = self.soon();
         let Some(id) = self.ids(CHECKPOINTS, deadline)?.pop() else { return Ok(None) };
         let bytes = self.bucket.get(&self.key(CHECKPOINTS, &format!("{id}.json")), deadline)?;
-        let damaged = |why: String| Err(RemoteError::Damaged { id: id.clone(), why });
         let parsed = match bytes {
             // Listed a moment ago, gone now: retired or quarantined in between.
-            None => damaged("its manifest disappeared while being read".into()),
-            Some(b) if b.len() > MAX_MANIFEST => damaged("manifest larger than 16 MiB".into()),
-            Some(b) => match serde_json::from_slice::<RemoteManifest>(&b) {
-                Err(e) => damaged(format!("manifest does not parse: {e}")),
-                Ok(m) if m.format > FORMAT => {
-                    damaged(format!("format {} is newer than this crik's {FORMAT}", m.format))
-                }
-                Ok(m) if m.id != id => damaged(format!("manifest says it is {}", m.id)),
-                Ok(m) => Ok(m),
-            },
+            None => Err("its manifest disappeared while being read".to_string()),
+            Some(b) => RemoteManifest::parse(&id, &b),
         };
-        Ok(Some((id.clone(), parsed)))
+        let parsed = parsed.map_err(|why| RemoteError::Damaged { id: id.clone(), why });
+        Ok(Some((id, parsed)))
     }
 
     fn known_chunks(&self, deadline: Instant) -> Result<HashSet<String>, S3Error> {
@@ -484,35 +518,18 @@ impl Remote {
             }
             files.push((file, path));
         }
-        let work: Mutex<Vec<(&str, Places)>> = Mutex::new(places.into_iter().collect());
-        let fetched = lock(&work).len();
+        let work: Vec<(&str, Places)> = places.into_iter().collect();
+        let fetched = work.len();
         let received = Mutex::new(0u64);
-        let failed: Mutex<Option<RemoteError>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..self.concurrency * DOWNLOAD_FANOUT {
-                s.spawn(|| loop {
-                    if lock(&failed).is_some() {
-                        return;
-                    }
-                    let Some((hash, (len, at))) = lock(&work).pop() else { return };
-                    let r = self.fetch_chunk(&m.id, hash, len, deadline).and_then(|(stored, data)| {
-                        *lock(&received) += stored;
-                        for (f, off) in at {
-                            let (file, path) = &files[f];
-                            file.write_all_at(&data, off).map_err(local("write", path))?;
-                        }
-                        Ok(())
-                    });
-                    if let Err(e) = r {
-                        lock(&failed).get_or_insert(e);
-                        return;
-                    }
-                });
+        in_parallel(work, self.concurrency * DOWNLOAD_FANOUT, |(hash, (len, at))| -> Result<(), RemoteError> {
+            let (stored, data) = self.fetch_chunk(&m.id, hash, len, deadline)?;
+            *lock(&received) += stored;
+            for (f, off) in at {
+                let (file, path) = &files[f];
+                file.write_all_at(&data, off).map_err(local("write", path))?;
             }
-        });
-        if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            return Err(e);
-        }
+            Ok(())
+        })?;
         for (file, path) in &files {
             file.sync_all().map_err(local("fsync", path))?;
         }
@@ -550,12 +567,12 @@ impl Remote {
         for (area, state) in [(CHECKPOINTS, "complete"), (RETIRED, "retired"), (QUARANTINE, "quarantined")] {
             for id in self.ids(area, deadline)? {
                 let body = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)?;
-                let parsed = body.as_deref().map(serde_json::from_slice::<RemoteManifest>);
+                let parsed = body.as_deref().map(|b| RemoteManifest::parse(&id, b));
                 let (size_bytes, chunks, error) = match parsed {
                     Some(Ok(m)) => {
                         (m.files.iter().map(|f| f.size).sum(), m.files.iter().map(|f| f.chunks.len()).sum(), None)
                     }
-                    Some(Err(e)) => (0, 0, Some(format!("manifest does not parse: {e}"))),
+                    Some(Err(why)) => (0, 0, Some(why)),
                     None => (0, 0, Some("manifest disappeared while being read".into())),
                 };
                 out.push(RemoteSummary { id, state, size_bytes, chunks, error });
@@ -593,12 +610,12 @@ impl Remote {
         for area in [CHECKPOINTS, RETIRED, QUARANTINE] {
             for id in self.ids(area, deadline)? {
                 let Some(body) = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)? else { continue };
-                match serde_json::from_slice::<RemoteManifest>(&body) {
+                match RemoteManifest::parse(&id, &body) {
                     Ok(m) => referenced.extend(m.chunk_hashes().map(String::from)),
                     // A manifest this crik cannot read may still be restorable by another:
                     // nothing is collected rather than a chunk it needs.
-                    Err(e) => {
-                        log::warn!("storage: {area}{id}.json does not parse ({e}): no garbage collected");
+                    Err(why) => {
+                        log::warn!("storage: {area}{id}.json is unusable ({why}): no garbage collected");
                         return Ok(0);
                     }
                 }
@@ -612,27 +629,65 @@ impl Remote {
             .filter_map(|k| k.strip_prefix(&base).map(String::from))
             .filter(|h| !referenced.contains(h))
             .collect();
-        let work = Mutex::new(garbage.clone());
-        let failed: Mutex<Option<S3Error>> = Mutex::new(None);
-        std::thread::scope(|s| {
-            for _ in 0..self.concurrency {
-                s.spawn(|| loop {
-                    let Some(h) = lock(&work).pop() else { return };
-                    if let Err(e) = self.bucket.delete(&self.key(CHUNKS, &h), deadline) {
-                        lock(&failed).get_or_insert(e);
-                        return;
-                    }
-                });
-            }
-        });
+        let deleted =
+            in_parallel(garbage.clone(), self.concurrency, |h| self.bucket.delete(&self.key(CHUNKS, &h), deadline));
         if let Some(k) = lock(&self.known).as_mut() {
             for h in &garbage {
                 k.remove(h);
             }
         }
-        match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-            Some(e) => Err(e.into()),
-            None => Ok(garbage.len()),
-        }
+        deleted?;
+        Ok(garbage.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_manifest_is_checked_before_use() {
+        let m = RemoteManifest {
+            format: FORMAT,
+            id: "20261207T000000.000Z".into(),
+            manifest: Manifest::for_tests(),
+            files: vec![],
+        };
+        let body = serde_json::to_vec(&m).unwrap();
+        assert_eq!(RemoteManifest::parse(&m.id, &body).unwrap().id, m.id);
+        let e = RemoteManifest::parse("20261207T000001.000Z", &body).unwrap_err();
+        assert!(e.contains("manifest says it is 20261207T000000.000Z"), "{e}");
+        let newer = serde_json::to_vec(&RemoteManifest { format: FORMAT + 1, ..m.clone() }).unwrap();
+        assert!(RemoteManifest::parse(&m.id, &newer).unwrap_err().contains("newer"));
+        assert!(RemoteManifest::parse(&m.id, b"<html>").unwrap_err().contains("does not parse"));
+        let mut huge = body.clone();
+        huge.resize(MAX_MANIFEST + 1, b' ');
+        assert!(RemoteManifest::parse(&m.id, &huge).unwrap_err().contains("larger than 16 MiB"));
+    }
+
+    #[test]
+    fn parallel_jobs_do_every_item_or_stop_at_the_first_error() {
+        let done = Mutex::new(Vec::new());
+        in_parallel((0..100).collect(), 4, |i| -> Result<(), String> {
+            lock(&done).push(i);
+            Ok(())
+        })
+        .unwrap();
+        let mut done = done.into_inner().unwrap();
+        done.sort();
+        assert_eq!(done, (0..100).collect::<Vec<_>>());
+        // One worker takes the items from the end: the first it takes fails, and it stops.
+        let tried = Mutex::new(0);
+        let e = in_parallel((0..100).collect(), 1, |i: u32| {
+            *lock(&tried) += 1;
+            if i == 99 {
+                Err(format!("item {i} failed"))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(e, Err("item 99 failed".into()));
+        assert_eq!(*lock(&tried), 1, "no item after the failed one");
+        assert_eq!(in_parallel(Vec::<u32>::new(), 0, |_| Err(())), Ok(()));
     }
 }
