@@ -10,7 +10,9 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use super::{after_upload, dump_into, keep_failed_log, CheckpointError, Dump, Published, Target};
+use super::dump::{dump_into, Dump};
+use super::upload::after_upload;
+use super::{keep_failed_log, CheckpointError, Published, Target};
 use crate::criu::pageserver::{self, PageServerError, PageSink, SinkError};
 use crate::init::supervisor::Signals;
 use crate::layout::IMAGES_DIR;
