@@ -464,6 +464,19 @@ pub fn parse(text: &str) -> Result<Config, String> {
     Ok(config)
 }
 
+/// The most requests in flight an upload may keep (a download keeps four times as many): each
+/// is a thread with a chunk in memory.
+pub const MAX_CONCURRENCY: usize = 64;
+
+/// A region name goes into URLs and into every request's signature: letters, digits and dashes
+/// (`eu-west-1`), as AWS and S3-compatible stores name them.
+pub fn check_region(r: &str) -> Result<(), String> {
+    if r.is_empty() || r.len() > 64 || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!("must be letters, digits and dashes, like eu-west-1 (got {r:?})"));
+    }
+    Ok(())
+}
+
 /// What no single value says: settings that only make sense together.
 fn check(c: &Config) -> Result<(), String> {
     if let Some(s) = &c.storage {
@@ -477,6 +490,12 @@ fn check(c: &Config) -> Result<(), String> {
         }
         if s.staging_dir.as_ref().is_some_and(|d| d.as_path().starts_with(image_dir.as_path())) {
             return Err("storage.stagingDir must not be inside imageDir".into());
+        }
+        if let Some(r) = &s.region {
+            check_region(r).map_err(|why| format!("storage.region {why}"))?;
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&s.concurrency) {
+            return Err(format!("storage.concurrency must be between 1 and {MAX_CONCURRENCY}, got {}", s.concurrency));
         }
     }
     if let Some(ns) = &c.node_state {
@@ -694,5 +713,22 @@ mod storage_tests {
         assert!(parse("imageDir: /v\nstorage: {url: s3://bkt/app, stagingDir: shm}\n").is_err());
         let e = parse("storage: {url: 'gs://bkt/app'}\n").unwrap_err();
         assert!(e.contains("must start with s3://"), "{e}");
+    }
+
+    #[test]
+    fn region_and_concurrency_are_checked_where_they_enter() {
+        let storage = |extra: &str| parse(&format!("imageDir: /x\nstorage:\n  url: s3://bucket/p\n{extra}"));
+        assert!(storage("  region: eu-west-1\n  concurrency: 64\n").is_ok());
+        for (extra, says) in [
+            ("  region: \"eu-west-1\\n\"\n", "storage.region must be letters"),
+            ("  region: \"ü-ñ\"\n", "storage.region must be letters"),
+            ("  region: us east 1\n", "storage.region must be letters"),
+            ("  concurrency: 0\n", "between 1 and 64"),
+            ("  concurrency: 1000000\n", "between 1 and 64"),
+            ("  concurrency: 18446744073709551615\n", "between 1 and 64"),
+        ] {
+            let e = storage(extra).unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
     }
 }

@@ -373,6 +373,7 @@ impl Remote {
             .or_else(|| env("AWS_REGION"))
             .or_else(|| env("AWS_DEFAULT_REGION"))
             .unwrap_or_else(|| "us-east-1".into());
+        crate::config::check_region(&region).map_err(|why| S3Error::Setting(format!("the region {why}")))?;
         let endpoint = cfg.endpoint.as_ref().map(|e| e.as_str().to_string());
         let bucket = Bucket::new(&cfg.url.bucket, endpoint.as_deref(), &region, cfg.request_timeout, env)?;
         Ok(Remote {

@@ -24,6 +24,12 @@ pub enum S3Error {
     Deadline { op: &'static str, url: String },
     #[error("credentials: {0}")]
     Credentials(String),
+    /// A setting from the environment that cannot be used (a region that is not a name).
+    #[error("{0}")]
+    Setting(String),
+    /// The request could not even be built (a value no HTTP header can carry): never sent.
+    #[error("{op} {url}: cannot build the request: {why}")]
+    Request { op: &'static str, url: String, why: String },
 }
 
 fn code_and_message(code: &str, message: &str) -> String {
@@ -212,7 +218,8 @@ impl Bucket {
         for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
             b = b.header(k, v);
         }
-        let request = b.body(body.unwrap_or(&[])).expect("a valid request");
+        let request =
+            b.body(body.unwrap_or(&[])).map_err(|e| S3Error::Request { op, url: url.clone(), why: e.to_string() })?;
         let timeout = left.min(self.request_timeout);
         let agent = self.agent.configure_request(request).timeout_global(Some(timeout)).build();
         let http = |e| S3Error::Http { op, url: url.clone(), source: Box::new(e) };
@@ -260,8 +267,12 @@ impl Bucket {
 /// `AWS_ROLE_SESSION_NAME`, `AWS_ENDPOINT_URL_STS`), the variables EKS sets for IRSA.
 fn key_source(region: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<KeySource, S3Error> {
     let var = |k: &str| env(k).filter(|v| !v.is_empty());
-    if let (Some(access_key), Some(secret_key)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-        return Ok(KeySource::Static(Keys { access_key, secret_key, session_token: var("AWS_SESSION_TOKEN") }));
+    // A Secret made from a file often ends in a newline: trimmed. Anything else a header cannot
+    // carry is refused here, at start, naming the variable (never its value).
+    let key = |k: &str| var(k).map(|v| header_value(&v).map_err(|why| S3Error::Credentials(format!("{k} {why}"))));
+    if let (Some(access_key), Some(secret_key)) = (key("AWS_ACCESS_KEY_ID"), key("AWS_SECRET_ACCESS_KEY")) {
+        let session_token = key("AWS_SESSION_TOKEN").transpose()?;
+        return Ok(KeySource::Static(Keys { access_key: access_key?, secret_key: secret_key?, session_token }));
     }
     if let (Some(token_file), Some(role_arn)) = (var("AWS_WEB_IDENTITY_TOKEN_FILE"), var("AWS_ROLE_ARN")) {
         let sts_url = var("AWS_ENDPOINT_URL_STS").unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
@@ -308,18 +319,32 @@ fn assume_role_with_web_identity(
             )
         )));
     }
-    parse_sts_credentials(&text).ok_or_else(|| S3Error::Credentials(format!("STS {url}: no credentials in its answer")))
+    parse_sts_credentials(&text).map_err(|why| S3Error::Credentials(format!("STS {url}: {why}")))
 }
 
-fn parse_sts_credentials(xml: &str) -> Option<Cached> {
-    let creds = xml_elements(xml, "Credentials").next()?;
+fn parse_sts_credentials(xml: &str) -> Result<Cached, String> {
+    let creds = xml_elements(xml, "Credentials").next().ok_or("no credentials in its answer")?;
+    let field = |tag: &str| -> Result<Option<String>, String> {
+        xml_value(creds, tag).map(|v| header_value(&v).map_err(|why| format!("its {tag} {why}"))).transpose()
+    };
     let keys = Keys {
-        access_key: xml_value(creds, "AccessKeyId")?,
-        secret_key: xml_value(creds, "SecretAccessKey")?,
-        session_token: xml_value(creds, "SessionToken"),
+        access_key: field("AccessKeyId")?.ok_or("no AccessKeyId in its answer")?,
+        secret_key: field("SecretAccessKey")?.ok_or("no SecretAccessKey in its answer")?,
+        session_token: field("SessionToken")?,
     };
     let expires = xml_value(creds, "Expiration").and_then(|e| humantime::parse_rfc3339_weak(&e).ok());
-    Some(Cached { keys, expires })
+    Ok(Cached { keys, expires })
+}
+
+/// A credential as an HTTP header can carry it: surrounding whitespace trimmed, then visible
+/// ASCII only. `Err` says what is wrong without showing the value (it is a secret).
+fn header_value(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    match v.chars().find(|c| !c.is_ascii_graphic()) {
+        Some(_) => Err("holds a character an HTTP header cannot carry (not shown: it is a secret)".into()),
+        None if v.is_empty() => Err("is empty".into()),
+        None => Ok(v.to_string()),
+    }
 }
 
 /// The bodies of every `<tag>...</tag>` in `xml`. S3's answers are flat and machine-written;
@@ -398,5 +423,26 @@ mod tests {
         );
         let e = key_source("eu-west-1", &env(&[("AWS_ACCESS_KEY_ID", "AK")])).err().unwrap();
         assert!(e.to_string().contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{e}");
+    }
+
+    #[test]
+    fn credentials_a_header_cannot_carry_are_refused_by_name_not_shown() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        // A Secret made from a file: the trailing newline is trimmed.
+        let s = key_source("r", &env(&[("AWS_ACCESS_KEY_ID", "AK\n"), ("AWS_SECRET_ACCESS_KEY", " SK\r\n")])).unwrap();
+        assert!(matches!(s, KeySource::Static(k) if k.access_key == "AK" && k.secret_key == "SK"));
+        const BAD: [(&str, &str); 3] =
+            [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK"), ("AWS_SESSION_TOKEN", "to\nk3n")];
+        let e = key_source("r", &env(&BAD)).err().unwrap().to_string();
+        assert!(e.contains("AWS_SESSION_TOKEN holds a character") && !e.contains("k3n"), "{e}");
+        let e = key_source("r", &env(&[("AWS_ACCESS_KEY_ID", "A K"), ("AWS_SECRET_ACCESS_KEY", "SK")])).err().unwrap();
+        assert!(e.to_string().contains("AWS_ACCESS_KEY_ID holds"), "{e}");
+        // STS renewing with a token no header can carry: an error, never a panic mid-run.
+        let xml = "<Credentials><AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s3cr3t</SecretAccessKey>\
+            <SessionToken>to\u{7f}k</SessionToken></Credentials>";
+        let e = parse_sts_credentials(xml).err().unwrap();
+        assert!(e.contains("SessionToken holds") && !e.contains("s3cr3t"), "{e}");
     }
 }

@@ -455,3 +455,49 @@ fn shared_anonymous_memory_streams_as_shmem_pages_and_comes_back() {
     assert!(later.ends_with(&sum), "the shared memory's contents came back: {later} (before: {sum})");
     assert!(c.stdout_seen.iter().all(|l| l.ends_with(&sum)), "{:?}", c.stdout_seen);
 }
+
+/// Inputs that once killed PID 1 (and the app with it) with a panic: credentials or a region
+/// no HTTP header can carry, a concurrency no machine has. Each now stops crik at start with
+/// `crik: …` naming the setting (never a secret's value), before the app starts; a Secret made
+/// from a file, with its trailing newline, simply works.
+#[test]
+fn settings_no_request_can_carry_stop_crik_at_start_and_a_trailing_newline_is_trimmed() {
+    let s = Scratch::new("s3-bad-inputs");
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&s3.config("app"));
+    let started = |cfg: &std::path::Path, env: Vec<(String, String)>| {
+        let mut spec = Spec::run(Some(cfg), &COUNTER);
+        spec.env.extend(env);
+        Container::start(spec)
+    };
+    // A Secret made from a file: its trailing newline is trimmed, the checkpoint goes up.
+    let newline: Vec<(String, String)> = s3.env().into_iter().map(|(k, v)| (k, format!("{v}\n"))).collect();
+    let mut c = started(&cfg, newline);
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    checkpoint(&mut c);
+    c.expect_event("checkpoint_uploaded", &[]);
+
+    let refused = |cfg: &std::path::Path, env: Vec<(String, String)>, code: i32, says: &str| {
+        let mut c = started(cfg, env);
+        assert_eq!(c.wait_code(SHORT), code, "{says}: {}", c.stderr());
+        let err = c.stderr();
+        assert!(err.lines().any(|l| l.starts_with("crik: ") && l.contains(says)), "{says}: {err}");
+        assert!(c.stdout_seen.is_empty(), "{says}: the app was not started");
+        err
+    };
+    let mut token = s3.env();
+    token.push(("AWS_SESSION_TOKEN".into(), "IQoJb3Jp\nZ2luX2Vj".into()));
+    let err = refused(&cfg, token, 1, "AWS_SESSION_TOKEN holds a character an HTTP header cannot carry");
+    assert!(!err.contains("IQoJb3Jp"), "the token is never shown: {err}");
+    let mut key = s3.env();
+    key[0].1 = format!("{}\u{7f}", key[0].1);
+    refused(&cfg, key, 1, "AWS_ACCESS_KEY_ID holds a character");
+    let no_region = s.config(&s3.config("app").replace("  region: us-east-1\n", ""));
+    let mut region = s3.env();
+    region.push(("AWS_REGION".into(), "us east 1".into()));
+    refused(&no_region, region, 1, "the region must be letters, digits and dashes");
+    let cfg_region = s.config(&s3.config("app").replace("us-east-1", "\"us-east-1\\n\""));
+    refused(&cfg_region, s3.env(), 2, "storage.region must be letters, digits and dashes");
+    let cfg_concurrency = s.config(&format!("{}  concurrency: 18446744073709551615\n", s3.config("app")));
+    refused(&cfg_concurrency, s3.env(), 2, "storage.concurrency must be between 1 and 64");
+}
