@@ -353,8 +353,20 @@ pub struct HttpUrl(String);
 
 impl HttpUrl {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| Err(format!("must be an http:// or https:// URL with a host ({why}), got {s:?}"));
+        // A URL with credentials in it is refused, and never echoed: its user info is hidden.
+        let shown = match s.split_once("://") {
+            Some((scheme, rest)) if rest.split('/').next().is_some_and(|a| a.contains('@')) => {
+                format!("{scheme}://***@{}", rest.split_once('@').map_or("", |(_, r)| r))
+            }
+            _ => s.to_string(),
+        };
+        let bad = |why: &str| Err(format!("must be an http:// or https:// URL with a host ({why}), got {shown:?}"));
         let Some((scheme, rest)) = s.split_once("://") else { return bad("no scheme") };
+        if shown != s {
+            return bad(
+                "credentials in a URL are not accepted: they would be logged; storage keys come from the environment",
+            );
+        }
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "http" && scheme != "https" {
             return bad("not http or https");
@@ -730,5 +742,14 @@ mod storage_tests {
             let e = storage(extra).unwrap_err();
             assert!(e.contains(says), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn a_url_with_credentials_is_refused_without_showing_them() {
+        let e = HttpUrl::parse("http://user:hunter2@minio:9000").unwrap_err();
+        assert!(e.contains("credentials in a URL are not accepted") && e.contains("***@minio:9000"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = HttpUrl::parse("ftp://user:hunter2@minio").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
     }
 }

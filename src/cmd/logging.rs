@@ -14,9 +14,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Crates whose debug and trace lines would carry secrets.
+const QUIET_AT_INFO: [&str; 4] = ["ureq", "ureq_proto", "rustls", "webpki"];
+
 /// Installs the logger; the level comes from RUST_LOG (default info).
 pub fn init(format: LogFormat) {
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // The HTTP and TLS stacks log requests, headers and bodies at debug and trace: the storage
+    // credentials (Authorization, X-Amz-Security-Token) and STS's answer with its secret key.
+    // Whatever RUST_LOG says, they say no more than info.
+    for module in QUIET_AT_INFO {
+        b.filter_module(module, log::LevelFilter::Info);
+    }
     b.target(env_logger::Target::Stderr);
     match format {
         LogFormat::Text => {

@@ -501,3 +501,27 @@ fn settings_no_request_can_carry_stop_crik_at_start_and_a_trailing_newline_is_tr
     let cfg_concurrency = s.config(&format!("{}  concurrency: 18446744073709551615\n", s3.config("app")));
     refused(&cfg_concurrency, s3.env(), 2, "storage.concurrency must be between 1 and 64");
 }
+
+/// With RUST_LOG=trace, the HTTP and TLS stacks would log every request's headers and STS's
+/// answer: the storage credentials, in the container's log. They say no more than info.
+#[test]
+fn trace_logging_never_shows_the_storage_credentials() {
+    let s = Scratch::new("s3-trace");
+    let s3 = S3Server::start(&s.path("s3"));
+    let token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ0cmFjZSJ9.c2ln";
+    let token_file = s.path("token");
+    std::fs::write(&token_file, token).unwrap();
+    let sts = crate::common::s3::Sts::start(token);
+    let mut spec = Spec::run(Some(&s.config(&s3.config("app"))), &COUNTER);
+    spec.env.extend(sts.env(&token_file));
+    spec.env.push(("RUST_LOG".into(), "trace".into()));
+    let mut c = Container::start(spec);
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    checkpoint(&mut c);
+    c.expect_event("checkpoint_uploaded", &[]);
+    let err = c.stderr();
+    assert!(err.contains("\"level\":\"debug\"") || err.contains(" DEBUG:"), "debug is on:\n{err}");
+    for secret in [crate::common::s3::SECRET_KEY, "FwoGZXIvYXdzEXAMPLE", token, "Signature="] {
+        assert!(!err.contains(secret), "{secret:?} is in crik's log");
+    }
+}
