@@ -489,8 +489,43 @@ pub fn check_region(r: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// What no single value says: settings that only make sense together.
+/// What no single value says: settings that only make sense together, and bounds below which a
+/// value would make every checkpoint fail.
 fn check(c: &Config) -> Result<(), String> {
+    let at_least = |what: &str, d: Duration, min: Duration| -> Result<(), String> {
+        if d < min {
+            return Err(format!(
+                "{what} must be at least {} s (CRIU needs that much), got {} s",
+                min.as_secs_f64(),
+                d.as_secs_f64()
+            ));
+        }
+        Ok(())
+    };
+    at_least("checkpointTimeout", c.checkpoint_timeout, Duration::from_secs(1))?;
+    at_least("restoreTimeout", c.restore_timeout, Duration::from_secs(1))?;
+    if let Some(every) = c.checkpoint_interval {
+        at_least("checkpointInterval", every, Duration::from_millis(100))?;
+    }
+    if let Some(s) = &c.storage {
+        at_least("storage.requestTimeout", s.request_timeout, Duration::from_secs(1))?;
+    }
+    if let Some(ns) = &c.node_state {
+        at_least("nodeState.timeout", ns.timeout, Duration::from_millis(100))?;
+    }
+    // Deleted before every final checkpoint: never crik's own dirs, nor anything above them.
+    let own = c
+        .image_dir
+        .iter()
+        .map(|d| ("imageDir", d))
+        .chain(c.storage.iter().filter_map(|s| s.staging_dir.as_ref()).map(|d| ("storage.stagingDir", d)));
+    for (name, dir) in own {
+        if let Some(p) = c.inotify_incompatible_paths.iter().find(|p| dir.as_path().starts_with(p.as_path())) {
+            return Err(format!(
+                "inotifyIncompatiblePaths: {p} would delete {name} ({dir}) and its checkpoints before every final checkpoint"
+            ));
+        }
+    }
     if let Some(s) = &c.storage {
         let Some(image_dir) = &c.image_dir else {
             return Err("storage needs imageDir: the local dir CRIU dumps into before the upload".into());

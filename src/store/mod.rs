@@ -386,7 +386,7 @@ fn list_area(root: &Path, area: &str) -> Result<Vec<Checkpoint>, StoreError> {
 
 /// A checkpoint holds the app's whole memory, secrets included, and restoring it runs code as
 /// crik's user: refuse a dir that another user owns or that others can write.
-fn check_ownership(root: &Path) -> Result<(), StoreError> {
+pub(crate) fn check_ownership(root: &Path) -> Result<(), StoreError> {
     let md = fs::metadata(root).map_err(io_err("stat", root))?;
     // SAFETY: geteuid never fails.
     let me = unsafe { libc::geteuid() };

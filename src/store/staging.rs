@@ -30,6 +30,8 @@ impl MemoryStaging {
             path: dir.to_path_buf(),
             source: e,
         })?;
+        // It holds dumps of the app's whole memory, as the image dir does: the same checks.
+        store::check_ownership(dir)?;
         store::discard_leftovers(dir)?;
         Ok(MemoryStaging { dir: dir.to_path_buf() })
     }

@@ -486,3 +486,41 @@ while True: time.sleep(0.1)
     );
     assert!(s.checkpoints().is_empty(), "{:?}", s.checkpoints());
 }
+
+/// Settings that would make every checkpoint fail, or delete crik's own state, are refused at
+/// start (#22): a timeout no dump can meet, inotifyIncompatiblePaths above the image dir (it is
+/// deleted before every final checkpoint), a stagingDir that others can write (it holds dumps of
+/// the app's memory, like the image dir). The image dir's checkpoint is left as it was.
+#[test]
+fn settings_that_would_lose_every_checkpoint_are_refused_at_start() {
+    let s = Scratch::new("refused-settings");
+    let last = counter_checkpoint(&s, &s.config(""));
+    let parent = s.images().parent().unwrap().display().to_string();
+    for (extra, says) in [
+        ("checkpointTimeout: 1e-12\n".to_string(), "checkpointTimeout must be at least 1 s".to_string()),
+        ("restoreTimeout: 0.01\n".to_string(), "restoreTimeout must be at least 1 s".to_string()),
+        (
+            format!("inotifyIncompatiblePaths: [{parent}]\n"),
+            format!("inotifyIncompatiblePaths: {parent} would delete imageDir"),
+        ),
+    ] {
+        let (code, err) = refused_at_start(&s.config(&extra), &[]);
+        assert_eq!(code, 2, "{extra}{err}");
+        assert!(err.contains(&says), "{extra}{err}");
+    }
+    // A stagingDir others can write, owned by another user: refused like such an image dir.
+    let staging = s.path("shared-staging");
+    std::fs::create_dir(&staging).unwrap();
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::chown(&staging, Some(65534), Some(65534)).unwrap();
+    let cfg = s.config(&format!(
+        "storage:\n  url: s3://crik-test/app\n  endpoint: http://127.0.0.1:9\n  streamPages: false\n  stagingDir: {}\n",
+        staging.display()
+    ));
+    let (code, err) = refused_at_start(&cfg, &[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot use storage.stagingDir") && err.contains("owned by uid 65534"), "{err}");
+    // Nothing was deleted: the checkpoint restores.
+    let mut c = Container::start(Spec::run(Some(&s.config("")), &[]));
+    c.expect_count_after(last);
+}
