@@ -59,7 +59,9 @@ pub fn restore_newest(
                 remote_newest = Some(c.id.clone());
                 latest = Some((store, c));
             }
-            Err(e @ RemoteError::S3(_)) if auth_error(&e) => {
+            // Storage answered that it cannot be used as configured: said now, at start, in its
+            // words; nothing is decided about the state it may hold.
+            Err(e @ RemoteError::S3(_)) if definitive(&e) => {
                 return Err(StartError::stop(format!("cannot use storage {}", remote.url), e))
             }
             Err(e) => {
@@ -152,8 +154,8 @@ fn cold_start_or_fail(
     Ok(())
 }
 
-fn auth_error(e: &RemoteError) -> bool {
-    matches!(e, RemoteError::S3(s) if s.is_auth())
+fn definitive(e: &RemoteError) -> bool {
+    matches!(e, RemoteError::S3(s) if s.is_definitive())
 }
 
 /// Which checkpoint to restore when storage is configured.

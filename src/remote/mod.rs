@@ -322,7 +322,22 @@ impl<'r> Upload<'r> {
         let chunks = files.iter().map(|f| f.chunks.len()).sum();
         let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files };
         let body = serde_json::to_vec(&body).expect("manifest serializes");
-        remote.bucket.put(&remote.key(CHECKPOINTS, &format!("{id}.json")), &body, deadline)?;
+        let key = remote.key(CHECKPOINTS, &format!("{id}.json"));
+        remote.bucket.put(&key, &body, deadline)?;
+        // Read back before the checkpoint is called complete: an endpoint that said yes and
+        // kept nothing (or something else) is found now, while the app can still keep running.
+        match remote.bucket.get(&key, deadline)? {
+            Some(stored) if stored == body => {}
+            Some(_) => {
+                return Err(RemoteError::Damaged { id: id.into(), why: "its manifest reads back different".into() })
+            }
+            None => {
+                return Err(RemoteError::Damaged {
+                    id: id.into(),
+                    why: "its manifest is not there after the PUT".into(),
+                })
+            }
+        }
 
         let claimed = std::mem::take(&mut *lock(&self.claimed));
         if let Some(k) = lock(&remote.known).as_mut() {

@@ -24,6 +24,10 @@ pub enum S3Error {
     Deadline { op: &'static str, url: String },
     #[error("credentials: {0}")]
     Credentials(String),
+    /// A 2xx answer that is not what S3 answers: whatever the endpoint is, it is not storing
+    /// anything for crik.
+    #[error("{op} {url}: not an S3 answer: {why}")]
+    NotS3 { op: &'static str, url: String, why: String },
     /// A setting from the environment that cannot be used (a region that is not a name).
     #[error("{0}")]
     Setting(String),
@@ -42,18 +46,16 @@ fn code_and_message(code: &str, message: &str) -> String {
 }
 
 impl S3Error {
-    /// Refused for who we are (bad keys, no permission): retrying cannot help.
-    pub fn is_auth(&self) -> bool {
+    /// An answer that says storage cannot be used as configured (wrong keys or region, no such
+    /// bucket, a bad request, an endpoint that is not S3): trying again later cannot help.
+    pub fn is_definitive(&self) -> bool {
         match self {
-            S3Error::Status { status, code, .. } => {
-                *status == 401
-                    || *status == 403
-                    || matches!(code.as_str(), "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied")
-            }
-            S3Error::Credentials(_) => true,
-            _ => false,
+            S3Error::Status { status, .. } => (400..500).contains(status) && *status != 408 && *status != 429,
+            S3Error::NotS3 { .. } | S3Error::Credentials(_) | S3Error::Setting(_) | S3Error::Request { .. } => true,
+            S3Error::Http { .. } | S3Error::Deadline { .. } => false,
         }
     }
+
     fn is_transient(&self) -> bool {
         match self {
             S3Error::Http { .. } => true,
@@ -159,6 +161,12 @@ impl Bucket {
             }
             let body = self.call("LIST", "", &q, None, deadline)?;
             let text = String::from_utf8_lossy(&body);
+            // An empty listing is still a ListBucketResult: anything else (an HTML page answered
+            // with 200) must never read as "no checkpoint here".
+            if xml_elements(&text, "ListBucketResult").next().is_none() && !text.contains("<ListBucketResult ") {
+                let url = format!("{}{}/?prefix={prefix}", self.origin, self.base_path);
+                return Err(S3Error::NotS3 { op: "LIST", url, why: "no ListBucketResult in the answer".into() });
+            }
             out.extend(xml_elements(&text, "Contents").filter_map(|c| xml_value(c, "Key")));
             match xml_value(&text, "NextContinuationToken") {
                 Some(t) if xml_value(&text, "IsTruncated").as_deref() == Some("true") => token = Some(t),
@@ -212,7 +220,8 @@ impl Bucket {
             return Err(S3Error::Deadline { op, url });
         }
         let keys = self.keys()?;
-        let req = sigv4::Request { method, path: &path, query, headers: &[], payload_sha256: sigv4::UNSIGNED_PAYLOAD };
+        let payload_sha256 = sigv4::sha256_hex(body.unwrap_or(&[]));
+        let req = sigv4::Request { method, path: &path, query, headers: &[], payload_sha256: &payload_sha256 };
         let headers = sigv4::sign(&req, &self.host, &keys, &self.region, "s3", &sigv4::amz_date(SystemTime::now()));
         let mut b = ureq::http::Request::builder().method(method).uri(&url);
         for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
@@ -225,8 +234,14 @@ impl Bucket {
         let http = |e| S3Error::Http { op, url: url.clone(), source: Box::new(e) };
         let mut resp = self.agent.run(agent).map_err(http)?;
         let status = resp.status().as_u16();
+        let has_etag = resp.headers().contains_key("etag");
         let bytes = resp.body_mut().with_config().limit(MAX_BODY).read_to_vec().map_err(http)?;
         if (200..300).contains(&status) {
+            // S3 answers every stored object with its ETag: a 200 without one is not S3 (a
+            // proxy's page, a misrouted endpoint) and stored nothing.
+            if method == "PUT" && !has_etag {
+                return Err(S3Error::NotS3 { op, url, why: "a PUT answered without an ETag".into() });
+            }
             return Ok(bytes);
         }
         let text = String::from_utf8_lossy(&bytes);
@@ -395,7 +410,12 @@ mod tests {
             message: xml_value(err, "Message").unwrap(),
         };
         assert_eq!(e.to_string(), "GET u: HTTP 403 InvalidAccessKeyId: no such key");
-        assert!(e.is_auth() && !e.is_transient());
+        assert!(e.is_definitive() && !e.is_transient());
+        let busy =
+            S3Error::Status { op: "GET", url: "u".into(), status: 503, code: "SlowDown".into(), message: "".into() };
+        assert!(!busy.is_definitive() && busy.is_transient());
+        let html = S3Error::NotS3 { op: "LIST", url: "u".into(), why: "no ListBucketResult in the answer".into() };
+        assert!(html.is_definitive() && !html.is_transient());
     }
 
     #[test]

@@ -5,10 +5,12 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use std::time::SystemTime;
 
-/// What the `x-amz-content-sha256` header says when the body is not hashed: every object crik
-/// stores is verified by its own hash on the way back (chunks are named by their BLAKE3 hash,
-/// the manifest lists them), so hashing each body again with SHA-256 would only cost CPU.
-pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+/// Hex SHA-256 of a body: the `x-amz-content-sha256` of a signed request. For a PUT the server
+/// checks the body it received against it (and refuses the request when they differ), so a
+/// body damaged on the way is never stored as if it were whole.
+pub fn sha256_hex(body: &[u8]) -> String {
+    hex::encode(Sha256::digest(body))
+}
 
 /// Access key, secret and (for temporary credentials) session token.
 #[derive(Clone, PartialEq, Eq)]
@@ -108,11 +110,6 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Hex SHA-256 of a body (for the requests whose body is signed).
-    fn sha256_hex(body: &[u8]) -> String {
-        hex::encode(Sha256::digest(body))
-    }
 
     fn authorization(h: &[(String, String)]) -> &str {
         &h.iter().find(|(k, _)| k == "authorization").unwrap().1

@@ -525,3 +525,65 @@ fn trace_logging_never_shows_the_storage_credentials() {
         assert!(!err.contains(secret), "{secret:?} is in crik's log");
     }
 }
+
+/// Storage that cannot be used as configured stops crik at start, in the server's words, and
+/// the app is not started (#22, 3 and 6): an endpoint that answers 200 with a web page (before,
+/// an empty bucket: a cold start, then "complete in storage only" for nothing stored), a bucket
+/// that does not exist (before, "unreadable storage" and a cold start).
+#[test]
+fn storage_that_is_not_s3_or_has_no_bucket_stops_crik_at_start() {
+    use crate::common::s3::{Answer, FakeHttp};
+    let s = Scratch::new("s3-not-s3");
+    let page = FakeHttp::start(|_, _| Answer {
+        status: "200 OK",
+        headers: vec![("content-type", "text/html".into())],
+        body: "<html><body>Welcome to the proxy</body></html>".into(),
+    });
+    let cfg = s.config(&format!(
+        "storage:\n  url: s3://crik-test/app\n  endpoint: http://127.0.0.1:{}\n  region: us-east-1\n",
+        page.port
+    ));
+    let (code, err) = refused_at_start(&cfg, &[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("crik: cannot use storage s3://crik-test/app") && err.contains("not an S3 answer"), "{err}");
+
+    let s3 = S3Server::start(&s.path("s3"));
+    let cfg = s.config(&s3.config("app").replace("s3://crik-test/", "s3://no-such-bucket/"));
+    let env: Vec<(String, String)> = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, err) = refused_at_start(&cfg, &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot use storage s3://no-such-bucket/app") && err.contains("404 NoSuchBucket"), "{err}");
+}
+
+/// A PUT answered 200 but without an ETag stored nothing: the upload fails, and the checkpoint
+/// stays complete in the image dir (never "complete in storage only").
+#[test]
+fn a_put_answered_without_an_etag_is_not_a_stored_checkpoint() {
+    use crate::common::s3::{Answer, FakeHttp};
+    let s = Scratch::new("s3-no-etag");
+    // Lists like S3 (an empty bucket), takes every PUT with a bare 200, as a careless proxy would.
+    let sink = FakeHttp::start(|line, _| {
+        if line.starts_with("GET") {
+            let xml = "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                       <Name>crik-test</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>";
+            Answer::xml("200 OK", xml.into())
+        } else {
+            Answer { status: "200 OK", headers: vec![], body: String::new() }
+        }
+    });
+    let cfg = s.config(&format!(
+        "storage:\n  url: s3://crik-test/app\n  endpoint: http://127.0.0.1:{}\n  region: us-east-1\n  requestTimeout: 2\n",
+        sink.port
+    ));
+    let mut spec = Spec::run(Some(&cfg), &COUNTER);
+    spec.env.extend([("AWS_ACCESS_KEY_ID".to_string(), "a".to_string()), ("AWS_SECRET_ACCESS_KEY".into(), "b".into())]);
+    let mut c = Container::start(spec);
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    c.signal(libc::SIGTERM);
+    assert_eq!(c.wait_code(LONG), 1, "{}", c.stderr());
+    let failed = c.expect_event("checkpoint_failed", &[("kind", "final"), ("uploaded", "false")]);
+    let msg = failed["msg"].as_str().unwrap();
+    assert!(msg.contains("without an ETag") && msg.contains("it is complete in the image dir"), "{msg}");
+    assert_eq!(s.checkpoints().len(), 1, "kept where it can be restored from");
+}

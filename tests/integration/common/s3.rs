@@ -116,77 +116,48 @@ pub struct Sts {
     pub port: u16,
     /// The forms received, in order.
     pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _server: FakeHttp,
 }
 
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/crik-test";
 
 impl Sts {
     pub fn start(token: &str) -> Sts {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (seen, stopped, token) = (requests.clone(), stop.clone(), token.to_string());
-        std::thread::spawn(move || {
-            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok((conn, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(10));
-                    continue;
-                };
-                conn.set_nonblocking(false).unwrap();
-                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut r = BufReader::new(conn);
-                let mut len = 0;
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap_or(0);
-                    }
-                    line.clear();
-                }
-                let mut body = vec![0; len];
-                let _ = r.read_exact(&mut body);
-                let form = String::from_utf8_lossy(&body).into_owned();
-                seen.lock().unwrap().push(form.clone());
-                let field = |k: &str| {
-                    form.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap_or_default().to_string()
-                };
-                let ok = field("Action") == "AssumeRoleWithWebIdentity"
-                    && field("Version") == "2011-06-15"
-                    && field("RoleArn") == ROLE_ARN.replace(':', "%3A").replace('/', "%2F")
-                    && field("WebIdentityToken") == token;
-                let expires =
-                    humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
-                let (status, xml) = if ok {
-                    ("200 OK", format!(
+        let (seen, token) = (requests.clone(), token.to_string());
+        let server = FakeHttp::start(move |_request_line, body| {
+            let form = String::from_utf8_lossy(body).into_owned();
+            seen.lock().unwrap().push(form.clone());
+            let field = |k: &str| {
+                form.split('&').find_map(|kv| kv.strip_prefix(&format!("{k}="))).unwrap_or_default().to_string()
+            };
+            let ok = field("Action") == "AssumeRoleWithWebIdentity"
+                && field("Version") == "2011-06-15"
+                && field("RoleArn") == ROLE_ARN.replace(':', "%3A").replace('/', "%2F")
+                && field("WebIdentityToken") == token;
+            let expires = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+            if ok {
+                Answer::xml(
+                    "200 OK",
+                    format!(
                         "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\
-                         <AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{ACCESS_KEY}</AccessKeyId>\
-                         <SecretAccessKey>{SECRET_KEY}</SecretAccessKey><SessionToken>FwoGZXIvYXdzEXAMPLE</SessionToken>\
-                         <Expiration>{expires}</Expiration></Credentials></AssumeRoleWithWebIdentityResult>\
-                         </AssumeRoleWithWebIdentityResponse>"
-                    ))
-                } else {
-                    (
-                        "403 Forbidden",
-                        "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>\
-                      <Message>Couldn't retrieve verification key from your identity provider</Message></Error>\
-                      </ErrorResponse>"
-                            .to_string(),
-                    )
-                };
-                let mut conn = r.into_inner();
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\ncontent-type: text/xml\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{xml}",
-                    xml.len()
-                );
-                let _ = conn.flush();
+                     <AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>{ACCESS_KEY}</AccessKeyId>\
+                     <SecretAccessKey>{SECRET_KEY}</SecretAccessKey><SessionToken>FwoGZXIvYXdzEXAMPLE</SessionToken>\
+                     <Expiration>{expires}</Expiration></Credentials></AssumeRoleWithWebIdentityResult>\
+                     </AssumeRoleWithWebIdentityResponse>"
+                    ),
+                )
+            } else {
+                Answer::xml(
+                    "403 Forbidden",
+                    "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>\
+                     <Message>Couldn't retrieve verification key from your identity provider</Message></Error>\
+                     </ErrorResponse>"
+                        .to_string(),
+                )
             }
         });
-        Sts { port, requests, stop }
+        Sts { port: server.port, requests, _server: server }
     }
 
     /// The variables EKS sets for IRSA, pointing at this STS and `token_file`.
@@ -199,7 +170,74 @@ impl Sts {
     }
 }
 
-impl Drop for Sts {
+/// What a [`FakeHttp`] handler answers: a status line's tail, headers, a body.
+pub struct Answer {
+    pub status: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn xml(status: &'static str, body: String) -> Answer {
+        Answer { status, headers: vec![("content-type", "text/xml".into())], body }
+    }
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for the servers this machine cannot run or that must
+/// misbehave: every request (its request line and body) goes to `handler`; one request a
+/// connection. Stopped on drop.
+pub struct FakeHttp {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FakeHttp {
+    pub fn start(handler: impl Fn(&str, &[u8]) -> Answer + Send + 'static) -> FakeHttp {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut r = BufReader::new(conn);
+                let (mut len, mut request_line, mut line) = (0, String::new(), String::new());
+                let _ = r.read_line(&mut request_line);
+                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let answer = handler(request_line.trim_end(), &body);
+                let mut conn = r.into_inner();
+                let mut head = format!("HTTP/1.1 {}\r\n", answer.status);
+                for (k, v) in &answer.headers {
+                    head.push_str(&format!("{k}: {v}\r\n"));
+                }
+                let _ = write!(
+                    conn,
+                    "{head}content-length: {}\r\nconnection: close\r\n\r\n{}",
+                    answer.body.len(),
+                    answer.body
+                );
+                let _ = conn.flush();
+            }
+        });
+        FakeHttp { port, stop }
+    }
+}
+
+impl Drop for FakeHttp {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
