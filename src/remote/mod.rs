@@ -48,6 +48,10 @@ pub enum RemoteError {
     /// [`Upload::finish`]), or the upload is finished.
     #[error(transparent)]
     Stopped(#[from] UploadStopped),
+    /// The checkpoint does not fit where it would be downloaded: kept in storage for a node
+    /// with room (or this one, once it has some).
+    #[error("checkpoint {id} needs {} and the image dir has {} free: kept in storage", crate::sizes::human(*needs), crate::sizes::human(*free))]
+    NoRoom { id: String, needs: u64, free: u64 },
     /// The image dir, staging or publishing a download.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -428,7 +432,16 @@ impl Remote {
     pub fn latest(&self) -> Result<Option<Latest>, RemoteError> {
         let deadline = self.soon();
         let Some(id) = self.ids(CHECKPOINTS, deadline)?.pop() else { return Ok(None) };
-        let bytes = self.bucket.get(&self.key(CHECKPOINTS, &format!("{id}.json")), deadline)?;
+        let bytes = match self.bucket.get(&self.key(CHECKPOINTS, &format!("{id}.json")), deadline) {
+            // No manifest is that large: damage (or a bomb), quarantined like any other.
+            Err(S3Error::TooLarge { .. }) => {
+                return Ok(Some((
+                    id.clone(),
+                    Err(RemoteError::Damaged { id, why: "manifest larger than 64 MiB".into() }),
+                )))
+            }
+            r => r?,
+        };
         let parsed = match bytes {
             // Listed a moment ago, gone now: retired or quarantined in between.
             None => Err("its manifest disappeared while being read".to_string()),
@@ -509,6 +522,18 @@ impl Remote {
     pub fn download(&self, m: &RemoteManifest, dir: &Path, deadline: Instant) -> Result<Downloaded, RemoteError> {
         let started = Instant::now();
         let damaged = |why: String| RemoteError::Damaged { id: m.id.clone(), why };
+        // What the manifest declares is checked before a byte is written: a chunk larger than
+        // chunks ever are is damage; a checkpoint larger than the room here is kept for a node
+        // with room (a few bytes of chunk can declare a file of any size: zero pages repeat).
+        if let Some(c) = m.files.iter().flat_map(|f| &f.chunks).find(|c| c.len > chunks::MAX_SIZE) {
+            return Err(damaged(format!("chunk {} is listed as {} bytes, more than chunks ever are", c.hash, c.len)));
+        }
+        // Sizes read from storage: added without overflow (a bomb may declare u64::MAX twice).
+        let needs = m.files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+        let free = crate::host::free_space(dir).map_err(|e| local("statvfs", dir)(e.into()))?;
+        if needs > free {
+            return Err(RemoteError::NoRoom { id: m.id.clone(), needs, free });
+        }
         // Where each distinct chunk goes (a chunk may appear several times: zero pages).
         let mut places: HashMap<&str, Places> = HashMap::new();
         let mut files = Vec::with_capacity(m.files.len());
@@ -550,7 +575,7 @@ impl Remote {
             file.sync_all().map_err(local("fsync", path))?;
         }
         Ok(Downloaded {
-            bytes: m.files.iter().map(|f| f.size).sum(),
+            bytes: needs,
             fetched_chunks: fetched,
             received_bytes: received.into_inner().unwrap_or_else(|p| p.into_inner()),
             millis: started.elapsed().as_millis() as u64,
@@ -586,7 +611,8 @@ impl Remote {
                 let parsed = body.as_deref().map(|b| RemoteManifest::parse(&id, b));
                 let (size_bytes, chunks, error) = match parsed {
                     Some(Ok(m)) => {
-                        (m.files.iter().map(|f| f.size).sum(), m.files.iter().map(|f| f.chunks.len()).sum(), None)
+                        let size = m.files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+                        (size, m.files.iter().map(|f| f.chunks.len()).sum(), None)
                     }
                     Some(Err(why)) => (0, 0, Some(why)),
                     None => (0, 0, Some("manifest disappeared while being read".into())),

@@ -24,6 +24,9 @@ pub enum S3Error {
     Deadline { op: &'static str, url: String },
     #[error("credentials: {0}")]
     Credentials(String),
+    /// An answer larger than any object crik stores (a manifest or a chunk): not read.
+    #[error("{op} {url}: the answer is larger than {} MiB", MAX_BODY >> 20)]
+    TooLarge { op: &'static str, url: String },
     /// A 2xx answer that is not what S3 answers: whatever the endpoint is, it is not storing
     /// anything for crik.
     #[error("{op} {url}: not an S3 answer: {why}")]
@@ -51,7 +54,11 @@ impl S3Error {
     pub fn is_definitive(&self) -> bool {
         match self {
             S3Error::Status { status, .. } => (400..500).contains(status) && *status != 408 && *status != 429,
-            S3Error::NotS3 { .. } | S3Error::Credentials(_) | S3Error::Setting(_) | S3Error::Request { .. } => true,
+            S3Error::NotS3 { .. }
+            | S3Error::TooLarge { .. }
+            | S3Error::Credentials(_)
+            | S3Error::Setting(_)
+            | S3Error::Request { .. } => true,
             S3Error::Http { .. } | S3Error::Deadline { .. } => false,
         }
     }
@@ -235,7 +242,10 @@ impl Bucket {
         let mut resp = self.agent.run(agent).map_err(http)?;
         let status = resp.status().as_u16();
         let has_etag = resp.headers().contains_key("etag");
-        let bytes = resp.body_mut().with_config().limit(MAX_BODY).read_to_vec().map_err(http)?;
+        let bytes = match resp.body_mut().with_config().limit(MAX_BODY).read_to_vec() {
+            Err(ureq::Error::BodyExceedsLimit(_)) => return Err(S3Error::TooLarge { op, url }),
+            r => r.map_err(http)?,
+        };
         if (200..300).contains(&status) {
             // S3 answers every stored object with its ETag: a 200 without one is not S3 (a
             // proxy's page, a misrouted endpoint) and stored nothing.

@@ -587,3 +587,56 @@ fn a_put_answered_without_an_etag_is_not_a_stored_checkpoint() {
     assert!(msg.contains("without an ETag") && msg.contains("it is complete in the image dir"), "{msg}");
     assert_eq!(s.checkpoints().len(), 1, "kept where it can be restored from");
 }
+
+/// A manifest that declares more than a node could hold (a few bytes of chunk repeated: a file
+/// of a terabyte) is refused before a byte is written and kept in storage for a node with room;
+/// one whose chunks are larger than chunks ever are is damage, quarantined (#22, 4). Before, the
+/// download wrote until the disk was full, at every start.
+#[test]
+fn a_size_bomb_is_refused_before_writing_and_a_lying_chunk_is_quarantined() {
+    let s = Scratch::new("s3-bomb");
+    let s3 = S3Server::start(&s.path("s3"));
+    let mut c = Container::start(spec(&s.config(&s3.config("app")), &s3, &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    checkpoint(&mut c);
+    let name = s3.objects("app/checkpoints").pop().unwrap();
+    let manifest_path = s3.object(&format!("app/checkpoints/{name}"));
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let forge = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut m = original.clone();
+        edit(&mut m);
+        std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    };
+    // A file with chunks: its first chunk, listed 150,000 times as 2 MiB (its real length is
+    // only checked when it is read): the file declares 293 GiB, more than this disk holds.
+    let with_chunks =
+        original["files"].as_array().unwrap().iter().position(|f| !f["chunks"].as_array().unwrap().is_empty()).unwrap();
+    forge(&|m| {
+        let f = &mut m["files"][with_chunks];
+        let mut chunk = f["chunks"][0].clone();
+        chunk["n"] = (2u64 << 20).into();
+        f["chunks"] = serde_json::Value::Array(vec![chunk; 150_000]);
+        f["size"] = (150_000u64 * (2 << 20)).into();
+    });
+    let node2 = Scratch::new("s3-bomb-node2");
+    let free = nix::sys::statvfs::statvfs(&node2.dir).map(|s| s.blocks_available() * s.fragment_size());
+    assert!(free.unwrap() < 290 << 30, "the bomb must declare more than this disk has free");
+    let cfg2 = node2.config(&s3.config("app"));
+    let mut c = Container::start(spec(&cfg2, &s3, &COUNTER));
+    c.expect_line(SHORT, "count 1", |l| l == "count 1");
+    let err = c.stderr();
+    assert!(err.contains("and the image dir has") && err.contains("free: kept in storage"), "{err}");
+    assert!(crate::common::dir_bytes(&node2.images()) < 64 << 20, "nothing large was written");
+    assert_eq!(s3.objects("app/checkpoints"), [name.clone()], "kept, not quarantined");
+    drop(c);
+
+    // A chunk listed as larger than chunks ever are: damage, quarantined.
+    forge(&|m| m["files"][with_chunks]["chunks"][0]["n"] = (64u64 << 20).into());
+    let node3 = Scratch::new("s3-bomb-node3");
+    let mut c = Container::start(spec(&node3.config(&s3.config("app")), &s3, &COUNTER));
+    c.expect_line(SHORT, "count 1", |l| l == "count 1");
+    c.expect_event("restore_failed", &[]);
+    assert!(c.stderr().contains("more than chunks ever are"), "{}", c.stderr());
+    assert!(s3.objects("app/checkpoints").is_empty());
+    assert_eq!(s3.objects("app/quarantine"), [name]);
+}

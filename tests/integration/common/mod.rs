@@ -614,3 +614,21 @@ fn nft_script(script: &str) -> bool {
     let _ = fs::remove_file(&file);
     ok
 }
+
+/// Bytes the files under `dir` take on disk (sparse files count what is written).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(md) = e.metadata() else { continue };
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                total += md.blocks() * 512;
+            }
+        }
+    }
+    total
+}
