@@ -227,8 +227,11 @@ impl Bucket {
             return Err(S3Error::Deadline { op, url });
         }
         let keys = self.keys()?;
-        let payload_sha256 = sigv4::sha256_hex(body.unwrap_or(&[]));
-        let req = sigv4::Request { method, path: &path, query, headers: &[], payload_sha256: &payload_sha256 };
+        // A PUT's body carries its CRC-32, which the server checks (and signs into the request).
+        let crc = (method == "PUT").then(|| sigv4::checksum_crc32(body.unwrap_or(&[])));
+        let checksum: Vec<(&str, &str)> = crc.iter().map(|c| ("x-amz-checksum-crc32", c.as_str())).collect();
+        let req =
+            sigv4::Request { method, path: &path, query, headers: &checksum, payload_sha256: sigv4::UNSIGNED_PAYLOAD };
         let headers = sigv4::sign(&req, &self.host, &keys, &self.region, "s3", &sigv4::amz_date(SystemTime::now()));
         let mut b = ureq::http::Request::builder().method(method).uri(&url);
         for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
