@@ -76,7 +76,8 @@ pub fn restore_newest(
                     }
                 } else {
                     log::error!(event = "store_unreadable"; "cannot read storage {}: {e}", remote.url);
-                    log::warn!("whatever checkpoint storage holds is left as it is");
+                    log::warn!("whatever checkpoint storage holds is left as it is, also by this run's uploads");
+                    remote.keep_older_checkpoints();
                 }
                 if latest.is_none() {
                     cold_start_or_fail(config, can_start_fresh, || StartError::stop("no checkpoint restored", e))?;

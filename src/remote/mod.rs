@@ -175,6 +175,9 @@ pub struct Remote {
     request_timeout: Duration,
     /// Chunks known to be in the store (listed once, then kept up to date by this crik).
     known: Mutex<Option<HashSet<String>>>,
+    /// Storage could not be read at start: its checkpoints, never restored by this run, are
+    /// never retired by it either (a newer upload of a fresh app must not supersede them).
+    keep_older: std::sync::atomic::AtomicBool,
 }
 
 /// Downloads keep this many times `concurrency` requests in flight: a chunk is small, so a GET
@@ -402,6 +405,7 @@ impl Remote {
             concurrency: cfg.concurrency.max(1),
             request_timeout: cfg.request_timeout,
             known: Mutex::new(None),
+            keep_older: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -500,7 +504,21 @@ impl Remote {
     }
 
     /// Moves every published checkpoint but `id` to retired/, keeping `keep` of those.
+    /// From now on, uploads leave storage's older checkpoints where they are: this run could not
+    /// read storage at start, so it never restored them, and must not supersede them.
+    pub fn keep_older_checkpoints(&self) {
+        self.keep_older.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn retire_older(&self, id: &str, keep: usize, deadline: Instant) -> Result<(), RemoteError> {
+        if self.keep_older.load(std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "storage: checkpoint {id} is published beside the older ones, which stay in {}{CHECKPOINTS}: \
+                 this run could not read storage at start and never restored them",
+                self.url
+            );
+            return Ok(());
+        }
         // Listed again after moving: a listing may lag a write just made (seen with s3s-fs
         // right after the previous upload).
         for pass in 1..=3 {

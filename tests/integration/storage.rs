@@ -640,3 +640,39 @@ fn a_size_bomb_is_refused_before_writing_and_a_lying_chunk_is_quarantined() {
     assert!(s3.objects("app/checkpoints").is_empty());
     assert_eq!(s3.objects("app/quarantine"), [name]);
 }
+
+/// Storage unreachable at start: the app starts fresh (onRestoreFailure: coldStart), and once
+/// storage is back, its uploads publish beside the checkpoint it never restored instead of
+/// retiring it (#22, 2: before, the first periodic upload retired it and keepCheckpoints: 1
+/// deleted it a cycle later).
+#[test]
+fn a_run_that_could_not_read_storage_never_retires_the_checkpoint_it_did_not_restore() {
+    let s = Scratch::new("s3-unread");
+    let mut s3 = S3Server::start(&s.path("s3"));
+    let mut c = Container::start(spec(&s.config(&s3.config("app")), &s3, &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    checkpoint(&mut c);
+    let kept = s3.objects("app/checkpoints");
+    assert_eq!(kept.len(), 1);
+    // Another node starts while storage is down: it cannot read it, and starts fresh.
+    s3.stop();
+    let node2 = Scratch::new("s3-unread-node2");
+    let mut c =
+        Container::start(spec(&node2.config(&format!("checkpointInterval: 1\n{}", s3.config("app"))), &s3, &COUNTER));
+    c.expect_line(LONG, "count 1", |l| l == "count 1");
+    c.expect_event("store_unreadable", &[]);
+    s3.resume();
+    // Its periodic checkpoints go up beside the one it never restored.
+    let mut uploads = 0;
+    assert!(
+        eventually(LONG, || {
+            uploads = events(&c.stderr()).iter().filter(|e| e["event"] == "checkpoint_uploaded").count();
+            uploads >= 2
+        }),
+        "{}",
+        c.stderr()
+    );
+    let now = s3.objects("app/checkpoints");
+    assert!(now.contains(&kept[0]), "the unrestored checkpoint stays published: {now:?}\n{}", c.stderr());
+    assert!(s3.objects("app/retired").iter().all(|r| *r != kept[0]), "never retired");
+}
