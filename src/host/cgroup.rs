@@ -88,17 +88,17 @@ pub fn memory_headroom() -> Option<u64> {
 
 /// The memory limit of this process's cgroup; `None` without one.
 pub fn memory_limit() -> Option<u64> {
-    own_cgroup_dirs().into_iter().find_map(|cg| {
-        let max: u64 = fs::read_to_string(cg.dir.join(cg.memory_files()?.limit)).ok()?.trim().parse().ok()?;
-        (max < 1 << 62).then_some(max)
-    })
+    own_cgroup_dirs().into_iter().find_map(|cg| limit(&fs::read_to_string(cg.dir.join(cg.memory_files()?.limit)).ok()?))
+}
+
+/// A limit file's value; `None` for no limit: v2's "max", v1's page-rounded i64::MAX.
+fn limit(text: &str) -> Option<u64> {
+    let max: u64 = text.trim().parse().ok()?;
+    (max < 1 << 62).then_some(max)
 }
 
 fn headroom(max: &str, current: &str, stat: &str, inactive_key: &str) -> Option<u64> {
-    let max: u64 = max.trim().parse().ok()?; // v2 "max": no limit
-    if max >= 1 << 62 {
-        return None; // v1's "no limit" (a page-rounded i64::MAX)
-    }
+    let max = limit(max)?;
     let current: u64 = current.trim().parse().ok()?;
     Some(max.saturating_sub(current.saturating_sub(field(stat, inactive_key).unwrap_or(0))))
 }
