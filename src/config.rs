@@ -507,12 +507,6 @@ fn check(c: &Config) -> Result<(), String> {
     if let Some(every) = c.checkpoint_interval {
         at_least("checkpointInterval", every, Duration::from_millis(100))?;
     }
-    if let Some(s) = &c.storage {
-        at_least("storage.requestTimeout", s.request_timeout, Duration::from_secs(1))?;
-    }
-    if let Some(ns) = &c.node_state {
-        at_least("nodeState.timeout", ns.timeout, Duration::from_millis(100))?;
-    }
     // Deleted before every final checkpoint: never crik's own dirs, nor anything above them.
     let own = c
         .image_dir
@@ -527,6 +521,7 @@ fn check(c: &Config) -> Result<(), String> {
         }
     }
     if let Some(s) = &c.storage {
+        at_least("storage.requestTimeout", s.request_timeout, Duration::from_secs(1))?;
         let Some(image_dir) = &c.image_dir else {
             return Err("storage needs imageDir: the local dir CRIU dumps into before the upload".into());
         };
@@ -546,6 +541,7 @@ fn check(c: &Config) -> Result<(), String> {
         }
     }
     if let Some(ns) = &c.node_state {
+        at_least("nodeState.timeout", ns.timeout, Duration::from_millis(100))?;
         match (&ns.endpoint, &c.node_state_server_url) {
             (Some(_), Some(_)) => return Err("set nodeStateServerURL or nodeState.endpoint, not both".into()),
             (None, Some(_)) if ns.source != NodeStateSource::Server => {
