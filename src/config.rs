@@ -138,6 +138,75 @@ pub struct StorageConfig {
     /// or imageDir) and they are uploaded after the dump.
     #[serde(default = "default_true")]
     pub stream_pages: bool,
+    /// One crik writes the prefix at a time: the lease that enforces it.
+    #[serde(default)]
+    pub lease: LeaseConfig,
+    /// How long a start keeps trying storage that cannot be read (unreachable, 5xx, cut off
+    /// mid-download), in seconds, before `onUnreadable` decides.
+    #[serde(default = "default_retry_at_start", deserialize_with = "seconds")]
+    pub retry_at_start: Duration,
+    /// What a start does once storage stayed unreadable for `retryAtStart`.
+    #[serde(default)]
+    pub on_unreadable: OnUnreadable,
+}
+
+/// `storage.lease`: the object `lease.json` in the prefix names the one crik that may write
+/// it (publish, retire, quarantine, collect garbage); it renews it every third of `ttl`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// Off only for a server without conditional writes: nothing then stops two cricks from
+    /// writing one prefix (and destroying each other's checkpoints).
+    pub enabled: bool,
+    /// How long a lease lives without a renewal, in seconds: a start after a crik was killed
+    /// waits at most this long.
+    #[serde(deserialize_with = "seconds")]
+    pub ttl: Duration,
+    /// What a start does while another crik holds the lease.
+    pub when_held: WhenHeld,
+    /// How long `whenHeld: wait` waits, in seconds, before crik stops.
+    #[serde(deserialize_with = "seconds")]
+    pub max_wait: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        LeaseConfig {
+            enabled: true,
+            ttl: Duration::from_secs(30),
+            when_held: WhenHeld::Wait,
+            max_wait: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a start does while another crik holds the prefix's lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum WhenHeld {
+    /// Wait until it is released (the other crik exited: a pod being replaced checkpoints
+    /// first) or expires (it died), then restore the newest checkpoint.
+    #[default]
+    Wait,
+    /// Stop at once, naming the holder.
+    Fail,
+}
+
+/// What a start does when storage stays unreadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum OnUnreadable {
+    /// Stop (exit 1): the checkpoints storage holds are kept, and the next start (the
+    /// orchestrator restarts the container) tries again.
+    #[default]
+    Fail,
+    /// Start the command fresh; this run's uploads go beside storage's checkpoints and never
+    /// retire them (it never restored them).
+    ColdStart,
+}
+
+fn default_retry_at_start() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_true() -> bool {
@@ -494,11 +563,7 @@ pub fn check_region(r: &str) -> Result<(), String> {
 fn check(c: &Config) -> Result<(), String> {
     let at_least = |what: &str, d: Duration, min: Duration| -> Result<(), String> {
         if d < min {
-            return Err(format!(
-                "{what} must be at least {} s (CRIU needs that much), got {} s",
-                min.as_secs_f64(),
-                d.as_secs_f64()
-            ));
+            return Err(format!("{what} must be at least {} s, got {} s", min.as_secs_f64(), d.as_secs_f64()));
         }
         Ok(())
     };
@@ -522,6 +587,11 @@ fn check(c: &Config) -> Result<(), String> {
     }
     if let Some(s) = &c.storage {
         at_least("storage.requestTimeout", s.request_timeout, Duration::from_secs(1))?;
+        // Renewed every third of it, each renewal one request: it must outlast a slow one.
+        at_least("storage.lease.ttl", s.lease.ttl, Duration::from_secs(2))?;
+        if s.lease.ttl > Duration::from_secs(3600) {
+            return Err(format!("storage.lease.ttl must be at most 3600 s, got {} s", s.lease.ttl.as_secs_f64()));
+        }
         let Some(image_dir) = &c.image_dir else {
             return Err("storage needs imageDir: the local dir CRIU dumps into before the upload".into());
         };
@@ -749,6 +819,25 @@ mod storage_tests {
         assert_eq!((st.concurrency, st.request_timeout), (8, Duration::from_secs(30)));
         assert_eq!(st.staging_dir, None);
         assert!(st.stream_pages, "pages are streamed unless told otherwise");
+        assert_eq!(st.lease, LeaseConfig::default());
+        assert_eq!(
+            (st.lease.ttl, st.lease.when_held, st.lease.max_wait),
+            (Duration::from_secs(30), WhenHeld::Wait, Duration::from_secs(600))
+        );
+        assert!(st.lease.enabled, "one writer per prefix unless told otherwise");
+        assert_eq!((st.retry_at_start, st.on_unreadable), (Duration::from_secs(60), OnUnreadable::Fail));
+        let c = parse(
+            "imageDir: /v\nstorage: {url: s3://bkt/app, lease: {ttl: 5, whenHeld: fail}, onUnreadable: coldStart}\n",
+        )
+        .unwrap();
+        let st = c.storage.unwrap();
+        assert_eq!(
+            (st.lease.ttl, st.lease.when_held, st.on_unreadable),
+            (Duration::from_secs(5), WhenHeld::Fail, OnUnreadable::ColdStart)
+        );
+        for bad in ["lease: {ttl: 1}", "lease: {ttl: 3601}", "lease: {whenHeld: steal}", "onUnreadable: retry"] {
+            assert!(parse(&format!("imageDir: /v\nstorage: {{url: s3://bkt/app, {bad}}}\n")).is_err(), "{bad}");
+        }
         let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, streamPages: false}\n").unwrap();
         assert!(!c.storage.unwrap().stream_pages);
         let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, stagingDir: /dev/shm/crik}\n").unwrap();

@@ -24,6 +24,7 @@
 //! └── manifest.json                  written last (fsynced): its presence marks completeness
 //!
 //! s3://bucket/prefix/                storage.url
+//! ├── lease.json                     names the one crik that may write the prefix (renewed)
 //! ├── chunks/<blake3>                zstd of one chunk, shared by every checkpoint that has it
 //! ├── checkpoints/<id>.json          a complete checkpoint: its manifest + each file's chunks
 //! ├── retired/<id>.json              restored once, or superseded (keepCheckpoints of them)
@@ -71,6 +72,8 @@ pub const MAX_MANIFEST: usize = 16 << 20;
 
 /// The bucket prefix (each area ends with its `/`).
 pub mod bucket {
+    /// Not an area: the object itself.
+    pub const LEASE: &str = "lease.json";
     pub const CHUNKS: &str = "chunks/";
     pub const CHECKPOINTS: &str = "checkpoints/";
     pub const RETIRED: &str = "retired/";

@@ -14,7 +14,8 @@
 //!  │   └ criu      CRIU itself: the swrk client, options, page server, images, CPU records
 //!  │   └ archive   what is saved beside CRIU's images: additionalPaths, tmpfs files, rootfs diff
 //!  ├ store     the image dir: staging, sealing, publishing, retiring, integrity
-//!  └ remote    object storage: chunks, upload, download, garbage collection, S3, SigV4
+//!  └ remote    object storage: the lease (one writer per prefix), chunks, upload, download,
+//!              garbage collection, S3, SigV4
 //! host        facts about the machine: capabilities, cgroups, mounts, addresses
 //! ```
 

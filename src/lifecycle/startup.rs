@@ -1,13 +1,18 @@
 //! What a start restores: the newest checkpoint of the image dir or of object storage (downloaded
-//! first), and what becomes of the others: a restored checkpoint is retired (its state now runs,
-//! and a crash must not replay it), one that failed is quarantined (never retried), one this
-//! node's CPU cannot run is kept for a node that can. When nothing can be restored,
-//! `onRestoreFailure` says whether the app starts fresh.
+//! first, once this crik holds the prefix's lease), and what becomes of the others: a restored
+//! checkpoint is retired (its state now runs, and a crash must not replay it), one that failed
+//! is quarantined (never retried), one this node's CPU cannot run is kept for a node that can.
+//! Storage that cannot be read is tried again for `storage.retryAtStart`, then
+//! `storage.onUnreadable` decides (stop, by default: the state is kept). When nothing can be
+//! restored, `onRestoreFailure` says whether the app starts fresh.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::config::{Config, OnRestoreFailure};
+use nix::sys::signal::Signal;
+
+use crate::config::{Config, OnRestoreFailure, OnUnreadable};
 use crate::init::supervisor::Signals;
+use crate::remote::lease::LeaseError;
 use crate::remote::{Remote, RemoteError, RemoteManifest};
 use crate::restore::{self, RestoreError, Restored};
 use crate::store::{Checkpoint, Staging, Store, StoreError};
@@ -53,32 +58,68 @@ pub fn restore_newest(
     let mut remote_newest = None;
     if let (Some(store), Some(remote)) = (store, remote) {
         let local = latest.as_ref().map(|(_, c)| c.id.clone());
-        match from_storage(store, remote, config, local.as_deref()) {
+        match read_storage(signals, store, remote, config, local.as_deref())? {
             Ok(Pick::Local { remote_id }) => remote_newest = remote_id,
             Ok(Pick::Downloaded(c)) => {
                 remote_newest = Some(c.id.clone());
                 latest = Some((store, c));
             }
-            // Storage answered that it cannot be used as configured: said now, at start, in its
-            // words; nothing is decided about the state it may hold.
-            Err(e @ RemoteError::S3(_)) if definitive(&e) => {
+            // Storage answered that it cannot be used as configured, or another crik holds it:
+            // said now, at start; nothing is decided about the state it may hold.
+            Err(e) if stops_at_start(&e) => {
                 return Err(StartError::stop(format!("cannot use storage {}", remote.url), e))
             }
-            Err(e) => {
-                if let RemoteError::Damaged { id, .. } = &e {
-                    log::error!(event = "restore_failed", id = id.as_str(); "cannot restore from {}: {e}", remote.url);
-                    match remote.quarantine(id) {
-                        Ok(()) => log::warn!(
-                            "moved checkpoint {id} to quarantine/ in {} (it will not be retried)",
+            Err(RemoteError::Damaged { id, why }) => {
+                let e = RemoteError::Damaged { id: id.clone(), why };
+                log::error!(event = "restore_failed", id = id.as_str(); "cannot restore from {}: {e}", remote.url);
+                match remote.quarantine(&id) {
+                    Ok(()) => {
+                        log::warn!("moved checkpoint {id} to quarantine/ in {} (it will not be retried)", remote.url)
+                    }
+                    Err(qe) => log::error!("cannot quarantine checkpoint {id} in storage: {qe}"),
+                }
+                if latest.is_none() {
+                    cold_start_or_fail(config, can_start_fresh, || StartError::stop("no checkpoint restored", e))?;
+                } else {
+                    log::warn!("restoring the image dir's own (older) checkpoint instead");
+                }
+            }
+            Err(e) if e.is_passing() => {
+                let tried = config.storage.as_ref().map_or(Duration::ZERO, |s| s.retry_at_start).as_secs();
+                log::error!(event = "store_unreadable"; "cannot read storage {} (tried for {tried} s): {e}", remote.url);
+                if config.storage.as_ref().is_some_and(|s| s.on_unreadable == OnUnreadable::Fail) {
+                    return Err(StartError::stop(
+                        format!(
+                            "cannot read storage {} (tried for {tried} s; storage.onUnreadable: fail keeps its \
+                             checkpoints for the next start)",
                             remote.url
                         ),
-                        Err(qe) => log::error!("cannot quarantine checkpoint {id} in storage: {qe}"),
-                    }
-                } else {
-                    log::error!(event = "store_unreadable"; "cannot read storage {}: {e}", remote.url);
-                    log::warn!("whatever checkpoint storage holds is left as it is, also by this run's uploads");
-                    remote.keep_older_checkpoints();
+                        e,
+                    ));
                 }
+                log::warn!(
+                    "storage.onUnreadable: coldStart: whatever checkpoint storage holds is left as it is, also by \
+                     this run's uploads"
+                );
+                remote.keep_older_checkpoints();
+                if latest.is_none() {
+                    if !can_start_fresh {
+                        return Err(StartError::stop(
+                            "no checkpoint restored",
+                            "no command was given to start fresh instead",
+                        ));
+                    }
+                    log::warn!("starting the command fresh (storage.onUnreadable: coldStart)");
+                } else {
+                    log::warn!("restoring the image dir's own (maybe older) checkpoint instead");
+                }
+            }
+            // Not damage, not storage's fault (no room here, the image dir failing): the
+            // checkpoint stays in storage, and no upload of this run supersedes it.
+            Err(e) => {
+                log::error!(event = "restore_failed"; "cannot restore from {}: {e}", remote.url);
+                log::warn!("storage's checkpoints are left as they are, also by this run's uploads");
+                remote.keep_older_checkpoints();
                 if latest.is_none() {
                     cold_start_or_fail(config, can_start_fresh, || StartError::stop("no checkpoint restored", e))?;
                 } else {
@@ -113,6 +154,9 @@ pub fn restore_newest(
                 log::error!(event = "restore_refused", id = ckpt.id.as_str();
                     "checkpoint {} cannot be restored on this node: {e}", ckpt.dir.display());
                 log::warn!("the checkpoint is kept: a start on a node with a compatible CPU restores it");
+                if let Some(remote) = remote.filter(|_| remote_newest.as_ref() == Some(&ckpt.id)) {
+                    remote.keep_older_checkpoints();
+                }
                 cold_start_or_fail(config, can_start_fresh, || StartError::stop("restore refused", e))?;
                 None
             }
@@ -155,8 +199,66 @@ fn cold_start_or_fail(
     Ok(())
 }
 
-fn definitive(e: &RemoteError) -> bool {
-    matches!(e, RemoteError::S3(s) if s.is_definitive())
+/// Errors that stop crik at start whatever the policies say: storage cannot be used as
+/// configured, or the prefix is another crik's.
+fn stops_at_start(e: &RemoteError) -> bool {
+    match e {
+        RemoteError::S3(s) | RemoteError::Lease(LeaseError::S3(s)) => s.is_definitive(),
+        RemoteError::Lease(_) => true,
+        _ => false,
+    }
+}
+
+/// The lease, then storage's newest checkpoint; a failure that may pass (storage unreachable
+/// or busy, a download cut off) is tried again, with backoff, for `storage.retryAtStart`.
+/// The outer `Err`: a signal stopped crik meanwhile.
+fn read_storage(
+    signals: &Signals,
+    store: &Store,
+    remote: &Remote,
+    config: &Config,
+    local: Option<&str>,
+) -> Result<Result<Pick, RemoteError>, StartError> {
+    let retry_for = config.storage.as_ref().map_or(Duration::ZERO, |s| s.retry_at_start);
+    let started = Instant::now();
+    let (mut attempt, mut delay) = (1, Duration::from_millis(500));
+    loop {
+        let read =
+            remote.acquire_lease(&mut |d| pause(signals, d)).and_then(|()| from_storage(store, remote, config, local));
+        match read {
+            Err(e) if e.is_passing() && started.elapsed() + delay < retry_for => {
+                log::warn!(event = "storage_retry";
+                    "cannot read storage {} (attempt {attempt}; trying again in {} ms, for {} s more): {e}",
+                    remote.url, delay.as_millis(), retry_for.saturating_sub(started.elapsed()).as_secs());
+                pause(signals, delay).map_err(|why| StartError::stop("stopped while waiting for storage", why))?;
+                (attempt, delay) = (attempt + 1, (delay * 2).min(Duration::from_secs(15)));
+            }
+            r => return Ok(r),
+        }
+    }
+}
+
+/// Sleeps `d` unless a signal asks crik to stop first (the container is being stopped):
+/// `Err` names it.
+fn pause(signals: &Signals, d: Duration) -> Result<(), String> {
+    let until = Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        match signals.wait(Some(left)) {
+            Ok(Some(s @ (Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGHUP))) => {
+                return Err(format!("{s} received"))
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                std::thread::sleep(left);
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// Which checkpoint to restore when storage is configured.
@@ -171,6 +273,9 @@ pub enum Pick {
 /// one: its upload failed, and the volume came back with it).
 pub fn from_storage(store: &Store, remote: &Remote, config: &Config, local: Option<&str>) -> Result<Pick, RemoteError> {
     let Some((id, manifest)) = remote.latest()? else { return Ok(Pick::Local { remote_id: None }) };
+    if let Ok(m) = &manifest {
+        remote.inherit(m);
+    }
     if local.is_some_and(|l| l >= id.as_str()) {
         log::info!(
             "the image dir holds checkpoint {} (storage's newest: {id}): no download",

@@ -5,11 +5,14 @@
 //!
 //! A checkpoint's chunks are all uploaded before its manifest, so a listed manifest always
 //! names chunks that are there: an upload cut short leaves only unlisted chunks, which the
-//! next garbage collection removes. One crik writes a prefix at a time (one app per prefix).
+//! next garbage collection removes. One crik writes a prefix at a time (one app per prefix),
+//! the one holding its lease ([`lease`]): every write but a chunk's (content-addressed, so
+//! harmless) asks the lease first.
 //! The local image dir stays the staging area: CRIU dumps there, crik uploads from there,
 //! and a restore downloads there first.
 
 pub mod chunks;
+pub mod lease;
 pub mod s3;
 pub mod sigv4;
 
@@ -17,18 +20,19 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{mpsc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::StorageConfig;
-use crate::layout::bucket::{CHECKPOINTS, CHUNKS, QUARANTINE, RETIRED};
+use crate::config::{LeaseConfig, StorageConfig, WhenHeld};
+use crate::layout::bucket::{CHECKPOINTS, CHUNKS, LEASE, QUARANTINE, RETIRED};
 use crate::layout::MAX_MANIFEST;
 use crate::remote::s3::{Bucket, S3Error};
 use crate::store::manifest::Manifest;
 use crate::store::Checkpoint;
 use chunks::{ChunkError, ChunkRef};
+use lease::{Lease, LeaseError};
 
 const FORMAT: u32 = 1;
 
@@ -55,6 +59,19 @@ pub enum RemoteError {
     /// The image dir, staging or publishing a download.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// The prefix's lease: held by another crik, lost, or not to be had.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+}
+
+impl RemoteError {
+    /// A failure that may pass (storage unreachable, busy, a deadline): worth trying again.
+    pub fn is_passing(&self) -> bool {
+        match self {
+            RemoteError::S3(e) | RemoteError::Lease(LeaseError::S3(e)) => !e.is_definitive(),
+            _ => false,
+        }
+    }
 }
 
 fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RemoteError + 'a {
@@ -69,7 +86,15 @@ pub struct RemoteManifest {
     pub id: String,
     pub manifest: Manifest,
     pub files: Vec<RemoteFile>,
+    /// Checkpoints in storage that this one's lineage never restored (it was written beside
+    /// them by a run that could not read storage, or that kept them for a node that can run
+    /// them): a run that restores this one does not supersede them either.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spared: Vec<String>,
 }
+
+/// At most this many spared checkpoints are named in a manifest (the newest ones).
+const MAX_SPARED: usize = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoteFile {
@@ -91,6 +116,9 @@ impl RemoteManifest {
         }
         if m.id != id {
             return Err(format!("manifest says it is {}", m.id));
+        }
+        if m.spared.len() > MAX_SPARED || !m.spared.iter().all(|i| crate::store::is_valid_id(i)) {
+            return Err("its list of spared checkpoints is too long or names something that is no id".into());
         }
         Ok(m)
     }
@@ -166,7 +194,7 @@ pub type Latest = (String, Result<RemoteManifest, RemoteError>);
 type Places = (u32, Vec<(usize, u64)>);
 
 pub struct Remote {
-    bucket: Bucket,
+    bucket: Arc<Bucket>,
     /// Key prefix, empty or ending in `/`.
     prefix: String,
     /// `s3://bucket/prefix`, for messages.
@@ -178,6 +206,13 @@ pub struct Remote {
     /// Storage could not be read at start: its checkpoints, never restored by this run, are
     /// never retired by it either (a newer upload of a fresh app must not supersede them).
     keep_older: std::sync::atomic::AtomicBool,
+    /// The checkpoints this run published, oldest first.
+    written: Mutex<Vec<String>>,
+    /// Checkpoints this run never supersedes (see [`RemoteManifest::spared`]).
+    spared: Mutex<Vec<String>>,
+    lease_config: LeaseConfig,
+    /// The prefix's lease once this crik holds it, with the thread that renews it.
+    lease: Mutex<Option<(Arc<Lease>, std::thread::JoinHandle<()>)>>,
 }
 
 /// Downloads keep this many times `concurrency` requests in flight: a chunk is small, so a GET
@@ -327,9 +362,22 @@ impl<'r> Upload<'r> {
         }
         let total = files.iter().map(|f| f.size).sum();
         let chunks = files.iter().map(|f| f.chunks.len()).sum();
-        let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files };
+        if remote.keep_older.load(std::sync::atomic::Ordering::Relaxed) {
+            // Every checkpoint there that this run did not write: spared, by it and by whoever
+            // restores this one.
+            let listed = remote.ids(CHECKPOINTS, deadline)?;
+            let written = lock(&remote.written).clone();
+            remote.spare(listed.into_iter().filter(|i| i != id && !written.contains(i)));
+        }
+        let spared = lock(&remote.spared).clone();
+        let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files, spared };
         let body = serde_json::to_vec(&body).expect("manifest serializes");
         let key = remote.key(CHECKPOINTS, &format!("{id}.json"));
+        // Renewed right before: a crik that lost the prefix (or cannot reach the lease) never
+        // publishes into it.
+        if let Some(lease) = remote.writable()? {
+            lease.fence()?;
+        }
         remote.bucket.put(&key, &body, deadline)?;
         // Read back before the checkpoint is called complete: an endpoint that said yes and
         // kept nothing (or something else) is found now, while the app can still keep running.
@@ -346,6 +394,7 @@ impl<'r> Upload<'r> {
             }
         }
 
+        lock(&remote.written).push(id.to_string());
         let claimed = std::mem::take(&mut *lock(&self.claimed));
         if let Some(k) = lock(&remote.known).as_mut() {
             k.extend(claimed);
@@ -397,7 +446,7 @@ impl Remote {
             .unwrap_or_else(|| "us-east-1".into());
         crate::config::check_region(&region).map_err(|why| S3Error::Setting(format!("the region {why}")))?;
         let endpoint = cfg.endpoint.as_ref().map(|e| e.as_str().to_string());
-        let bucket = Bucket::new(&cfg.url.bucket, endpoint.as_deref(), &region, cfg.request_timeout, env)?;
+        let bucket = Arc::new(Bucket::new(&cfg.url.bucket, endpoint.as_deref(), &region, cfg.request_timeout, env)?);
         Ok(Remote {
             bucket,
             prefix: cfg.url.prefix.clone(),
@@ -406,7 +455,77 @@ impl Remote {
             request_timeout: cfg.request_timeout,
             known: Mutex::new(None),
             keep_older: std::sync::atomic::AtomicBool::new(false),
+            written: Mutex::new(Vec::new()),
+            spared: Mutex::new(Vec::new()),
+            lease_config: cfg.lease.clone(),
+            lease: Mutex::new(None),
         })
+    }
+
+    /// Takes the prefix's lease before anything is restored from it or written to it, waiting
+    /// for another holder as `storage.lease` says (`wait` sleeps, or says why to stop).
+    pub fn acquire_lease(&self, wait: lease::Wait) -> Result<(), RemoteError> {
+        if !self.lease_config.enabled {
+            log::warn!(
+                "storage.lease is off: nothing stops another crik from writing {} (two on one prefix destroy each                  other's checkpoints)",
+                self.url
+            );
+            return Ok(());
+        }
+        if lock(&self.lease).is_some() {
+            return Ok(());
+        }
+        // Read before anything is written: the bucket is there and answers as S3 does (some
+        // servers create a missing bucket on a PUT, or answer a GET of a missing one as of a
+        // missing key).
+        self.ids(CHECKPOINTS, self.soon())?;
+        let key = self.key(LEASE, "");
+        let held = lease::acquire(self.bucket.clone(), key, &self.url, &self.lease_config, self.request_timeout, wait)?;
+        let renewer = held.keep_renewed();
+        *lock(&self.lease) = Some((held, renewer));
+        Ok(())
+    }
+
+    /// The lease, checked, before a write: this crik holds it (taken now, without waiting, if
+    /// storage could not be read at start) and its last renewal is recent. `None`: lease off.
+    fn writable(&self) -> Result<Option<Arc<Lease>>, RemoteError> {
+        if !self.lease_config.enabled {
+            return Ok(None);
+        }
+        if lock(&self.lease).is_none() {
+            let now = LeaseConfig { when_held: WhenHeld::Fail, ..self.lease_config.clone() };
+            let key = self.key(LEASE, "");
+            let held = lease::acquire(self.bucket.clone(), key, &self.url, &now, self.request_timeout, &mut |_| {
+                Err("not waiting while the app runs".into())
+            })?;
+            let renewer = held.keep_renewed();
+            lock(&self.lease).get_or_insert((held, renewer));
+        }
+        let held = lock(&self.lease).as_ref().map(|(l, _)| l.clone());
+        if let Some(l) = &held {
+            l.check()?;
+        }
+        Ok(held)
+    }
+
+    /// Checked again right before each delete of a long housekeeping pass: a crik stopped or cut
+    /// off in the middle of one (for longer than the lease's ttl) deletes nothing more when it
+    /// resumes.
+    fn still_writable(&self) -> Result<(), RemoteError> {
+        if !self.lease_config.enabled {
+            return Ok(());
+        }
+        match lock(&self.lease).as_ref() {
+            Some((l, _)) => Ok(l.check()?),
+            None => Err(LeaseError::NotHolder { url: self.url.clone(), why: "it never took it".into() }.into()),
+        }
+    }
+
+    /// Releases the lease (when crik exits): the next start on the prefix proceeds at once.
+    pub fn release_lease(&self) {
+        if let Some((held, renewer)) = lock(&self.lease).take() {
+            held.release(Some(renewer));
+        }
     }
 
     fn key(&self, area: &str, name: &str) -> String {
@@ -487,6 +606,7 @@ impl Remote {
     /// Starts an upload: chunks are then sent from files ([`Upload::send_file`]) or as they
     /// arrive ([`Upload::stream`]), and the manifest is put last ([`Upload::publish`]).
     pub fn begin_upload(&self, deadline: Instant) -> Result<Upload<'_>, RemoteError> {
+        self.writable()?;
         let known = self.known_chunks(deadline)?;
         let (tx, rx) = mpsc::sync_channel::<Job>(self.concurrency);
         Ok(Upload {
@@ -511,18 +631,13 @@ impl Remote {
     }
 
     fn retire_older(&self, id: &str, keep: usize, deadline: Instant) -> Result<(), RemoteError> {
-        if self.keep_older.load(std::sync::atomic::Ordering::Relaxed) {
-            log::warn!(
-                "storage: checkpoint {id} is published beside the older ones, which stay in {}{CHECKPOINTS}: \
-                 this run could not read storage at start and never restored them",
-                self.url
-            );
-            return Ok(());
-        }
+        self.writable()?;
+        let spared = lock(&self.spared).clone();
         // Listed again after moving: a listing may lag a write just made (seen with s3s-fs
         // right after the previous upload).
         for pass in 1..=3 {
-            let older: Vec<String> = self.ids(CHECKPOINTS, deadline)?.into_iter().filter(|i| i != id).collect();
+            let older: Vec<String> =
+                self.ids(CHECKPOINTS, deadline)?.into_iter().filter(|i| i != id && !spared.contains(i)).collect();
             if older.is_empty() {
                 break;
             }
@@ -533,7 +648,43 @@ impl Remote {
                 self.move_manifest(&old, CHECKPOINTS, RETIRED, deadline)?;
             }
         }
+        if !spared.is_empty() {
+            log::warn!(
+                "storage: checkpoint {id} is published beside {} older one(s) this app's lineage never restored, \
+                 which stay in {}{CHECKPOINTS}: {spared:?}",
+                spared.len(),
+                self.url
+            );
+        }
         self.prune(RETIRED, keep, deadline)
+    }
+
+    /// Adds to the checkpoints this run never supersedes (the newest [`MAX_SPARED`] are kept).
+    fn spare(&self, ids: impl Iterator<Item = String>) {
+        let mut spared = lock(&self.spared);
+        for id in ids {
+            if !spared.contains(&id) {
+                spared.push(id);
+            }
+        }
+        spared.sort();
+        let excess = spared.len().saturating_sub(MAX_SPARED);
+        spared.drain(..excess);
+    }
+
+    /// The checkpoint this run restores (or found as new in the image dir): the ones its
+    /// lineage spared are spared by this run too.
+    pub fn inherit(&self, m: &RemoteManifest) {
+        if m.spared.is_empty() {
+            return;
+        }
+        log::warn!(
+            "storage also holds checkpoint(s) {:?}, which this app's lineage never restored (a run could not read \
+             storage, or kept them for another node): they stay in {}{CHECKPOINTS}, never superseded",
+            m.spared,
+            self.url
+        );
+        self.spare(m.spared.iter().cloned());
     }
 
     /// Downloads a checkpoint into `dir` (a staging dir), every chunk checked against its hash.
@@ -613,6 +764,7 @@ impl Remote {
     /// After a restore: the checkpoint goes to retired/ (keeping `keep` of them), so a crash
     /// of the restored app never replays it.
     pub fn retire(&self, id: &str, keep: usize) -> Result<(), RemoteError> {
+        self.writable()?;
         let deadline = self.soon();
         self.move_manifest(id, CHECKPOINTS, RETIRED, deadline)?;
         self.prune(RETIRED, keep, deadline)
@@ -643,6 +795,7 @@ impl Remote {
 
     /// After a failed restore: the checkpoint goes to quarantine/, never retried.
     pub fn quarantine(&self, id: &str) -> Result<(), RemoteError> {
+        self.writable()?;
         self.move_manifest(id, CHECKPOINTS, QUARANTINE, self.soon())
     }
 
@@ -650,7 +803,9 @@ impl Remote {
     fn move_manifest(&self, id: &str, from: &str, to: &str, deadline: Instant) -> Result<(), RemoteError> {
         let name = format!("{id}.json");
         let Some(body) = self.bucket.get(&self.key(from, &name), deadline)? else { return Ok(()) };
+        self.still_writable()?;
         self.bucket.put(&self.key(to, &name), &body, deadline)?;
+        self.still_writable()?;
         self.bucket.delete(&self.key(from, &name), deadline)?;
         Ok(())
     }
@@ -658,6 +813,7 @@ impl Remote {
     fn prune(&self, area: &str, keep: usize, deadline: Instant) -> Result<(), RemoteError> {
         let ids = self.ids(area, deadline)?;
         for id in &ids[..ids.len().saturating_sub(keep)] {
+            self.still_writable()?;
             self.bucket.delete(&self.key(area, &format!("{id}.json")), deadline)?;
         }
         Ok(())
@@ -666,6 +822,15 @@ impl Remote {
     /// Removes the chunks no manifest (published, retired or quarantined) refers to: those of
     /// pruned checkpoints and of uploads cut short. Returns how many were removed.
     pub fn collect_garbage(&self, deadline: Instant) -> Result<usize, RemoteError> {
+        if let Some(lease) = self.writable()? {
+            if !lease.may_collect() {
+                log::debug!(
+                    "storage: no garbage collected yet: the lease was taken over from a crik that died, whose last \
+                     upload may still land"
+                );
+                return Ok(0);
+            }
+        }
         let mut referenced: HashSet<String> = HashSet::new();
         for area in [CHECKPOINTS, RETIRED, QUARANTINE] {
             for id in self.ids(area, deadline)? {
@@ -689,8 +854,10 @@ impl Remote {
             .filter_map(|k| k.strip_prefix(&base).map(String::from))
             .filter(|h| !referenced.contains(h))
             .collect();
-        let deleted =
-            in_parallel(garbage.clone(), self.concurrency, |h| self.bucket.delete(&self.key(CHUNKS, &h), deadline));
+        let deleted = in_parallel(garbage.clone(), self.concurrency, |h| -> Result<(), RemoteError> {
+            self.still_writable()?;
+            Ok(self.bucket.delete(&self.key(CHUNKS, &h), deadline)?)
+        });
         if let Some(k) = lock(&self.known).as_mut() {
             for h in &garbage {
                 k.remove(h);
@@ -698,6 +865,12 @@ impl Remote {
         }
         deleted?;
         Ok(garbage.len())
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        self.release_lease();
     }
 }
 
@@ -712,6 +885,7 @@ mod tests {
             id: "20261207T000000.000Z".into(),
             manifest: Manifest::for_tests(),
             files: vec![],
+            spared: vec![],
         };
         let body = serde_json::to_vec(&m).unwrap();
         assert_eq!(RemoteManifest::parse(&m.id, &body).unwrap().id, m.id);
@@ -720,6 +894,10 @@ mod tests {
         let newer = serde_json::to_vec(&RemoteManifest { format: FORMAT + 1, ..m.clone() }).unwrap();
         assert!(RemoteManifest::parse(&m.id, &newer).unwrap_err().contains("newer"));
         assert!(RemoteManifest::parse(&m.id, b"<html>").unwrap_err().contains("does not parse"));
+        let spared = serde_json::to_vec(&RemoteManifest { spared: vec!["../x".into()], ..m.clone() }).unwrap();
+        assert!(RemoteManifest::parse(&m.id, &spared).unwrap_err().contains("spared"));
+        let many = RemoteManifest { spared: vec![m.id.clone(); MAX_SPARED + 1], ..m.clone() };
+        assert!(RemoteManifest::parse(&m.id, &serde_json::to_vec(&many).unwrap()).is_err());
         let mut huge = body.clone();
         huge.resize(MAX_MANIFEST + 1, b' ');
         assert!(RemoteManifest::parse(&m.id, &huge).unwrap_err().contains("larger than 16 MiB"));

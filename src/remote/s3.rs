@@ -72,6 +72,35 @@ impl S3Error {
     }
 }
 
+/// A 2xx answer: its body, and the headers crik reads.
+struct Answered {
+    body: Vec<u8>,
+    etag: Option<String>,
+    date: Option<SystemTime>,
+    last_modified: Option<SystemTime>,
+}
+
+/// An object as read with [`Bucket::get_object`].
+pub struct Object {
+    pub body: Vec<u8>,
+    pub etag: Option<String>,
+    /// How long ago it was last written, by the server's clock (its `Date` minus the object's
+    /// `Last-Modified`); `None` when the server did not say.
+    pub age: Option<Duration>,
+}
+
+/// What a conditional write requires.
+pub enum Condition {
+    /// No object at the key (`If-None-Match: *`).
+    Absent,
+    /// The object still has this ETag (`If-Match`).
+    Unchanged(String),
+}
+
+/// A conditional write's condition did not hold: nothing was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict;
+
 /// Where the keys come from: the environment, or a web-identity token exchanged with STS
 /// (EKS IRSA and EKS Pod Identity's token file, or any OIDC token AWS trusts).
 enum KeySource {
@@ -137,21 +166,61 @@ impl Bucket {
 
     /// Stores `body` at `key` (overwriting).
     pub fn put(&self, key: &str, body: &[u8], deadline: Instant) -> Result<(), S3Error> {
-        self.call("PUT", key, &[], Some(body), deadline).map(|_| ())
+        self.call("PUT", key, &[], &[], Some(body), deadline).map(|_| ())
+    }
+
+    /// Stores `body` at `key` only if `condition` holds when the server writes it (S3's
+    /// conditional writes: atomic on AWS S3, GCS, MinIO). `Ok(Err(Conflict))`: it did not hold
+    /// (412, or 409 for a concurrent conditional write), nothing was written. `Ok(Ok(etag))`:
+    /// written, with this ETag.
+    pub fn put_if(
+        &self,
+        key: &str,
+        body: &[u8],
+        condition: &Condition,
+        deadline: Instant,
+    ) -> Result<Result<String, Conflict>, S3Error> {
+        let header = match condition {
+            Condition::Absent => ("if-none-match", "*"),
+            Condition::Unchanged(etag) => ("if-match", etag.as_str()),
+        };
+        match self.call("PUT", key, &[], &[header], Some(body), deadline) {
+            Ok(a) => Ok(Ok(a.etag.unwrap_or_default())),
+            // If-Match on an object that is gone: 412 (MinIO, s3s) or 404 (AWS).
+            Err(S3Error::Status { status: 412 | 409, .. }) => Ok(Err(Conflict)),
+            Err(S3Error::Status { status: 404, .. }) if matches!(condition, Condition::Unchanged(_)) => {
+                Ok(Err(Conflict))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The object at `key`, or `None` when there is none.
     pub fn get(&self, key: &str, deadline: Instant) -> Result<Option<Vec<u8>>, S3Error> {
-        match self.call("GET", key, &[], None, deadline) {
-            Ok(b) => Ok(Some(b)),
-            Err(S3Error::Status { status: 404, .. }) => Ok(None),
+        Ok(self.get_object(key, deadline)?.map(|o| o.body))
+    }
+
+    /// The object at `key` with what the server says of it (ETag, age), or `None`.
+    pub fn get_object(&self, key: &str, deadline: Instant) -> Result<Option<Object>, S3Error> {
+        match self.call("GET", key, &[], &[], None, deadline) {
+            Ok(a) => {
+                // Both times are the server's clock: their difference is safe from any skew
+                // between this node's clock and the server's.
+                let age = match (a.date, a.last_modified) {
+                    (Some(now), Some(modified)) => Some(now.duration_since(modified).unwrap_or_default()),
+                    _ => None,
+                };
+                Ok(Some(Object { body: a.body, etag: a.etag, age }))
+            }
+            // No such key; a bucket that is not there is an error, not an empty answer.
+            Err(S3Error::Status { status: 404, code, .. }) if code != "NoSuchBucket" => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// Removes `key` (no error when it is already gone).
     pub fn delete(&self, key: &str, deadline: Instant) -> Result<(), S3Error> {
-        match self.call("DELETE", key, &[], None, deadline) {
+        match self.call("DELETE", key, &[], &[], None, deadline) {
             Err(S3Error::Status { status: 404, .. }) => Ok(()),
             r => r.map(|_| ()),
         }
@@ -166,7 +235,7 @@ impl Bucket {
             if let Some(t) = &token {
                 q.push(("continuation-token", t));
             }
-            let body = self.call("LIST", "", &q, None, deadline)?;
+            let body = self.call("LIST", "", &q, &[], None, deadline)?.body;
             let text = String::from_utf8_lossy(&body);
             // An empty listing is still a ListBucketResult: anything else (an HTML page answered
             // with 200) must never read as "no checkpoint here".
@@ -188,14 +257,15 @@ impl Bucket {
         op: &'static str,
         key: &str,
         query: &[(&str, &str)],
+        extra: &[(&str, &str)],
         body: Option<&[u8]>,
         deadline: Instant,
-    ) -> Result<Vec<u8>, S3Error> {
+    ) -> Result<Answered, S3Error> {
         let mut delay = Duration::from_millis(100);
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.call_once(op, key, query, body, deadline) {
+            match self.call_once(op, key, query, extra, body, deadline) {
                 Err(e) if e.is_transient() && tries < TRIES && Instant::now() + delay < deadline => {
                     log::debug!("{e}; trying again in {} ms", delay.as_millis());
                     std::thread::sleep(delay);
@@ -211,9 +281,10 @@ impl Bucket {
         op: &'static str,
         key: &str,
         query: &[(&str, &str)],
+        extra: &[(&str, &str)],
         body: Option<&[u8]>,
         deadline: Instant,
-    ) -> Result<Vec<u8>, S3Error> {
+    ) -> Result<Answered, S3Error> {
         let path = if op == "LIST" { format!("{}/", self.base_path) } else { self.object_path(key) };
         let method = if op == "LIST" { "GET" } else { op };
         let mut url = format!("{}{}", self.origin, sigv4::encode(&path, false));
@@ -237,6 +308,10 @@ impl Bucket {
         for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
             b = b.header(k, v);
         }
+        // Conditions (If-Match, If-None-Match) are not signed: S3 does not require it.
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
         let request =
             b.body(body.unwrap_or(&[])).map_err(|e| S3Error::Request { op, url: url.clone(), why: e.to_string() })?;
         let timeout = left.min(self.request_timeout);
@@ -244,18 +319,20 @@ impl Bucket {
         let http = |e| S3Error::Http { op, url: url.clone(), source: Box::new(e) };
         let mut resp = self.agent.run(agent).map_err(http)?;
         let status = resp.status().as_u16();
-        let has_etag = resp.headers().contains_key("etag");
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let (etag, date, last_modified) = (header("etag"), header("date"), header("last-modified"));
         let bytes = match resp.body_mut().with_config().limit(MAX_BODY).read_to_vec() {
             Err(ureq::Error::BodyExceedsLimit(_)) => return Err(S3Error::TooLarge { op, url }),
             r => r.map_err(http)?,
         };
         if (200..300).contains(&status) {
-            // S3 answers every stored object with its ETag: a 200 without one is not S3 (a
-            // proxy's page, a misrouted endpoint) and stored nothing.
-            if method == "PUT" && !has_etag {
-                return Err(S3Error::NotS3 { op, url, why: "a PUT answered without an ETag".into() });
+            // S3 answers every object stored or read with its ETag: a 200 without one is not S3
+            // (a proxy's page, a misrouted endpoint), and stored nothing.
+            if (op == "PUT" || op == "GET") && etag.is_none() {
+                return Err(S3Error::NotS3 { op, url, why: format!("a {op} answered without an ETag") });
             }
-            return Ok(bytes);
+            let time = |v: Option<String>| v.and_then(|v| httpdate::parse_http_date(&v).ok());
+            return Ok(Answered { body: bytes, etag, date: time(date), last_modified: time(last_modified) });
         }
         let text = String::from_utf8_lossy(&bytes);
         Err(S3Error::Status {

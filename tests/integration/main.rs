@@ -9,6 +9,7 @@ mod cpu;
 mod examples;
 mod failures;
 mod inspect;
+mod lease;
 mod nodestate;
 mod pid1;
 mod plan;

@@ -109,25 +109,29 @@ fn a_crik_killed_mid_upload_leaves_nothing_restorable_and_its_chunks_are_collect
     c.expect_line(SHORT, "count 1", |l| l == "count 1");
     assert!(c.event("download_started", &[]).is_none(), "{}", c.stderr());
     drop(c);
-    // The next periodic checkpoint's garbage collection removes the orphaned chunks.
+    // The next periodic checkpoint's garbage collection removes the orphaned chunks (once a
+    // ttl and two requests have passed since the lease was taken over from the killed crik).
     let cfg2 = node2.config(&format!("checkpointInterval: 1\n{}", s3.config("app")));
     let mut c = Container::start(spec_of(&cfg2, &s3));
-    let up = c.expect_event_eventually("checkpoint_uploaded");
-    let manifest = s3.object(&format!("app/checkpoints/{}.json", up["id"].as_str().unwrap()));
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(manifest).unwrap()).unwrap();
-    let referenced: Vec<&str> = manifest["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|f| f["chunks"].as_array().unwrap())
-        .map(|c| c["h"].as_str().unwrap())
-        .collect();
-    assert!(orphans.iter().any(|h| !referenced.contains(&h.as_str())));
-    assert!(
-        eventually(SHORT, || s3.objects("app/chunks").iter().all(|h| referenced.contains(&h.as_str()))),
-        "only referenced chunks remain\n{}",
-        c.stderr()
-    );
+    c.expect_event_eventually("checkpoint_uploaded");
+    let collected = |c: &Container| c.stderr().contains("no checkpoint refers to");
+    assert!(eventually(LONG, || collected(&c)), "{}", c.stderr());
+    // Stopped (its final checkpoint collects nothing), so that storage stands still.
+    checkpoint(&mut c);
+    let mut referenced: Vec<String> = Vec::new();
+    for area in ["checkpoints", "retired", "quarantine"] {
+        for name in s3.objects(&format!("app/{area}")) {
+            let m = std::fs::read(s3.object(&format!("app/{area}/{name}"))).unwrap();
+            let m: serde_json::Value = serde_json::from_slice(&m).unwrap();
+            let files = m["files"].as_array().unwrap().iter();
+            referenced.extend(files.flat_map(|f| f["chunks"].as_array().unwrap()).map(|c| c["h"].to_string()));
+        }
+    }
+    let referenced: Vec<String> = referenced.into_iter().map(|h| h.trim_matches('"').to_string()).collect();
+    let now = s3.objects("app/chunks");
+    let left: Vec<&String> = orphans.iter().filter(|h| now.contains(h) && !referenced.contains(h)).collect();
+    assert!(left.is_empty(), "orphaned chunks left: {left:?}\n{}", c.stderr());
+    assert!(orphans.iter().any(|h| !now.contains(h)), "some were collected");
 }
 
 /// An app with 64 MiB of random memory, uploaded one request at a time (so it takes a while),
@@ -562,9 +566,12 @@ fn storage_that_is_not_s3_or_has_no_bucket_stops_crik_at_start() {
 fn a_put_answered_without_an_etag_is_not_a_stored_checkpoint() {
     use crate::common::s3::{Answer, FakeHttp};
     let s = Scratch::new("s3-no-etag");
-    // Lists like S3 (an empty bucket), takes every PUT with a bare 200, as a careless proxy would.
+    // Lists like S3 (an empty bucket), has no object, takes every PUT with a bare 200, as a
+    // careless proxy would.
     let sink = FakeHttp::start(|line, _| {
-        if line.starts_with("GET") {
+        if line.starts_with("GET") && line.contains("/lease.json") {
+            Answer::xml("404 Not Found", "<Error><Code>NoSuchKey</Code><Message>none</Message></Error>".into())
+        } else if line.starts_with("GET") {
             let xml = "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
                        <Name>crik-test</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>";
             Answer::xml("200 OK", xml.into())
@@ -572,10 +579,17 @@ fn a_put_answered_without_an_etag_is_not_a_stored_checkpoint() {
             Answer { status: "200 OK", headers: vec![], body: String::new() }
         }
     });
-    let cfg = s.config(&format!(
+    let storage = format!(
         "storage:\n  url: s3://crik-test/app\n  endpoint: http://127.0.0.1:{}\n  region: us-east-1\n  requestTimeout: 2\n",
         sink.port
-    ));
+    );
+    // Taking the prefix's lease is the first PUT: refused at start.
+    let (code, err) =
+        refused_at_start(&s.config(&storage), &[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot use storage") && err.contains("PUT answered without an ETag"), "{err}");
+    // Without the lease, the first PUT is the checkpoint's.
+    let cfg = s.config(&format!("{storage}  lease:\n    enabled: false\n"));
     let mut spec = Spec::run(Some(&cfg), &COUNTER);
     spec.env.extend([("AWS_ACCESS_KEY_ID".to_string(), "a".to_string()), ("AWS_SECRET_ACCESS_KEY".into(), "b".into())]);
     let mut c = Container::start(spec);
@@ -641,7 +655,7 @@ fn a_size_bomb_is_refused_before_writing_and_a_lying_chunk_is_quarantined() {
     assert_eq!(s3.objects("app/quarantine"), [name]);
 }
 
-/// Storage unreachable at start: the app starts fresh (onRestoreFailure: coldStart), and once
+/// Storage unreachable at start: the app starts fresh (storage.onUnreadable: coldStart), and once
 /// storage is back, its uploads publish beside the checkpoint it never restored instead of
 /// retiring it (#22, 2: before, the first periodic upload retired it and keepCheckpoints: 1
 /// deleted it a cycle later).
@@ -657,8 +671,8 @@ fn a_run_that_could_not_read_storage_never_retires_the_checkpoint_it_did_not_res
     // Another node starts while storage is down: it cannot read it, and starts fresh.
     s3.stop();
     let node2 = Scratch::new("s3-unread-node2");
-    let mut c =
-        Container::start(spec(&node2.config(&format!("checkpointInterval: 1\n{}", s3.config("app"))), &s3, &COUNTER));
+    let storage = format!("{}  retryAtStart: 1\n  onUnreadable: coldStart\n", s3.config("app"));
+    let mut c = Container::start(spec(&node2.config(&format!("checkpointInterval: 1\n{storage}")), &s3, &COUNTER));
     c.expect_line(LONG, "count 1", |l| l == "count 1");
     c.expect_event("store_unreadable", &[]);
     s3.resume();
@@ -674,5 +688,21 @@ fn a_run_that_could_not_read_storage_never_retires_the_checkpoint_it_did_not_res
     );
     let now = s3.objects("app/checkpoints");
     assert!(now.contains(&kept[0]), "the unrestored checkpoint stays published: {now:?}\n{}", c.stderr());
+    assert!(s3.objects("app/retired").iter().all(|r| *r != kept[0]), "never retired");
+    // Its own older checkpoints are superseded as usual: only its newest stands beside it.
+    let last = last_count(&checkpoint(&mut c));
+    assert_eq!(s3.objects("app/checkpoints").len(), 2, "{}", c.stderr());
+    // A later run restores the newest (the fresh app's) and, through its manifest, knows the
+    // unrestored one is spared: its uploads never retire it either (before, its first did).
+    let node3 = Scratch::new("s3-unread-node3");
+    let mut c =
+        Container::start(spec(&node3.config(&format!("checkpointInterval: 1\n{}", s3.config("app"))), &s3, &[]));
+    c.expect_count_after(last);
+    assert!(
+        eventually(LONG, || events(&c.stderr()).iter().filter(|e| e["event"] == "checkpoint_uploaded").count() >= 2)
+    );
+    assert!(c.stderr().contains("never restored"), "{}", c.stderr());
+    let now = s3.objects("app/checkpoints");
+    assert!(now.contains(&kept[0]), "still spared: {now:?}\n{}", c.stderr());
     assert!(s3.objects("app/retired").iter().all(|r| *r != kept[0]), "never retired");
 }

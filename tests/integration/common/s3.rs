@@ -68,10 +68,11 @@ impl S3Server {
         }
     }
 
-    /// The `storage:` block of a crik config for prefix `prefix`.
+    /// The `storage:` block of a crik config for prefix `prefix`. Its lease lives 5 s (30 by
+    /// default): a test that kills a crik starts the next one on the prefix within seconds.
     pub fn config(&self, prefix: &str) -> String {
         format!(
-            "storage:\n  url: s3://{BUCKET}/{prefix}\n  endpoint: http://127.0.0.1:{}\n  region: us-east-1\n  requestTimeout: 5\n",
+            "storage:\n  url: s3://{BUCKET}/{prefix}\n  endpoint: http://127.0.0.1:{}\n  region: us-east-1\n  requestTimeout: 5\n  lease:\n    ttl: 5\n",
             self.port
         )
     }
