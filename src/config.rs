@@ -148,6 +148,11 @@ pub struct StorageConfig {
     /// What a start does once storage stayed unreadable for `retryAtStart`.
     #[serde(default)]
     pub on_unreadable: OnUnreadable,
+    /// Allow a plain `http://` endpoint (or STS endpoint) that is not this host's loopback:
+    /// checkpoints (the app's whole memory) and signed requests would cross the network in the
+    /// clear. Off: only `https://`, or `http://` to the loopback.
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 /// `storage.lease`: the object `lease.json` in the prefix names the one crik that may write
@@ -470,6 +475,11 @@ impl HttpUrl {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+    /// Whatever goes to it crosses a network in the clear: plain `http://` to a host other than
+    /// this one's loopback.
+    pub fn in_the_clear(&self) -> bool {
+        is_in_the_clear(&self.0)
+    }
     /// This URL with `segments` appended to its path, each percent-encoded.
     pub fn join(&self, segments: &[&str]) -> String {
         let mut u = self.0.strip_suffix('/').unwrap_or(&self.0).to_string();
@@ -485,6 +495,21 @@ impl HttpUrl {
         }
         u
     }
+}
+
+/// Whether `url` (`scheme://host[:port]/...`) is plain `http://` to a host that is not the
+/// loopback (`localhost`, 127.0.0.0/8, `[::1]`).
+pub fn is_in_the_clear(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("HTTP://")) else { return false };
+    let authority = rest.split('/').next().unwrap_or_default().to_ascii_lowercase();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default().to_string(),
+        None => authority.rsplit_once(':').map_or(authority.as_str(), |(h, _)| h).to_string(),
+    };
+    let loopback = host == "localhost"
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+        || host.parse::<std::net::Ipv6Addr>().is_ok_and(|a| a.is_loopback());
+    !loopback
 }
 
 impl<'de> Deserialize<'de> for HttpUrl {
@@ -599,6 +624,12 @@ fn check(c: &Config) -> Result<(), String> {
             |u: &HttpUrl| u.as_str().split_once("://").is_some_and(|(_, r)| r.trim_end_matches('/').contains('/'));
         if s.endpoint.as_ref().is_some_and(path_after_host) {
             return Err("storage.endpoint must be scheme://host[:port], with no path".into());
+        }
+        if s.endpoint.as_ref().is_some_and(HttpUrl::in_the_clear) && !s.allow_plain_http {
+            return Err("storage.endpoint is plain http:// to another host: checkpoints (the app's whole memory) and \
+                        signed requests would cross the network in the clear; use https://, or set \
+                        storage.allowPlainHttp: true"
+                .into());
         }
         if s.staging_dir.as_ref().is_some_and(|d| d.as_path().starts_with(image_dir.as_path())) {
             return Err("storage.stagingDir must not be inside imageDir".into());
@@ -837,6 +868,26 @@ mod storage_tests {
         );
         for bad in ["lease: {ttl: 1}", "lease: {ttl: 3601}", "lease: {whenHeld: steal}", "onUnreadable: retry"] {
             assert!(parse(&format!("imageDir: /v\nstorage: {{url: s3://bkt/app, {bad}}}\n")).is_err(), "{bad}");
+        }
+        // TLS unless the loopback, or allowed.
+        for clear in ["http://minio:9000", "http://10.0.0.7", "http://[fd00::1]:9000", "http://127.0.0.1.nip.io"] {
+            let e = parse(&format!("imageDir: /v\nstorage: {{url: s3://bkt/app, endpoint: '{clear}'}}\n")).unwrap_err();
+            assert!(e.contains("in the clear") && e.contains("allowPlainHttp"), "{clear}: {e}");
+            let ok =
+                format!("imageDir: /v\nstorage: {{url: s3://bkt/app, endpoint: '{clear}', allowPlainHttp: true}}\n");
+            assert!(parse(&ok).is_ok(), "{clear}");
+        }
+        for fine in [
+            "https://minio:9000",
+            "http://127.0.0.1:9000",
+            "http://127.8.0.1",
+            "http://localhost:9000",
+            "http://[::1]:9000",
+        ] {
+            assert!(
+                parse(&format!("imageDir: /v\nstorage: {{url: s3://bkt/app, endpoint: '{fine}'}}\n")).is_ok(),
+                "{fine}"
+            );
         }
         let c = parse("imageDir: /v\nstorage: {url: s3://bkt/app, streamPages: false}\n").unwrap();
         assert!(!c.storage.unwrap().stream_pages);

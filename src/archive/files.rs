@@ -12,8 +12,8 @@ use crate::config::AbsPath;
 pub enum FilesError {
     #[error("cannot archive {path}: {source}")]
     Archive { path: PathBuf, source: io::Error },
-    #[error("cannot restore files from {archive}: {source}")]
-    Extract { archive: PathBuf, source: io::Error },
+    #[error("cannot restore files: {0}")]
+    Extract(#[from] super::confined::ConfinedError),
     #[error("cannot delete {path}: {source}")]
     Delete { path: PathBuf, source: io::Error },
 }
@@ -78,16 +78,11 @@ fn append(b: &mut tar::Builder<File>, p: &Path, ty: std::fs::FileType) -> Result
     r.map_err(|e| FilesError::Archive { path: p.into(), source: e })
 }
 
-/// Unpacks an archive made by [`archive_paths`] under `root` (normally `/`).
-pub fn extract(archive: &Path, root: &Path) -> Result<(), FilesError> {
-    let err = |e| FilesError::Extract { archive: archive.into(), source: e };
-    let f = File::open(archive).map_err(err)?;
-    let mut a = tar::Archive::new(f);
-    a.set_preserve_permissions(true);
-    a.set_preserve_ownerships(true);
-    a.set_preserve_mtime(true);
-    a.set_overwrite(true);
-    a.unpack(root).map_err(err)
+/// Unpacks an archive made by [`archive_paths`] under `root` (normally `/`), confined to
+/// `scope` (see [`super::confined`]).
+pub fn extract(archive: &Path, root: &Path, scope: &super::confined::Scope) -> Result<(), FilesError> {
+    super::confined::extract(archive, root, scope)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -119,7 +114,12 @@ mod tests {
 
         let root = base.join("root");
         fs::create_dir_all(&root).unwrap();
-        extract(&archive, &root).unwrap();
+        let scope = super::super::confined::Scope {
+            roots: vec![src.clone(), single.clone()],
+            excluded: vec![],
+            keep_special_bits: true,
+        };
+        extract(&archive, &root, &scope).unwrap();
         let back = root.join(src.strip_prefix("/").unwrap());
         assert_eq!(fs::read(back.join("sub/secret")).unwrap(), b"s3cret");
         let md = fs::metadata(back.join("sub/secret")).unwrap();

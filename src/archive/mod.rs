@@ -1,7 +1,9 @@
 //! What a checkpoint holds beside CRIU's images, archived while CRIU keeps the dumped tree
 //! frozen and put back before the restore: `additionalPaths` and the app's files on tmpfs
-//! mounts ([`files`]), and the container's writable layer ([`rootfs`]).
+//! mounts ([`files`]), and the container's writable layer ([`rootfs`]); put back confined to
+//! where each belongs ([`confined`]).
 
+pub mod confined;
 pub mod files;
 pub mod rootfs;
 

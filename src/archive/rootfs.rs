@@ -34,10 +34,8 @@ pub enum RootfsError {
     Setup(String),
     #[error("cannot archive the container's writable layer ({path}): {source}")]
     Archive { path: PathBuf, source: io::Error },
-    #[error("cannot apply the container's writable layer ({path}): {source}")]
-    Apply { path: PathBuf, source: io::Error },
     #[error("cannot apply the container's writable layer: {0}")]
-    Extract(#[from] crate::archive::files::FilesError),
+    Extract(#[from] crate::archive::confined::ConfinedError),
 }
 
 /// The overlay upper dir of `/`, checked to be reachable from here. Called at start, so that a
@@ -138,24 +136,28 @@ pub fn capture(upper: &Path, archive: &Path, skip: &[&Path]) -> Result<RootfsDif
     Ok(diff)
 }
 
+/// Where a writable layer's changes may land: the root filesystem, outside every other mount
+/// (volumes, /proc, /dev, ...) and crik's own dirs (`skip`).
+pub fn scope(skip: &[&Path]) -> super::confined::Scope {
+    super::confined::Scope {
+        roots: vec![PathBuf::from("/")],
+        excluded: other_mounts().into_iter().chain(skip.iter().map(|p| p.to_path_buf())).collect(),
+        keep_special_bits: false,
+    }
+}
+
 /// Applies a captured diff to this container's root: opaque dirs emptied, deletions done, then
-/// the archive unpacked over `/`.
-pub fn apply(diff: &RootfsDiff, archive: &Path) -> Result<(), RootfsError> {
-    let err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RootfsError::Apply { path, source }
-    };
+/// the archive unpacked over `/`, all confined to `scope` (the manifest's lists and the
+/// archive are read as an adversary may have written them).
+pub fn apply(diff: &RootfsDiff, archive: &Path, scope: &super::confined::Scope) -> Result<(), RootfsError> {
+    let root = Path::new("/");
     for dir in &diff.opaque {
-        if let Ok(rd) = fs::read_dir(dir) {
-            for e in rd.flatten() {
-                super::remove(&e.path()).map_err(err(&e.path()))?;
-            }
-        }
+        super::confined::remove_in_scope(dir, root, scope, true)?;
     }
     for p in &diff.deleted {
-        super::remove(Path::new(p)).map_err(err(Path::new(p)))?;
+        super::confined::remove_in_scope(p, root, scope, false)?;
     }
-    crate::archive::files::extract(archive, Path::new("/"))?;
+    super::confined::extract(archive, root, scope)?;
     log::info!(
         "container's writable layer put back: {} entries, {} deletions, {} replaced dirs",
         diff.archived,

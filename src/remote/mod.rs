@@ -446,7 +446,14 @@ impl Remote {
             .unwrap_or_else(|| "us-east-1".into());
         crate::config::check_region(&region).map_err(|why| S3Error::Setting(format!("the region {why}")))?;
         let endpoint = cfg.endpoint.as_ref().map(|e| e.as_str().to_string());
-        let bucket = Arc::new(Bucket::new(&cfg.url.bucket, endpoint.as_deref(), &region, cfg.request_timeout, env)?);
+        let bucket = Arc::new(Bucket::new(
+            &cfg.url.bucket,
+            endpoint.as_deref(),
+            &region,
+            cfg.request_timeout,
+            cfg.allow_plain_http,
+            env,
+        )?);
         Ok(Remote {
             bucket,
             prefix: cfg.url.prefix.clone(),

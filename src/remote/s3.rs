@@ -135,6 +135,7 @@ impl Bucket {
         endpoint: Option<&str>,
         region: &str,
         request_timeout: Duration,
+        allow_plain_http: bool,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Bucket, S3Error> {
         let (origin, base_path) = match endpoint {
@@ -154,7 +155,7 @@ impl Bucket {
             base_path,
             region: region.to_string(),
             agent,
-            source: key_source(region, env)?,
+            source: key_source(region, allow_plain_http, env)?,
             cached: Mutex::new(None),
             request_timeout,
         })
@@ -370,7 +371,11 @@ impl Bucket {
 /// Keys from the environment: `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY` (+
 /// `AWS_SESSION_TOKEN`), else `AWS_WEB_IDENTITY_TOKEN_FILE` + `AWS_ROLE_ARN` (+
 /// `AWS_ROLE_SESSION_NAME`, `AWS_ENDPOINT_URL_STS`), the variables EKS sets for IRSA.
-fn key_source(region: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<KeySource, S3Error> {
+fn key_source(
+    region: &str,
+    allow_plain_http: bool,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<KeySource, S3Error> {
     let var = |k: &str| env(k).filter(|v| !v.is_empty());
     // A Secret made from a file often ends in a newline: trimmed. Anything else a header cannot
     // carry is refused here, at start, naming the variable (never its value).
@@ -381,6 +386,13 @@ fn key_source(region: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<KeyS
     }
     if let (Some(token_file), Some(role_arn)) = (var("AWS_WEB_IDENTITY_TOKEN_FILE"), var("AWS_ROLE_ARN")) {
         let sts_url = var("AWS_ENDPOINT_URL_STS").unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
+        // STS answers with secret keys: never over the network in the clear unless allowed.
+        if crate::config::is_in_the_clear(&sts_url) && !allow_plain_http {
+            return Err(S3Error::Credentials(format!(
+                "AWS_ENDPOINT_URL_STS {sts_url} is plain http:// to another host: the temporary keys would cross the \
+                 network in the clear; use https://, or set storage.allowPlainHttp: true"
+            )));
+        }
         let session_name = var("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| "crik".into());
         return Ok(KeySource::WebIdentity { token_file, role_arn, session_name, sts_url });
     }
@@ -524,14 +536,24 @@ mod tests {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
-        let s = key_source("eu-west-1", &env(&[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")])).unwrap();
+        let s = key_source("eu-west-1", false, &env(&[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")]))
+            .unwrap();
         assert!(matches!(s, KeySource::Static(k) if k.access_key == "AK" && k.session_token.is_none()));
         let s =
-            key_source("eu-west-1", &env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn:r")])).unwrap();
+            key_source("eu-west-1", false, &env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn:r")]))
+                .unwrap();
         assert!(
             matches!(s, KeySource::WebIdentity { sts_url, .. } if sts_url == "https://sts.eu-west-1.amazonaws.com")
         );
-        let e = key_source("eu-west-1", &env(&[("AWS_ACCESS_KEY_ID", "AK")])).err().unwrap();
+        const STS: [(&str, &str); 3] = [
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"),
+            ("AWS_ROLE_ARN", "arn:r"),
+            ("AWS_ENDPOINT_URL_STS", "http://sts.internal"),
+        ];
+        let e = key_source("eu-west-1", false, &env(&STS)).err().unwrap();
+        assert!(e.to_string().contains("in the clear"), "{e}");
+        assert!(key_source("eu-west-1", true, &env(&STS)).is_ok());
+        let e = key_source("eu-west-1", false, &env(&[("AWS_ACCESS_KEY_ID", "AK")])).err().unwrap();
         assert!(e.to_string().contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{e}");
     }
 
@@ -541,13 +563,16 @@ mod tests {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         // A Secret made from a file: the trailing newline is trimmed.
-        let s = key_source("r", &env(&[("AWS_ACCESS_KEY_ID", "AK\n"), ("AWS_SECRET_ACCESS_KEY", " SK\r\n")])).unwrap();
+        let s = key_source("r", false, &env(&[("AWS_ACCESS_KEY_ID", "AK\n"), ("AWS_SECRET_ACCESS_KEY", " SK\r\n")]))
+            .unwrap();
         assert!(matches!(s, KeySource::Static(k) if k.access_key == "AK" && k.secret_key == "SK"));
         const BAD: [(&str, &str); 3] =
             [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK"), ("AWS_SESSION_TOKEN", "to\nk3n")];
-        let e = key_source("r", &env(&BAD)).err().unwrap().to_string();
+        let e = key_source("r", false, &env(&BAD)).err().unwrap().to_string();
         assert!(e.contains("AWS_SESSION_TOKEN holds a character") && !e.contains("k3n"), "{e}");
-        let e = key_source("r", &env(&[("AWS_ACCESS_KEY_ID", "A K"), ("AWS_SECRET_ACCESS_KEY", "SK")])).err().unwrap();
+        let e = key_source("r", false, &env(&[("AWS_ACCESS_KEY_ID", "A K"), ("AWS_SECRET_ACCESS_KEY", "SK")]))
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("AWS_ACCESS_KEY_ID holds"), "{e}");
         // STS renewing with a token no header can carry: an error, never a panic mid-run.
         let xml = "<Credentials><AccessKeyId>ASIA1</AccessKeyId><SecretAccessKey>s3cr3t</SecretAccessKey>\

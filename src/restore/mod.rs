@@ -59,6 +59,53 @@ pub struct Restored {
     pub keep_open: Vec<OwnedFd>,
 }
 
+/// The checkpoint's archives, each put back only where this configuration says it belongs
+/// (see [`crate::archive::confined`]): a manifest from the image dir or storage may name
+/// archives and paths the configuration never asked for.
+fn put_back_archives(config: &Config, ckpt: &Checkpoint, manifest: &Manifest) -> Result<(), RestoreError> {
+    let own: Vec<&Path> = config
+        .image_dir
+        .iter()
+        .map(|d| d.as_path())
+        .chain(config.storage.iter().filter_map(|s| s.staging_dir.as_ref()).map(|d| d.as_path()))
+        .collect();
+    if let Some(diff) = &manifest.rootfs {
+        if config.capture_rootfs_diff {
+            let scope = crate::archive::rootfs::scope(&own);
+            crate::archive::rootfs::apply(diff, &ckpt.dir.join(crate::layout::ROOTFS_ARCHIVE), &scope)?;
+        } else {
+            log::warn!("the checkpoint holds a writable layer, but captureRootfsDiff is off: not put back");
+        }
+    }
+    if !manifest.runtime_tmpfs.is_empty() {
+        // Only mounts that are tmpfs here: the manifest's list alone could name any dir.
+        let mounts = crate::host::mountinfo::read().unwrap_or_default();
+        let (roots, others): (Vec<PathBuf>, Vec<PathBuf>) =
+            manifest.runtime_tmpfs.iter().map(PathBuf::from).partition(|p| {
+                p.is_absolute() && mounts.iter().rfind(|m| m.point == *p).is_some_and(|m| m.fstype == "tmpfs")
+            });
+        if !others.is_empty() {
+            log::warn!("the checkpoint names {others:?} as tmpfs mounts, which they are not here: their files are not put back");
+        }
+        let excluded = own.iter().map(|p| p.to_path_buf()).collect();
+        let scope = crate::archive::confined::Scope { roots, excluded, keep_special_bits: false };
+        files::extract(&ckpt.dir.join(crate::layout::TMPFS_ARCHIVE), Path::new("/"), &scope)?;
+        log::info!("the app's files on tmpfs mounts put back: {}", manifest.runtime_tmpfs.join(", "));
+    }
+    if manifest.has_files_archive {
+        if config.additional_paths.is_empty() {
+            log::warn!("the checkpoint holds additionalPaths, but none are configured: not put back");
+        } else {
+            let roots = config.additional_paths.iter().map(|p| p.as_path().to_path_buf()).collect();
+            let excluded = own.iter().map(|p| p.to_path_buf()).collect();
+            let scope = crate::archive::confined::Scope { roots, excluded, keep_special_bits: true };
+            files::extract(&ckpt.files_archive(), Path::new("/"), &scope)?;
+            log::info!("additionalPaths put back from {}", ckpt.files_archive().display());
+        }
+    }
+    Ok(())
+}
+
 pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
     let started = std::time::Instant::now();
     let manifest = Manifest::load(&ckpt.manifest_path())?;
@@ -86,17 +133,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
         manifest.created,
         manifest.command
     );
-    if let Some(diff) = &manifest.rootfs {
-        crate::archive::rootfs::apply(diff, &ckpt.dir.join(crate::layout::ROOTFS_ARCHIVE))?;
-    }
-    if !manifest.runtime_tmpfs.is_empty() {
-        files::extract(&ckpt.dir.join(crate::layout::TMPFS_ARCHIVE), Path::new("/"))?;
-        log::info!("the app's files on tmpfs mounts put back: {}", manifest.runtime_tmpfs.join(", "));
-    }
-    if manifest.has_files_archive {
-        files::extract(&ckpt.files_archive(), Path::new("/"))?;
-        log::info!("additionalPaths put back from {}", ckpt.files_archive().display());
-    }
+    put_back_archives(config, ckpt, &manifest)?;
     let mut inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
     let open_files = crate::criu::images::regular_files(&ckpt.images_dir())?;
     for f in crate::restore::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups) {

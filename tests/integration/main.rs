@@ -4,6 +4,7 @@
 mod common;
 
 mod apps;
+mod archives;
 mod checkpoint_restore;
 mod cpu;
 mod examples;

@@ -77,9 +77,10 @@ impl S3Server {
         )
     }
 
-    /// The `storage:` block for crik in a podman container on the bridge network.
+    /// The `storage:` block for crik in a podman container on the bridge network (plain http
+    /// to another host: allowed explicitly).
     pub fn container_config(&self, prefix: &str) -> String {
-        self.config(prefix).replace("127.0.0.1", "host.containers.internal")
+        format!("{}  allowPlainHttp: true\n", self.config(prefix).replace("127.0.0.1", "host.containers.internal"))
     }
 
     /// Credentials as crik reads them.
