@@ -337,9 +337,9 @@ impl Default for Config {
 }
 
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    d.deserialize_any(Checked::<Duration>::new("a number of seconds between 0 and 86400", |v| match v {
+    d.deserialize_any(Checked::<Duration>::new("a number of seconds above 0, at most 86400", |v| match v {
         Scalar::Num(secs) if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
-        Scalar::Num(secs) => Err(format!("must be a number of seconds between 0 and 86400, got {secs}")),
+        Scalar::Num(secs) => Err(format!("must be a number of seconds above 0, at most 86400, got {secs}")),
         Scalar::Str(s) => Err(format!("must be a number of seconds, got {s:?}")),
     }))
 }

@@ -706,3 +706,33 @@ fn a_run_that_could_not_read_storage_never_retires_the_checkpoint_it_did_not_res
     assert!(now.contains(&kept[0]), "still spared: {now:?}\n{}", c.stderr());
     assert!(s3.objects("app/retired").iter().all(|r| *r != kept[0]), "never retired");
 }
+
+/// TLS by default (#23, 7): plain http:// to anything but this host's loopback would carry the
+/// app's memory and signed requests in the clear; refused at start unless allowed. Before, any
+/// http:// endpoint was used as is.
+#[test]
+fn plain_http_to_another_host_is_refused_at_start_unless_allowed() {
+    let s = Scratch::new("s3-plain-http");
+    let storage =
+        "storage:\n  url: s3://crik-test/app\n  endpoint: http://crik-storage.invalid:9000\n  retryAtStart: 0.1\n";
+    let env = [("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "b")];
+    let (code, err) = refused_at_start(&s.config(storage), &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("in the clear") && err.contains("allowPlainHttp"), "{err}");
+    // Allowed: crik goes on to use it (here, a host that does not exist: storage unreadable).
+    let (code, err) = refused_at_start(&s.config(&format!("{storage}  allowPlainHttp: true\n")), &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot read storage s3://crik-test/app"), "{err}");
+    // The STS endpoint too: it answers with secret keys.
+    let token = s.path("token");
+    std::fs::write(&token, "t").unwrap();
+    let local = "storage:\n  url: s3://crik-test/app\n  endpoint: http://127.0.0.1:9\n";
+    let sts = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_str().unwrap()),
+        ("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/r"),
+        ("AWS_ENDPOINT_URL_STS", "http://sts.crik.invalid"),
+    ];
+    let (code, err) = refused_at_start(&s.config(local), &sts);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("AWS_ENDPOINT_URL_STS") && err.contains("in the clear"), "{err}");
+}
