@@ -174,7 +174,10 @@ pub fn extract(archive: &Path, root: &Path, scope: &Scope) -> Result<Extracted, 
         if kind.is_hard_link() {
             return Err(refused("a hardlink (crik never archives one)".into()));
         }
-        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+        // tar writes files with holes (a browser's caches) as GNU sparse entries; reading one
+        // gives its whole contents, holes as zeros.
+        let is_file = kind.is_file() || kind.is_gnu_sparse();
+        if !(is_file || kind.is_dir() || kind.is_symlink()) {
             log::warn!("{}: {} is a {kind:?}: not put back", archive.display(), abs.display());
             done.skipped += 1;
             continue;
@@ -247,7 +250,7 @@ pub fn extract(archive: &Path, root: &Path, scope: &Scope) -> Result<Extracted, 
             )
             .map_err(|e| write(e.into()))?;
             let mut f = File::from(fd);
-            io::copy(&mut entry, &mut f).map_err(write)?;
+            copy_keeping_holes(&mut entry, &mut f).map_err(write)?;
             // Owner first: chown clears setuid/setgid, the mode sets them again where kept.
             fchown(f.as_fd(), uid, gid).map_err(|e| write(e.into()))?;
             fchmod(f.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| write(e.into()))?;
@@ -256,6 +259,29 @@ pub fn extract(archive: &Path, root: &Path, scope: &Scope) -> Result<Extracted, 
         done.entries += 1;
     }
     Ok(done)
+}
+
+/// Copies `from` into the new file `to`, leaving a hole wherever a whole block is zeros: a
+/// sparse file stays sparse (and a file of declared zeros costs no disk).
+fn copy_keeping_holes(from: &mut impl io::Read, to: &mut File) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf[..n].iter().all(|b| *b == 0) {
+            to.seek(SeekFrom::Current(n as i64))?;
+        } else {
+            to.write_all(&buf[..n])?;
+        }
+        len += n as u64;
+    }
+    to.set_len(len)
 }
 
 /// Removes `abs` (deleted from the writable layer) or, with `empty_only`, what the directory
@@ -404,6 +430,31 @@ mod tests {
         // Excluded paths (other mounts) inside a root.
         tar_of(&a, &[("data/vol/x", Regular, "x", 0o644)]);
         assert!(extract(&a, &root, &scope(&["/"], &["/data/vol"], false)).is_err());
+    }
+
+    #[test]
+    fn sparse_files_come_back_whole_and_sparse() {
+        use std::io::{Seek, SeekFrom, Write};
+        let t = TempDir::new("confined-sparse");
+        let src = t.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut f = File::create(src.join("cache")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(b"data in the middle").unwrap();
+        drop(f);
+        let a = t.join("a.tar");
+        let mut b = crate::archive::tar_builder(File::create(&a).unwrap());
+        b.append_path_with_name(src.join("cache"), "data/cache").unwrap();
+        b.into_inner().unwrap();
+        let root = t.join("root");
+        extract(&a, &root, &scope(&["/data"], &[], false)).unwrap();
+        let back = std::fs::read(root.join("data/cache")).unwrap();
+        assert_eq!(back.len(), 8 << 20);
+        assert_eq!(&back[4 << 20..(4 << 20) + 18], b"data in the middle");
+        assert!(back[..4 << 20].iter().all(|b| *b == 0));
+        let blocks = std::fs::metadata(root.join("data/cache")).unwrap().blocks();
+        assert!(blocks * 512 < 1 << 20, "holes kept: {blocks} blocks");
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     let restored =
         startup::restore_newest(&signals, &config, store.as_ref(), remote.as_ref(), !args.command.is_empty())?;
 
+    if let Some(store) = &store {
+        startup::release_network_locks(store);
+    }
     let (app, command, _keep_open) = match restored {
         Some(Restored { pid, manifest, keep_open }) => (pid, manifest.command, keep_open),
         None => {

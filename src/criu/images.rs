@@ -215,6 +215,13 @@ pub fn tcp_connections(dir: &Path) -> Result<Vec<String>, ImageError> {
         .collect())
 }
 
+/// The id of the CRIU run that dumped these images (`inventory.img`), which names the nftables
+/// table of its network lock: `inet CRIU-<id>`. `None`: an image without it.
+pub fn dump_run_id(dir: &Path) -> Result<Option<String>, ImageError> {
+    let inv: criu_proto::inventory::Inventory_entry = read_one(&dir.join("inventory.img"))?;
+    Ok(inv.dump_criu_run_id.clone().filter(|id| !id.is_empty()))
+}
+
 const TCP: u32 = 6;
 const TCP_CLOSE: u32 = 7;
 const TCP_LISTEN: u32 = 10;

@@ -3,6 +3,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod mountinfo;
+pub mod nft;
 pub mod procfs;
 
 /// The container's IP addresses that connections are made to: neither loopback nor link-local.

@@ -182,6 +182,25 @@ pub fn restore_newest(
     Ok(restored)
 }
 
+/// Removes the network-lock tables CRIU left in this network namespace for the image dir's
+/// checkpoints (see [`crate::host::nft`]). Called once a start has restored one or started the
+/// app fresh: none of them will be restored here any more (the one restored had its table
+/// removed by CRIU; the others are older, retired, quarantined, or for another node).
+pub fn release_network_locks(store: &Store) {
+    let Ok(all) = crate::store::list_all(store.root()) else { return };
+    for (_, c) in all {
+        let Ok(Some(run_id)) = crate::criu::images::dump_run_id(&c.images_dir()) else { continue };
+        for name in crate::host::nft::lock_table_names(&run_id) {
+            match crate::host::nft::delete_inet_table(&name) {
+                Ok(true) => log::info!(event = "network_lock_released", table = name.as_str();
+                    "removed CRIU's network-lock table inet {name}: checkpoint {} will not be restored here", c.id),
+                Ok(false) => {}
+                Err(e) => log::debug!("cannot remove table inet {name}: {e}"),
+            }
+        }
+    }
+}
+
 /// `onRestoreFailure` once no checkpoint could be restored: `fail` gives `on_fail`; `coldStart`
 /// starts CMD fresh (an error too when there is no CMD: `can_start_fresh` false).
 fn cold_start_or_fail(

@@ -78,14 +78,23 @@ fn put_back_archives(config: &Config, ckpt: &Checkpoint, manifest: &Manifest) ->
         }
     }
     if !manifest.runtime_tmpfs.is_empty() {
-        // Only mounts that are tmpfs here: the manifest's list alone could name any dir.
+        // Each named file, and only where it lies on a tmpfs mount here: the manifest's list
+        // alone could name any path.
         let mounts = crate::host::mountinfo::read().unwrap_or_default();
+        let on_tmpfs = |p: &Path| {
+            p.is_absolute()
+                && mounts
+                    .iter()
+                    .filter(|m| p.starts_with(&m.point))
+                    .max_by_key(|m| m.point.as_os_str().len())
+                    .is_some_and(|m| m.fstype == "tmpfs")
+        };
         let (roots, others): (Vec<PathBuf>, Vec<PathBuf>) =
-            manifest.runtime_tmpfs.iter().map(PathBuf::from).partition(|p| {
-                p.is_absolute() && mounts.iter().rfind(|m| m.point == *p).is_some_and(|m| m.fstype == "tmpfs")
-            });
+            manifest.runtime_tmpfs.iter().map(PathBuf::from).partition(|p| on_tmpfs(p));
         if !others.is_empty() {
-            log::warn!("the checkpoint names {others:?} as tmpfs mounts, which they are not here: their files are not put back");
+            log::warn!(
+                "the checkpoint names {others:?} as files on tmpfs mounts, which they are not here: not put back"
+            );
         }
         let excluded = own.iter().map(|p| p.to_path_buf()).collect();
         let scope = crate::archive::confined::Scope { roots, excluded, keep_special_bits: false };

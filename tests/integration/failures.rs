@@ -524,3 +524,35 @@ fn settings_that_would_lose_every_checkpoint_are_refused_at_start() {
     let mut c = Container::start(Spec::run(Some(&s.config("")), &[]));
     c.expect_count_after(last);
 }
+
+/// CRIU's network lock outlives a final dump (it keeps the saved connections' peers from seeing
+/// a reset until a restore here). Once a start decides that checkpoint will not be restored in
+/// this network namespace (here: it is damaged, and quarantined), crik removes the table (#22,
+/// 9). Before, it stayed for ever, dropping new connections that reused a saved 4-tuple.
+#[test]
+fn the_network_lock_of_a_checkpoint_never_restored_here_is_removed_at_the_next_start() {
+    let s = Scratch::new("lock-released");
+    let cfg = s.config("");
+    let app = "import socket, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+c = socket.create_connection(l.getsockname()); a, _ = l.accept()
+print('connected', flush=True)
+while True: time.sleep(0.1)
+";
+    let before = criu_nft_tables();
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, "-c", app]));
+    c.expect_line(SHORT, "connected", |l| l == "connected");
+    checkpoint(&mut c);
+    let left: Vec<String> = criu_nft_tables().into_iter().filter(|t| !before.contains(t)).collect();
+    assert_eq!(left.len(), 1, "the final dump's lock stays until a restore: {left:?}");
+    // Damaged: the next start quarantines it and starts fresh; the lock goes with it.
+    let pages = largest_pages_image(&images_of(&s, "checkpoints"));
+    let mut bytes = std::fs::read(&pages).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&pages, bytes).unwrap();
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(LONG, "count 1", |l| l == "count 1");
+    assert_eq!(s.area("quarantine").len(), 1);
+    assert!(!criu_nft_tables().contains(&left[0]), "{}", c.stderr());
+    c.expect_event("network_lock_released", &[("table", left[0].as_str())]);
+}

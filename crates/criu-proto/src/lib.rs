@@ -18,7 +18,7 @@ use std::io::{self, Write};
 #[rustfmt::skip]
 mod generated;
 
-pub use generated::{core, cpuinfo, fdinfo, mm, pagemap, pipe, pstree, regfile, rpc, sk_inet, sk_unix};
+pub use generated::{core, cpuinfo, fdinfo, inventory, mm, pagemap, pipe, pstree, regfile, rpc, sk_inet, sk_unix};
 pub use protobuf::Message;
 
 /// The first word of every image but the service ones' (criu/include/magic.h).

@@ -3,6 +3,7 @@
 pub mod core;
 pub mod cpuinfo;
 pub mod fdinfo;
+pub mod inventory;
 pub mod mm;
 pub mod pagemap;
 pub mod pipe;

@@ -1,0 +1,163 @@
+//! Removing CRIU's network-lock tables from this network namespace. A dump that took the lock
+//! leaves `table inet CRIU-<run id>` behind, dropping the packets of the connections it saved
+//! until a restore here unlocks them. When that checkpoint will never be restored here (another
+//! one was, or it was quarantined), the table only drops new connections that reuse a saved
+//! 4-tuple, and in a network namespace that outlives the container (`hostNetwork`) such tables
+//! pile up. crik removes the ones its own checkpoints name, over netlink (no `nft` binary
+//! needed): one `NFT_MSG_DELTABLE` in a batch, as nft itself sends it.
+
+use std::io;
+
+/// nfnetlink: the netfilter netlink family, its nftables subsystem and batch messages
+/// (linux/netfilter/nfnetlink.h, linux/netfilter/nf_tables.h).
+const NETLINK_NETFILTER: libc::c_int = 12;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_DELTABLE: u16 = 2;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFPROTO_INET: u8 = 1;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLMSG_ERROR: u16 = 2;
+
+/// The tables a dump with CRIU run id `run_id` may have left: CRIU 4.2 names the table
+/// `CRIU-` and the run id cut to fit its 32-byte buffer; later versions keep it whole.
+pub fn lock_table_names(run_id: &str) -> Vec<String> {
+    let mut names = vec![format!("CRIU-{run_id}")];
+    let cut: String = run_id.chars().take(21).collect();
+    if cut.len() < run_id.len() {
+        names.push(format!("CRIU-{cut}"));
+    }
+    names
+}
+
+/// Deletes `table inet <name>`. `Ok(false)`: there was none.
+pub fn delete_inet_table(name: &str) -> io::Result<bool> {
+    if name.is_empty() || name.len() > 255 || name.contains('\0') {
+        return Err(io::Error::other("not a table name"));
+    }
+    // SAFETY: plain socket(2); the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let timeout = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: valid fd, a timeval of the size given.
+    unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    let seq = 1u32;
+    let mut batch = Vec::new();
+    message(&mut batch, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
+    let mut attr = Vec::new();
+    attribute(&mut attr, NFTA_TABLE_NAME, name.as_bytes());
+    let del = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE;
+    message(&mut batch, del, NLM_F_REQUEST | NLM_F_ACK, seq + 1, NFPROTO_INET, 0, &attr);
+    message(&mut batch, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0, NFNL_SUBSYS_NFTABLES, &[]);
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: the buffer is valid for its length; the kernel is the destination (address 0).
+    let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    let sent = unsafe {
+        libc::sendto(
+            raw,
+            batch.as_ptr().cast(),
+            batch.len(),
+            0,
+            (&to as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The ACK of the delete (an nlmsgerr: error 0, or -errno).
+    let mut buf = vec![0u8; 8192];
+    loop {
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut at = 0usize;
+        let n = n as usize;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap_or_default());
+            let got_seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap_or_default());
+            if len < 16 || at + len > n {
+                return Err(io::Error::other("a malformed netlink answer"));
+            }
+            if kind == NLMSG_ERROR && len >= 20 {
+                let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
+                match -errno {
+                    0 if got_seq == seq + 1 => return Ok(true),
+                    0 => {}
+                    libc::ENOENT => return Ok(false),
+                    e => return Err(io::Error::from_raw_os_error(e)),
+                }
+            }
+            at += (len + 3) & !3;
+        }
+    }
+}
+
+/// Appends one netlink message: nlmsghdr, nfgenmsg, then `payload`.
+fn message(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, family: u8, res_id: u16, payload: &[u8]) {
+    let len = 16 + 4 + payload.len();
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    out.push(family);
+    out.push(0); // NFNETLINK_V0
+    out.extend_from_slice(&res_id.to_be_bytes());
+    out.extend_from_slice(payload);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+/// Appends one attribute holding a NUL-terminated string, padded to 4 bytes.
+fn attribute(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    let len = 4 + value.len() + 1;
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.push(0);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn criu_4_2_cuts_the_run_id_to_fit_its_buffer() {
+        let id = "6f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8";
+        assert_eq!(lock_table_names(id), [format!("CRIU-{id}"), "CRIU-6f1c2a3b-4d5e-6f70-81".to_string()]);
+        assert_eq!(lock_table_names("short"), ["CRIU-short"]);
+    }
+
+    #[test]
+    fn a_table_that_is_not_there_is_no_error() {
+        // Needs CAP_NET_ADMIN (crik's tests run as root); the name is one no one uses.
+        match delete_inet_table("CRIU-crik-unit-test-no-such-table") {
+            Ok(existed) => assert!(!existed),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => eprintln!("no CAP_NET_ADMIN: not exercised"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
