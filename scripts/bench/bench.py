@@ -3,7 +3,8 @@
 
 For each workload (about 64 MiB and 1 GiB of incompressible memory, and a multi-process tree):
   - checkpoint time: SIGTERM sent -> crik exits with the checkpoint complete (fsynced, published)
-  - restore time: crik started -> the app answers on its TCP port again
+  - restore time: crik started -> the app answers on its TCP port again (images read cold, out of
+    the page cache, for both)
   - image size
   - the same for the raw `criu dump` / `criu restore` CLI on the same workload, and crik/raw
   - the image dir's write bandwidth (dd of the same bytes with fsync) and checkpoint/dd
@@ -73,6 +74,16 @@ def du(path):
     return total
 
 
+def cold(path):
+    """Every file under `path` out of the page cache: both restores read their images as on a node
+    the checkpoint moved to (crik drops a sealed checkpoint's cache itself; raw CRIU does not)."""
+    os.sync()
+    for d, _, files in os.walk(path):
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
 def crik_container(cfg, cmd):
     return subprocess.Popen([*NS, CRIK, "run", "--config", cfg, "--", *cmd],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -94,6 +105,7 @@ def bench_crik(work, port, mib, children, extra=""):
     if c.returncode != 0:
         raise SystemExit(f"crik checkpoint failed:\n{err}")
     size = du(os.path.join(images, "checkpoints"))
+    cold(images)
     t0 = time.monotonic()
     c = crik_container(cfg, cmd)
     ask(port)
@@ -130,6 +142,7 @@ def bench_raw(work, port, mib, children):
     os.kill(init, signal.SIGKILL)
     holder.wait()
     size = du(images)
+    cold(images)
     t0 = time.monotonic()
     r = subprocess.Popen([*NS, "criu", "restore", "-D", images, "-o", "restore.log", *CRIU_OPTS],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

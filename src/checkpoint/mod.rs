@@ -112,6 +112,8 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<T
     // on the event (an operator, a test) reads the outcome it announces.
     crate::lifecycle::status::write(store.root(), status);
     let p = result?;
+    // Sealed (and uploaded): its pages are clean, and need not stay charged to the container.
+    crate::store::drop_page_cache(&store.root().join(crate::layout::CHECKPOINTS).join(&p.id));
     log::info!(
         event = "checkpoint_finished", kind, id = p.id.as_str(), duration_ms = p.millis,
         dump_ms = p.cost.dump_millis, size_bytes = p.size, staging = p.staging;

@@ -140,11 +140,16 @@ pub fn restore_newest(
                 // Retire it: if the restored app crashes later, the next start must not replay
                 // this (by then stale) state.
                 match store.retire(&ckpt, config.keep_checkpoints) {
-                    Ok(r) => log::info!(
-                        "checkpoint retired to {} (CRIU's log: {})",
-                        r.dir.display(),
-                        r.restore_log().display()
-                    ),
+                    Ok(r) => {
+                        // CRIU read every image: the page cache need not stay charged to the
+                        // restored app's container.
+                        crate::store::drop_page_cache(&r.dir);
+                        log::info!(
+                            "checkpoint retired to {} (CRIU's log: {})",
+                            r.dir.display(),
+                            r.restore_log().display()
+                        )
+                    }
                     Err(e) => log::warn!("cannot retire restored checkpoint: {e}"),
                 }
                 Some(r)

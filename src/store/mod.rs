@@ -437,6 +437,20 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|f| f.sync_all()).map_err(io_err("fsync", dir))
 }
 
+/// Drops the page cache of every file under `dir` (their pages are clean: fsynced, or only
+/// ever read). A dump into the image dir writes as much page cache as the app has memory, and
+/// a restore reads as much: charged to the container's memory cgroup, it would press the app
+/// toward its limit until the kernel reclaims it. Best effort: a file that cannot be opened
+/// keeps its cache.
+pub fn drop_page_cache(dir: &Path) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    for entry in walkdir::WalkDir::new(dir).into_iter().flatten().filter(|e| e.file_type().is_file()) {
+        if let Ok(f) = File::open(entry.path()) {
+            let _ = posix_fadvise(&f, 0, 0, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+        }
+    }
+}
+
 /// The sums of every file under `dir`, sorted by path, without making them durable: for files
 /// that are uploaded, never kept (a streamed checkpoint's small images).
 pub fn sums(dir: &Path) -> Result<Vec<FileSum>, StoreError> {

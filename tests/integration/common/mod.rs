@@ -554,6 +554,11 @@ impl MemoryCgroup {
     pub fn enter(&self, pid: i32) {
         fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
     }
+    /// A value of its memory.stat (`cache`: page cache charged to it, in bytes).
+    pub fn stat(&self, key: &str) -> u64 {
+        let text = fs::read_to_string(self.0.join("memory.stat")).unwrap();
+        text.lines().find_map(|l| l.strip_prefix(&format!("{key} "))).and_then(|v| v.parse().ok()).unwrap()
+    }
 }
 
 impl Drop for MemoryCgroup {
