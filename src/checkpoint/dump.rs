@@ -47,6 +47,7 @@ pub(super) fn dump_into(
     if !lock_network {
         log::debug!("the app holds no TCP connection: CRIU dumps it without its network lock");
     }
+    crate::checkpoint::preflight::warn_if_memory_tight(lock_network);
     let dump_started = Instant::now();
     let mut opts =
         criu::dump_opts(&dir, target.app, target.leave_running, lock_network, &target.config.external_mounts);

@@ -14,12 +14,16 @@ const NETLINK_NETFILTER: libc::c_int = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFPROTO_INET: u8 = 1;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 
 /// The tables a dump with CRIU run id `run_id` may have left: CRIU 4.2 names the table
 /// `CRIU-` and the run id cut to fit its 32-byte buffer; later versions keep it whole.
@@ -32,11 +36,43 @@ pub fn lock_table_names(run_id: &str) -> Vec<String> {
     names
 }
 
-/// Deletes `table inet <name>`. `Ok(false)`: there was none.
-pub fn delete_inet_table(name: &str) -> io::Result<bool> {
-    if name.is_empty() || name.len() > 255 || name.contains('\0') {
-        return Err(io::Error::other("not a table name"));
+/// How many nftables tables this network namespace holds (every family): CRIU's network lock
+/// loads the whole ruleset, and its memory grows with it.
+pub fn count_tables() -> io::Result<usize> {
+    let sock = socket()?;
+    let mut req = Vec::new();
+    let get = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
+    message(&mut req, get, NLM_F_REQUEST | NLM_F_DUMP, 1, 0, 0, &[]);
+    send(&sock, &req)?;
+    let mut tables = 0;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = recv(&sock, &mut buf)?;
+        let mut at = 0usize;
+        while at + 16 <= n {
+            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap_or_default());
+            if len < 16 || at + len > n {
+                return Err(io::Error::other("a malformed netlink answer"));
+            }
+            match kind {
+                NLMSG_DONE => return Ok(tables),
+                NLMSG_ERROR if len >= 20 => {
+                    let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
+                    if errno != 0 {
+                        return Err(io::Error::from_raw_os_error(-errno));
+                    }
+                }
+                k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => tables += 1,
+                _ => {}
+            }
+            at += (len + 3) & !3;
+        }
     }
+}
+
+/// A netfilter netlink socket whose reads give up after 2 s.
+fn socket() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: plain socket(2); the fd is owned below.
     let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, NETLINK_NETFILTER) };
     if fd < 0 {
@@ -48,30 +84,27 @@ pub fn delete_inet_table(name: &str) -> io::Result<bool> {
     // SAFETY: valid fd, a timeval of the size given.
     unsafe {
         libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&timeout as *const libc::timeval).cast(),
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         );
     }
-    let seq = 1u32;
-    let mut batch = Vec::new();
-    message(&mut batch, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
-    let mut attr = Vec::new();
-    attribute(&mut attr, NFTA_TABLE_NAME, name.as_bytes());
-    let del = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE;
-    message(&mut batch, del, NLM_F_REQUEST | NLM_F_ACK, seq + 1, NFPROTO_INET, 0, &attr);
-    message(&mut batch, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0, NFNL_SUBSYS_NFTABLES, &[]);
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    // SAFETY: the buffer is valid for its length; the kernel is the destination (address 0).
+    Ok(sock)
+}
+
+/// Sends `msg` to the kernel.
+fn send(sock: &std::os::fd::OwnedFd, msg: &[u8]) -> io::Result<()> {
+    // SAFETY: zeroed sockaddr_nl is valid (address 0: the kernel).
     let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
     to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: the buffer is valid for its length, the address for its size.
     let sent = unsafe {
         libc::sendto(
-            raw,
-            batch.as_ptr().cast(),
-            batch.len(),
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            msg.as_ptr().cast(),
+            msg.len(),
             0,
             (&to as *const libc::sockaddr_nl).cast(),
             std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
@@ -80,16 +113,39 @@ pub fn delete_inet_table(name: &str) -> io::Result<bool> {
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// One datagram from the kernel into `buf`; its length.
+fn recv(sock: &std::os::fd::OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the buffer is valid for its length.
+    let n = unsafe { libc::recv(std::os::fd::AsRawFd::as_raw_fd(sock), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// Deletes `table inet <name>`. `Ok(false)`: there was none.
+pub fn delete_inet_table(name: &str) -> io::Result<bool> {
+    if name.is_empty() || name.len() > 255 || name.contains('\0') {
+        return Err(io::Error::other("not a table name"));
+    }
+    let sock = socket()?;
+    let seq = 1u32;
+    let mut batch = Vec::new();
+    message(&mut batch, NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
+    let mut attr = Vec::new();
+    attribute(&mut attr, NFTA_TABLE_NAME, name.as_bytes());
+    let del = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_DELTABLE;
+    message(&mut batch, del, NLM_F_REQUEST | NLM_F_ACK, seq + 1, NFPROTO_INET, 0, &attr);
+    message(&mut batch, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0, NFNL_SUBSYS_NFTABLES, &[]);
+    send(&sock, &batch)?;
     // The ACK of the delete (an nlmsgerr: error 0, or -errno).
     let mut buf = vec![0u8; 8192];
     loop {
-        // SAFETY: the buffer is valid for its length.
-        let n = unsafe { libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let n = recv(&sock, &mut buf)?;
         let mut at = 0usize;
-        let n = n as usize;
         while at + 16 <= n {
             let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
             let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap_or_default());
@@ -149,6 +205,24 @@ mod tests {
         let id = "6f1c2a3b-4d5e-6f70-8192-a3b4c5d6e7f8";
         assert_eq!(lock_table_names(id), [format!("CRIU-{id}"), "CRIU-6f1c2a3b-4d5e-6f70-81".to_string()]);
         assert_eq!(lock_table_names("short"), ["CRIU-short"]);
+    }
+
+    #[test]
+    fn tables_are_counted_and_a_new_one_with_them() {
+        let Ok(before) = count_tables() else {
+            eprintln!("no netfilter netlink here: not exercised");
+            return;
+        };
+        let name = format!("crik-unit-{}", std::process::id());
+        let made = std::process::Command::new("nft").args(["add", "table", "inet", &name]).status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("cannot add a table (no nft, or no CAP_NET_ADMIN): not exercised");
+            return;
+        }
+        let during = count_tables().unwrap();
+        assert!(delete_inet_table(&name).unwrap(), "it was there");
+        assert!(!delete_inet_table(&name).unwrap(), "and is gone");
+        assert!(during > before, "{before} -> {during}");
     }
 
     #[test]

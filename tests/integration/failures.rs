@@ -446,6 +446,7 @@ fn an_app_without_connections_is_dumped_without_the_network_lock_within_a_tight_
     };
     cg.enter(c.crik_pid());
     let last = last_count(&checkpoint(&mut c));
+    assert!(c.event("memory_tight", &[]).is_none(), "without the lock it fits\n{}", c.stderr());
     drop(c);
     drop(cg);
     assert_eq!(criu_nft_tables(), tables, "no network lock taken, none left behind");
@@ -484,6 +485,9 @@ while True: time.sleep(0.1)
         msg.contains("CRIU was killed by the OOM killer: its memory counts against the container's limit of 64.0 MiB"),
         "{msg}"
     );
+    // Said before the dump too, with the cause: the ruleset the lock loads (#22, 8).
+    let tight = c.expect_event("memory_tight", &[]);
+    assert!(tight["msg"].as_str().unwrap().contains("nftables ruleset"), "{tight}");
     assert!(s.checkpoints().is_empty(), "{:?}", s.checkpoints());
 }
 
