@@ -153,6 +153,11 @@ pub struct StorageConfig {
     /// clear. Off: only `https://`, or `http://` to the loopback.
     #[serde(default)]
     pub allow_plain_http: bool,
+    /// An AWS shared-credentials file (its `[default]` profile) holding the storage keys, read
+    /// by crik alone: keys in the environment are inherited by the app, and so are in every
+    /// checkpoint. Unset: the environment (or a web-identity token).
+    #[serde(default)]
+    pub credentials_file: Option<AbsPath>,
 }
 
 /// `storage.lease`: the object `lease.json` in the prefix names the one crik that may write

@@ -134,6 +134,17 @@ pub(crate) fn open_remote(config: &Config) -> Result<Option<Remote>, Fatal> {
     let remote = Remote::new(cfg, &|k| std::env::var(k).ok())
         .map_err(|e| Fatal::failed(format!("cannot use storage {}", cfg.url), e))?;
     log::info!("checkpoints are uploaded to {}", remote.url);
+    // The app inherits crik's environment, and a checkpoint holds the app's memory.
+    let inherited: Vec<&str> = ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+        .into_iter()
+        .filter(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()))
+        .collect();
+    if !inherited.is_empty() {
+        log::warn!(event = "credentials_in_environment";
+            "the app inherits {} from crik's environment: every checkpoint holds {}; give crik its storage keys in \
+             storage.credentialsFile (or a web-identity token) and keep them out of the container's environment",
+            inherited.join(" and "), if inherited.len() > 1 { "them" } else { "it" });
+    }
     Ok(Some(remote))
 }
 

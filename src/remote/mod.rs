@@ -452,6 +452,7 @@ impl Remote {
             &region,
             cfg.request_timeout,
             cfg.allow_plain_http,
+            cfg.credentials_file.as_ref().map(|p| p.as_path()),
             env,
         )?);
         Ok(Remote {

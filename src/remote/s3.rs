@@ -105,12 +105,22 @@ pub struct Conflict;
 /// (EKS IRSA and EKS Pod Identity's token file, or any OIDC token AWS trusts).
 enum KeySource {
     Static(Keys),
-    WebIdentity { token_file: String, role_arn: String, session_name: String, sts_url: String },
+    /// An AWS shared-credentials file only crik reads (its `[default]` profile), re-read when it
+    /// changes (a rotated Secret).
+    File(std::path::PathBuf),
+    WebIdentity {
+        token_file: String,
+        role_arn: String,
+        session_name: String,
+        sts_url: String,
+    },
 }
 
 struct Cached {
     keys: Keys,
     expires: Option<SystemTime>,
+    /// The credentials file's modification time when it was read.
+    file_modified: Option<SystemTime>,
 }
 
 /// A bucket at an endpoint, with credentials.
@@ -136,6 +146,7 @@ impl Bucket {
         region: &str,
         request_timeout: Duration,
         allow_plain_http: bool,
+        credentials_file: Option<&std::path::Path>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Bucket, S3Error> {
         let (origin, base_path) = match endpoint {
@@ -155,7 +166,7 @@ impl Bucket {
             base_path,
             region: region.to_string(),
             agent,
-            source: key_source(region, allow_plain_http, env)?,
+            source: key_source(region, allow_plain_http, credentials_file, env)?,
             cached: Mutex::new(None),
             request_timeout,
         })
@@ -349,13 +360,17 @@ impl Bucket {
     fn keys(&self) -> Result<Keys, S3Error> {
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cached.as_ref() {
-            let fresh = c.expires.map_or(true, |t| SystemTime::now() + RENEW_BEFORE < t);
+            let mut fresh = c.expires.map_or(true, |t| SystemTime::now() + RENEW_BEFORE < t);
+            if let KeySource::File(path) = &self.source {
+                fresh &= std::fs::metadata(path).and_then(|m| m.modified()).ok() == c.file_modified;
+            }
             if fresh {
                 return Ok(c.keys.clone());
             }
         }
         let fetched = match &self.source {
-            KeySource::Static(k) => Cached { keys: k.clone(), expires: None },
+            KeySource::Static(k) => Cached { keys: k.clone(), expires: None, file_modified: None },
+            KeySource::File(path) => read_credentials_file(path)?,
             KeySource::WebIdentity { token_file, role_arn, session_name, sts_url } => {
                 let token = std::fs::read_to_string(token_file)
                     .map_err(|e| S3Error::Credentials(format!("cannot read web identity token {token_file}: {e}")))?;
@@ -374,8 +389,14 @@ impl Bucket {
 fn key_source(
     region: &str,
     allow_plain_http: bool,
+    credentials_file: Option<&std::path::Path>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<KeySource, S3Error> {
+    if let Some(path) = credentials_file {
+        // Read now: a missing or unusable file stops crik at start, not at the first upload.
+        read_credentials_file(path)?;
+        return Ok(KeySource::File(path.to_path_buf()));
+    }
     let var = |k: &str| env(k).filter(|v| !v.is_empty());
     // A Secret made from a file often ends in a newline: trimmed. Anything else a header cannot
     // carry is refused here, at start, naming the variable (never its value).
@@ -450,7 +471,48 @@ fn parse_sts_credentials(xml: &str) -> Result<Cached, String> {
         session_token: field("SessionToken")?,
     };
     let expires = xml_value(creds, "Expiration").and_then(|e| humantime::parse_rfc3339_weak(&e).ok());
-    Ok(Cached { keys, expires })
+    Ok(Cached { keys, expires, file_modified: None })
+}
+
+/// Keys from an AWS shared-credentials file (`[default]` profile, or keys before any section):
+/// `aws_access_key_id`, `aws_secret_access_key`, `aws_session_token`. Nothing of its content is
+/// ever shown in an error.
+fn read_credentials_file(path: &std::path::Path) -> Result<Cached, S3Error> {
+    let err = |why: String| S3Error::Credentials(format!("storage.credentialsFile {}: {why}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.len() > 64 << 10 {
+        return Err(err("larger than 64 KiB: not a credentials file".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let keys = parse_credentials_file(&text).map_err(err)?;
+    Ok(Cached { keys, expires: None, file_modified: meta.modified().ok() })
+}
+
+fn parse_credentials_file(text: &str) -> Result<Keys, String> {
+    let mut section: Option<String> = None;
+    let mut found: std::collections::HashMap<String, String> = Default::default();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = Some(name.trim().to_string());
+            continue;
+        }
+        if section.as_deref().is_some_and(|s| s != "default") {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            found.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let mut take =
+        |k: &str| found.remove(k).map(|v| header_value(&v).map_err(|why| format!("its {k} {why}"))).transpose();
+    Ok(Keys {
+        access_key: take("aws_access_key_id")?.ok_or("no aws_access_key_id in its [default] profile")?,
+        secret_key: take("aws_secret_access_key")?.ok_or("no aws_secret_access_key in its [default] profile")?,
+        session_token: take("aws_session_token")?,
+    })
 }
 
 /// A credential as an HTTP header can carry it: surrounding whitespace trimmed, then visible
@@ -536,12 +598,17 @@ mod tests {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
-        let s = key_source("eu-west-1", false, &env(&[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")]))
-            .unwrap();
-        assert!(matches!(s, KeySource::Static(k) if k.access_key == "AK" && k.session_token.is_none()));
         let s =
-            key_source("eu-west-1", false, &env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn:r")]))
+            key_source("eu-west-1", false, None, &env(&[("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK")]))
                 .unwrap();
+        assert!(matches!(s, KeySource::Static(k) if k.access_key == "AK" && k.session_token.is_none()));
+        let s = key_source(
+            "eu-west-1",
+            false,
+            None,
+            &env(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/t"), ("AWS_ROLE_ARN", "arn:r")]),
+        )
+        .unwrap();
         assert!(
             matches!(s, KeySource::WebIdentity { sts_url, .. } if sts_url == "https://sts.eu-west-1.amazonaws.com")
         );
@@ -550,11 +617,28 @@ mod tests {
             ("AWS_ROLE_ARN", "arn:r"),
             ("AWS_ENDPOINT_URL_STS", "http://sts.internal"),
         ];
-        let e = key_source("eu-west-1", false, &env(&STS)).err().unwrap();
+        let e = key_source("eu-west-1", false, None, &env(&STS)).err().unwrap();
         assert!(e.to_string().contains("in the clear"), "{e}");
-        assert!(key_source("eu-west-1", true, &env(&STS)).is_ok());
-        let e = key_source("eu-west-1", false, &env(&[("AWS_ACCESS_KEY_ID", "AK")])).err().unwrap();
+        assert!(key_source("eu-west-1", true, None, &env(&STS)).is_ok());
+        let e = key_source("eu-west-1", false, None, &env(&[("AWS_ACCESS_KEY_ID", "AK")])).err().unwrap();
         assert!(e.to_string().contains("AWS_WEB_IDENTITY_TOKEN_FILE"), "{e}");
+    }
+
+    #[test]
+    fn a_credentials_file_gives_the_default_profiles_keys() {
+        let text = "# made by aws configure\n[other]\naws_access_key_id = NOPE\n\n[default]\n\
+                    aws_access_key_id = AK\nAWS_Secret_Access_Key=SK \r\naws_session_token = tok\n[later]\naws_access_key_id = NO\n";
+        let k = parse_credentials_file(text).unwrap();
+        assert_eq!(
+            (k.access_key.as_str(), k.secret_key.as_str(), k.session_token.as_deref()),
+            ("AK", "SK", Some("tok"))
+        );
+        let k = parse_credentials_file("aws_access_key_id=A\naws_secret_access_key=S\n").unwrap();
+        assert_eq!((k.access_key.as_str(), k.session_token), ("A", None));
+        let e = parse_credentials_file("[default]\naws_access_key_id = A\n").unwrap_err();
+        assert!(e.contains("no aws_secret_access_key"), "{e}");
+        let e = parse_credentials_file("aws_access_key_id = A\naws_secret_access_key = s3 cr3t\n").unwrap_err();
+        assert!(e.contains("aws_secret_access_key holds") && !e.contains("cr3t"), "{e}");
     }
 
     #[test]
@@ -563,14 +647,15 @@ mod tests {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
         };
         // A Secret made from a file: the trailing newline is trimmed.
-        let s = key_source("r", false, &env(&[("AWS_ACCESS_KEY_ID", "AK\n"), ("AWS_SECRET_ACCESS_KEY", " SK\r\n")]))
-            .unwrap();
+        let s =
+            key_source("r", false, None, &env(&[("AWS_ACCESS_KEY_ID", "AK\n"), ("AWS_SECRET_ACCESS_KEY", " SK\r\n")]))
+                .unwrap();
         assert!(matches!(s, KeySource::Static(k) if k.access_key == "AK" && k.secret_key == "SK"));
         const BAD: [(&str, &str); 3] =
             [("AWS_ACCESS_KEY_ID", "AK"), ("AWS_SECRET_ACCESS_KEY", "SK"), ("AWS_SESSION_TOKEN", "to\nk3n")];
-        let e = key_source("r", false, &env(&BAD)).err().unwrap().to_string();
+        let e = key_source("r", false, None, &env(&BAD)).err().unwrap().to_string();
         assert!(e.contains("AWS_SESSION_TOKEN holds a character") && !e.contains("k3n"), "{e}");
-        let e = key_source("r", false, &env(&[("AWS_ACCESS_KEY_ID", "A K"), ("AWS_SECRET_ACCESS_KEY", "SK")]))
+        let e = key_source("r", false, None, &env(&[("AWS_ACCESS_KEY_ID", "A K"), ("AWS_SECRET_ACCESS_KEY", "SK")]))
             .err()
             .unwrap();
         assert!(e.to_string().contains("AWS_ACCESS_KEY_ID holds"), "{e}");

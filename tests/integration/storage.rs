@@ -736,3 +736,68 @@ fn plain_http_to_another_host_is_refused_at_start_unless_allowed() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("AWS_ENDPOINT_URL_STS") && err.contains("in the clear"), "{err}");
 }
+
+/// Storage keys in the environment are inherited by the app, so every checkpoint of its memory
+/// holds them (#23, 5). From `credentialsFile`, crik alone reads them: they are nowhere in the
+/// checkpoint, and a restore on another node works the same. Keys in the environment are
+/// warned about (and, as the control, found in the checkpoint).
+#[test]
+fn storage_keys_from_a_credentials_file_stay_out_of_the_checkpoint() {
+    use crate::common::s3::{ACCESS_KEY, SECRET_KEY};
+    let s = Scratch::new("s3-credentials-file");
+    let s3 = S3Server::start(&s.path("s3"));
+    let creds = s.path("aws-credentials");
+    std::fs::write(
+        &creds,
+        format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"),
+    )
+    .unwrap();
+    // Pages written into the image dir (not streamed): what the checkpoint holds can be read.
+    let storage = format!("{}  streamPages: false\n", s3.config("app"));
+    let holds_secret = |dir: &std::path::Path| {
+        walk_files(dir).iter().any(|f| {
+            let b = std::fs::read(f).unwrap_or_default();
+            b.windows(SECRET_KEY.len()).any(|w| w == SECRET_KEY.as_bytes())
+        })
+    };
+    // Control: keys in the environment are warned about, and land in the checkpoint.
+    let mut c = Container::start(spec(&s.config(&storage), &s3, &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    c.expect_event("credentials_in_environment", &[]);
+    checkpoint(&mut c);
+    assert!(holds_secret(&s.images()), "the app's environment is in its checkpoint");
+    drop(c);
+    std::fs::remove_dir_all(s.images()).unwrap();
+
+    // Another prefix: the control's checkpoint stays where it is.
+    let storage = storage.replace("crik-test/app", "crik-test/app2");
+    let cfg = s.config(&format!("{storage}  credentialsFile: {}\n", creds.display()));
+    let mut c = Container::start(Spec::run(Some(&cfg), &COUNTER));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    assert!(c.event("credentials_in_environment", &[]).is_none(), "{}", c.stderr());
+    let last = last_count(&checkpoint(&mut c));
+    assert!(!holds_secret(&s.images()), "crik's keys are not in the checkpoint");
+    let node2 = Scratch::new("s3-credentials-file-node2");
+    let cfg2 = node2.config(&format!("{}  credentialsFile: {}\n", s3.config("app2"), creds.display()));
+    let mut c = Container::start(Spec::run(Some(&cfg2), &[]));
+    c.expect_count_after(last);
+    drop(c);
+    // A file without the keys: refused at start, its content never shown.
+    std::fs::write(&creds, "[default]\naws_access_key_id = AKIDONLY\n").unwrap();
+    let (code, err) = refused_at_start(&cfg2, &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no aws_secret_access_key") && !err.contains("AKIDONLY"), "{err}");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
