@@ -107,6 +107,68 @@ pub struct Config {
     pub log_format: crate::cmd::logging::LogFormat,
     /// Object storage every checkpoint is uploaded to (imageDir stays the local staging dir).
     pub storage: Option<StorageConfig>,
+    /// Commands run before a checkpoint, after a restore, after a failed checkpoint.
+    pub hooks: HooksConfig,
+    /// A directory the app can watch: crik writes `checkpointing` and `restored` there.
+    pub control_dir: Option<AbsPath>,
+    /// A signal sent to the app's root process once it is restored (`SIGUSR1`, ...).
+    #[serde(deserialize_with = "some_signal")]
+    pub restore_signal: Option<nix::sys::signal::Signal>,
+}
+
+/// `hooks:`: each a command (program and arguments, run without a shell), empty for none.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Before a final checkpoint (and periodic ones with `beforePeriodic`): e.g. drop caches.
+    pub pre_checkpoint: Vec<String>,
+    /// Once the restored app runs: e.g. refresh credentials, reconnect.
+    pub post_restore: Vec<String>,
+    /// After a checkpoint failed (`CRIK_ERROR` says why).
+    pub checkpoint_failed: Vec<String>,
+    /// Upper bound for one hook, in seconds (its whole session is killed past it). A final
+    /// checkpoint's preCheckpoint counts against `checkpointBudget`.
+    #[serde(deserialize_with = "seconds")]
+    pub timeout: Duration,
+    /// Run preCheckpoint before periodic checkpoints too.
+    pub before_periodic: bool,
+    /// When preCheckpoint fails or times out: `checkpoint` anyway (logged), or `skip` it.
+    pub on_pre_checkpoint_failure: OnHookFailure,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig {
+            pre_checkpoint: Vec::new(),
+            post_restore: Vec::new(),
+            checkpoint_failed: Vec::new(),
+            timeout: Duration::from_secs(10),
+            before_periodic: false,
+            on_pre_checkpoint_failure: OnHookFailure::default(),
+        }
+    }
+}
+
+/// What a failed or timed-out preCheckpoint hook does to the checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum OnHookFailure {
+    /// Checkpoint anyway: the app's state matters more than its tidiness.
+    #[default]
+    Checkpoint,
+    /// No checkpoint this time (a final one: the app gets SIGTERM, as when a checkpoint fails).
+    Skip,
+}
+
+fn some_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<nix::sys::signal::Signal>, D::Error> {
+    let name = String::deserialize(d)?;
+    let full = if name.starts_with("SIG") { name.clone() } else { format!("SIG{name}") };
+    match full.parse::<nix::sys::signal::Signal>() {
+        Ok(s) if !matches!(s, nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP) => Ok(Some(s)),
+        _ => Err(serde::de::Error::custom(format!(
+            "restoreSignal: {name:?} is not a signal crik can send (e.g. SIGUSR1)"
+        ))),
+    }
 }
 
 /// `storage:`: an S3 bucket (or any S3-compatible store) that checkpoints are mirrored to.
@@ -337,6 +399,9 @@ impl Default for Config {
             on_escaped_processes: OnEscapedProcesses::default(),
             isolate_ipc: false,
             storage: None,
+            hooks: HooksConfig::default(),
+            control_dir: None,
+            restore_signal: None,
         }
     }
 }

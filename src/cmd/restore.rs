@@ -38,6 +38,7 @@ pub fn restore(args: RestoreArgs) -> Result<i32, Fatal> {
     let r = crate::restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
+    crate::lifecycle::hooks::after_restore(&signals, &config, &r.id, r.pid, &r.manifest);
     let ctx = Context {
         store: Some(&store),
         remote: remote.as_ref(),

@@ -33,7 +33,10 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
         startup::release_network_locks(store);
     }
     let (app, command, _keep_open) = match restored {
-        Some(Restored { pid, manifest, keep_open }) => (pid, manifest.command, keep_open),
+        Some(Restored { id, pid, manifest, keep_open }) => {
+            crate::lifecycle::hooks::after_restore(&signals, &config, &id, pid, &manifest);
+            (pid, manifest.command, keep_open)
+        }
         None => {
             if args.command.is_empty() {
                 return Err(Fatal::Usage(

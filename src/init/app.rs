@@ -236,6 +236,8 @@ impl ProcessTable {
         self.descendants(std::process::id() as i32)
             .into_iter()
             .filter(|p| !in_app.contains(p))
+            // A zombie waiting to be reaped (a hook's killed helper, say) is no process to lose.
+            .filter(|p| !Stat::of(*p).is_some_and(Stat::exited))
             .filter_map(|p| {
                 let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?.trim().to_string();
                 (comm != "criu").then_some((p, comm))

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use crate::checkpoint::{self, CheckpointError, Target};
-use crate::config::{Config, OnNodeStateError};
+use crate::config::{Config, OnHookFailure, OnNodeStateError};
 use crate::init::app;
 use crate::init::supervisor::{self, Periodic, Signals, TermAction};
+use crate::lifecycle::hooks::{self, Moment};
 use crate::lifecycle::nodestate::{Answer, Query};
 use crate::lifecycle::plan::{self, Cost, Decision};
 use crate::lifecycle::status::CheckpointStatus;
@@ -99,6 +100,12 @@ pub fn supervise(
         if !node_is_going_away(node_state, config.on_node_state_error) {
             return TermAction::Forward;
         }
+        // The app's turn first (its time counts against the budget, measured below).
+        if !before_checkpoint(signals, config, "final", pid) {
+            log::warn!("no final checkpoint (hooks.onPreCheckpointFailure: skip); passing SIGTERM on to the app");
+            saved = Some(Saved::Failed);
+            return TermAction::Forward;
+        }
         let deadline = match config.checkpoint_budget {
             None => config.checkpoint_timeout,
             Some(budget) => {
@@ -125,6 +132,7 @@ pub fn supervise(
                         status.id = Some(id);
                         status.error = Some(format!("would take about {estimate_ms} ms, {left_ms} ms of budget left"));
                         crate::lifecycle::status::write(store.root(), status);
+                        hooks::withdraw(config, hooks::CHECKPOINTING);
                         saved = Some(Saved::KeptPeriodic);
                         return TermAction::Forward;
                     }
@@ -142,11 +150,14 @@ pub fn supervise(
                 // nowhere): a restart on this node restores it; a new node restores storage's
                 // newest (an older one, or none).
                 log::error!(event = "checkpoint_failed", kind = "final", uploaded = false; "{e}");
+                after_failure(signals, config, "final", pid, &e);
                 TermAction::Exit(1)
             }
             Err(e) => {
                 log::error!(event = "checkpoint_failed"; "checkpoint failed: {e}");
                 log::warn!("the app keeps running; passing SIGTERM on so it can shut down cleanly");
+                hooks::withdraw(config, hooks::CHECKPOINTING);
+                after_failure(signals, config, "final", pid, &e);
                 saved = Some(Saved::Failed);
                 TermAction::Forward
             }
@@ -154,9 +165,16 @@ pub fn supervise(
     };
     let mut periodic_run = |pid| {
         let Some(store) = store else { return };
+        if config.hooks.before_periodic && !before_checkpoint(signals, config, "periodic", pid) {
+            log::warn!("no periodic checkpoint this time (hooks.onPreCheckpointFailure: skip)");
+            hooks::withdraw(config, hooks::CHECKPOINTING);
+            return;
+        }
         let deadline = config.checkpoint_timeout;
         let target = target_of(pid, true, deadline);
-        match checkpoint::checkpoint(signals, store, &target) {
+        let taken = checkpoint::checkpoint(signals, store, &target);
+        hooks::withdraw(config, hooks::CHECKPOINTING);
+        match taken {
             Ok(t) => {
                 periodic_taken.borrow_mut().push(t.id);
                 history.borrow_mut().insert(0, t.cost);
@@ -165,10 +183,15 @@ pub fn supervise(
                 // Kept in the image dir all the same (as a rule): one of this run's checkpoints.
                 log::error!(event = "checkpoint_failed", kind = "periodic", uploaded = false, id = id.as_str();
                     "periodic checkpoint {id} was not uploaded to {url} (the app keeps running): {source}; {kept}");
+                let vars = [("CRIK_CHECKPOINT_KIND", "periodic".to_string()), ("CRIK_ERROR", source.to_string())];
+                hooks::run(signals, config, Moment::CheckpointFailed, &vars);
                 periodic_taken.borrow_mut().push(id);
             }
-            Err(e) => log::error!(event = "checkpoint_failed", kind = "periodic";
-                "periodic checkpoint failed (the app keeps running): {e}"),
+            Err(e) => {
+                log::error!(event = "checkpoint_failed", kind = "periodic";
+                    "periodic checkpoint failed (the app keeps running): {e}");
+                after_failure(signals, config, "periodic", pid, &e);
+            }
         }
     };
     let periodic = match (store, config.checkpoint_interval) {
@@ -209,6 +232,30 @@ pub fn supervise(
         (_, Some(Saved::Failed)) if code == 0 => 1,
         _ => code,
     }
+}
+
+/// Before a checkpoint: `checkpointing` in the control dir, then the preCheckpoint hook.
+/// `false`: the hook failed and `hooks.onPreCheckpointFailure` says to skip the checkpoint.
+fn before_checkpoint(signals: &Signals, config: &Config, kind: &str, app: nix::unistd::Pid) -> bool {
+    hooks::announce(config, hooks::CHECKPOINTING, &hooks::checkpointing(kind));
+    let vars = [("CRIK_CHECKPOINT_KIND", kind.to_string()), ("CRIK_APP_PID", app.to_string())];
+    if hooks::run(signals, config, Moment::PreCheckpoint, &vars) {
+        return true;
+    }
+    match config.hooks.on_pre_checkpoint_failure {
+        OnHookFailure::Checkpoint => {
+            log::warn!("checkpointing anyway (hooks.onPreCheckpointFailure: checkpoint)");
+            true
+        }
+        OnHookFailure::Skip => false,
+    }
+}
+
+/// After a failed checkpoint: the checkpointFailed hook, told why.
+fn after_failure(signals: &Signals, config: &Config, kind: &str, app: nix::unistd::Pid, e: &CheckpointError) {
+    let vars =
+        [("CRIK_CHECKPOINT_KIND", kind.to_string()), ("CRIK_APP_PID", app.to_string()), ("CRIK_ERROR", e.to_string())];
+    hooks::run(signals, config, Moment::CheckpointFailed, &vars);
 }
 
 /// What a SIGTERM did with the app's state.

@@ -54,6 +54,8 @@ pub enum RestoreError {
 /// A restored app: its PID, what it was, and fds that must stay open while it runs
 /// (the orphan pts master CRIU hands over when the app had a terminal).
 pub struct Restored {
+    /// The checkpoint's id.
+    pub id: String,
     pub pid: Pid,
     pub manifest: Manifest,
     pub keep_open: Vec<OwnedFd>,
@@ -211,7 +213,7 @@ pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<
                 duration_ms = ms, verify_ms, criu_ms;
                 "restored app as pid {pid} in {ms} ms (CRIU {criu_ms} ms; page checksums {verify_ms} ms, alongside)"
             );
-            Ok(Restored { pid, manifest, keep_open: r.received_fds })
+            Ok(Restored { id: ckpt.id.clone(), pid, manifest, keep_open: r.received_fds })
         }
         Err(e) => {
             // Whatever CRIU half-restored is a child of crik (restore-sibling): kill it all.

@@ -9,6 +9,7 @@ mod checkpoint_restore;
 mod cpu;
 mod examples;
 mod failures;
+mod hooks;
 mod inspect;
 mod lease;
 mod nodestate;
