@@ -166,3 +166,33 @@ fn storage_down_at_start_is_waited_for_and_never_cold_started_by_default() {
     c.expect_count_after(last);
     assert!(c.event("store_unreadable", &[]).is_none(), "{}", c.stderr());
 }
+
+/// Storage cut off in the middle of a start's download (#22, 2: before, the start gave up after
+/// three quick tries and the app started fresh): the download is tried again once storage is
+/// back, and the state restored.
+#[test]
+fn storage_lost_mid_download_is_waited_for_and_the_state_restored() {
+    let s = Scratch::new("lease-mid-download");
+    let mut s3 = S3Server::start(&s.path("s3"));
+    // 192 MiB of random memory: a download that takes a while, one request at a time.
+    let storage = format!("{}  concurrency: 1\n", s3.config("app"));
+    let app = "import os, time
+data = os.urandom(192 << 20)
+i = 0
+while True:
+    i += 1; print(f'count {i}', flush=True); time.sleep(0.1)
+";
+    let mut c = Container::start(spec(&s.config(&storage), &s3, &[crate::common::PYTHON, "-c", app]));
+    c.expect_line(LONG, "count 3", |l| l == "count 3");
+    let last = last_count(&checkpoint(&mut c));
+
+    let node2 = Scratch::new("lease-mid-download-node2");
+    let mut c = Container::start(spec(&node2.config(&storage), &s3, &[]));
+    assert!(eventually(LONG, || c.event("download_started", &[]).is_some()), "{}", c.stderr());
+    s3.stop();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    s3.resume();
+    c.expect_count_after(last);
+    c.expect_event("storage_retry", &[]);
+    assert!(c.event("store_unreadable", &[]).is_none(), "{}", c.stderr());
+}
