@@ -8,7 +8,7 @@
 //!  ├ config   the configuration file, every value checked while parsing
 //!  ├ init     PID-1 duties: the app as a child, signals forwarded, orphans reaped
 //!  ├ lifecycle  decisions: which checkpoint to restore at start, what SIGTERM does (node state,
-//!  │            checkpoint plan), the status file
+//!  │            checkpoint plan), the app's hooks and control dir, the status file
 //!  ├ checkpoint  a running app → a published checkpoint (preflight, CRIU dump, archives)
 //!  ├ restore     a checkpoint → the running app (verify, files re-pointed, CRIU restore)
 //!  │   └ criu      CRIU itself: the swrk client, options, page server, images, CPU records
@@ -16,7 +16,7 @@
 //!  ├ store     the image dir: staging, sealing, publishing, retiring, integrity
 //!  └ remote    object storage: the lease (one writer per prefix), chunks, upload, download,
 //!              garbage collection, S3, SigV4
-//! host        facts about the machine: capabilities, cgroups, mounts, addresses
+//! host        facts about the machine: capabilities, cgroups, mounts, addresses, nftables tables
 //! ```
 
 mod archive;
