@@ -144,3 +144,44 @@ fn recipe_a_worker_drops_its_cache_before_the_checkpoint() {
     assert!(kept > 128 << 20, "{kept}");
     assert!(dropped < kept / 4, "{dropped} of {kept}");
 }
+
+/// Two cycles, periodic and final checkpoints, fresh and restored apps: each checkpoint gets its
+/// preCheckpoint (with its kind), each restore its `restored` file and postRestore.
+#[test]
+fn hooks_follow_the_app_over_two_cycles_with_periodic_checkpoints() {
+    let s = Scratch::new("hooks-cycles");
+    let ctl = s.path("ctl");
+    let log = s.path("hooks.log");
+    let cfg = s.config(&format!(
+        "checkpointInterval: 1\ncontrolDir: {ctl}\nhooks:\n  beforePeriodic: true\n  \
+         preCheckpoint: [sh, -c, 'echo pre-$CRIK_CHECKPOINT_KIND >> {log}']\n  \
+         postRestore: [sh, -c, 'echo post >> {log}']\n",
+        ctl = ctl.display(),
+        log = log.display()
+    ));
+    let app = watching_app(&ctl);
+    let mut c = Container::start(Spec::run(Some(&cfg), &["sh", "-c", &app]));
+    for cycle in 1..=2 {
+        assert!(
+            eventually(LONG, || c.event("checkpoint_finished", &[("kind", "periodic")]).is_some()),
+            "{}",
+            c.stderr()
+        );
+        // Between checkpoints the app runs on: no `checkpointing` file is left to mislead it.
+        assert!(eventually(SHORT, || !ctl.join("checkpointing").exists()), "cycle {cycle}");
+        let last = last_count(&checkpoint(&mut c));
+        c = Container::start(Spec::run(Some(&cfg), &[]));
+        c.expect_count_after(last);
+        let seen = c.stdout_seen.iter().any(|l| l.starts_with("restored file: "));
+        if !seen {
+            c.expect_line(SHORT, "the restored file", |l| l.starts_with("restored file: "));
+        }
+        assert!(eventually(SHORT, || c.event("hook_finished", &[("hook", "postRestore")]).is_some()), "{}", c.stderr());
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.iter().filter(|l| **l == "post").count(), 2, "{text}");
+    assert_eq!(lines.iter().filter(|l| **l == "pre-final").count(), 2, "{text}");
+    assert!(lines.iter().filter(|l| **l == "pre-periodic").count() >= 2, "{text}");
+    c.kill();
+}
