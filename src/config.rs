@@ -114,6 +114,17 @@ pub struct Config {
     /// A signal sent to the app's root process once it is restored (`SIGUSR1`, ...).
     #[serde(deserialize_with = "some_signal")]
     pub restore_signal: Option<nix::sys::signal::Signal>,
+    /// Keys that seal what crik stores in object storage.
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `encryption:`: checkpoints in object storage sealed (AES-256-GCM, keyed chunk names) with the
+/// first key; every key opens (rotation). See docs/design/authenticated-checkpoints.md.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// Files made by `crik keygen` (a mounted Secret).
+    pub key_files: Vec<AbsPath>,
 }
 
 /// `hooks:`: each a command (program and arguments, run without a shell), empty for none.
@@ -402,6 +413,7 @@ impl Default for Config {
             hooks: HooksConfig::default(),
             control_dir: None,
             restore_signal: None,
+            encryption: None,
         }
     }
 }
@@ -709,6 +721,17 @@ fn check(c: &Config) -> Result<(), String> {
         }
         if !(1..=MAX_CONCURRENCY).contains(&s.concurrency) {
             return Err(format!("storage.concurrency must be between 1 and {MAX_CONCURRENCY}, got {}", s.concurrency));
+        }
+    }
+    if let Some(enc) = &c.encryption {
+        if enc.key_files.is_empty() {
+            return Err("encryption.keyFiles must name at least one key file (made by `crik keygen`)".into());
+        }
+        if c.storage.is_none() {
+            return Err(
+                "encryption seals checkpoints in object storage: it needs storage (the image dir is not sealed yet)"
+                    .into(),
+            );
         }
     }
     if let Some(ns) = &c.node_state {

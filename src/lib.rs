@@ -30,6 +30,7 @@ mod layout;
 mod lifecycle;
 mod remote;
 mod restore;
+mod seal;
 mod sizes;
 mod store;
 #[cfg(test)]

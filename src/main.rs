@@ -9,6 +9,7 @@ fn main() {
         Command::Run(args) => crik::cmd::run::run(args),
         Command::Restore(args) => crik::cmd::restore::restore(args),
         Command::Inspect(args) => crik::cmd::inspect::run(args),
+        Command::Keygen => crik::cmd::keygen(),
     };
     let code = match result {
         Ok(code) => code,

@@ -14,7 +14,8 @@ uploads pages as they arrive). Then the streamed incremental final checkpoint wi
 lease (the default) and without it (`lease.enabled: false`), alternated BENCH_LEASE_RUNS times
 (3), medians side by side. Goals (on the default, streamed): the incremental final checkpoint
 sends <= 15 % of the full one's bytes and takes <= 0.35x its time; crik's upload throughput >=
-boto3's; the lease costs < 5 % of the incremental final checkpoint's time.
+boto3's; the lease costs < 5 % of the incremental final checkpoint's time; with a key (sealed chunks and
+manifests) the incremental final checkpoint and the restore take <= 1.10x their time without.
 """
 import json
 import os
@@ -73,26 +74,27 @@ class Crik:
         return events(err)
 
 
-def config(work, name, port_s3, prefix, staging=None, stream=False, lease=True):
+def config(work, name, port_s3, prefix, staging=None, stream=False, lease=True, key=None):
     cfg = os.path.join(work, f"{name}.yaml")
     extra = f"  stagingDir: {staging}\n" if staging else ""
     extra += "" if stream else "  streamPages: false\n"
     extra += "" if lease else "  lease:\n    enabled: false\n"
+    extra += f"encryption:\n  keyFiles: [{key}]\n" if key else ""
     open(cfg, "w").write(f"imageDir: {os.path.join(work, name)}\nlogFormat: json\n"
                          f"storage:\n  url: s3://{BUCKET}/{prefix}\n  endpoint: http://127.0.0.1:{port_s3}\n{extra}")
     return cfg
 
 
-def full_then_incremental(work, port_s3, mib, prefix, staging, stream=False, lease=True):
+def full_then_incremental(work, port_s3, mib, prefix, staging, stream=False, lease=True, key=None):
     """A full checkpoint, a restore on another node, 10 % of the memory changed, the final one."""
     port = free_port()
     cmd = [PY, APP, str(port), str(mib), "random"]
-    c = Crik(config(work, f"{prefix}-node1", port_s3, prefix, staging, stream, lease), cmd)
+    c = Crik(config(work, f"{prefix}-node1", port_s3, prefix, staging, stream, lease, key), cmd)
     ask(port)
     before = ask(port, b"CHECK")
     full_s, ev = c.term()
     t0 = time.monotonic()
-    c = Crik(config(work, f"{prefix}-node2", port_s3, prefix, staging, stream, lease), cmd)
+    c = Crik(config(work, f"{prefix}-node2", port_s3, prefix, staging, stream, lease, key), cmd)
     ask(port)
     restore_s = time.monotonic() - t0
     if ask(port, b"CHECK") != before:
@@ -159,12 +161,23 @@ def main():
             raise SystemExit("the streamed run did not stream")
         # The lease's cost: the streamed incremental final checkpoint with and without it,
         # alternated; each run's data removed after it (1 GiB in the bucket each).
+        # And sealed with a key (encryption.keyFiles), alternated with the same runs.
+        keyfile = os.path.join(work, "crik.key")
+        with open(keyfile, "wb") as f:
+            f.write(subprocess.run([CRIK, "keygen"], check=True, capture_output=True).stdout)
         lease_s = {True: [], False: []}
+        sealed_s, sealed_restore, plain_restore = [], [], []
         for i in range(int(os.environ.get("BENCH_LEASE_RUNS", "3"))):
-            for lease in (True, False):
-                prefix = f"lease-{'on' if lease else 'off'}-{i}"
-                r = full_then_incremental(work, port_s3, mib, prefix, None, stream=True, lease=lease)
-                lease_s[lease].append(r["inc_s"])
+            for lease, key in ((True, None), (False, None), (True, keyfile)):
+                prefix = f"lease-{'on' if lease else 'off'}{'-key' if key else ''}-{i}"
+                r = full_then_incremental(work, port_s3, mib, prefix, None, stream=True, lease=lease, key=key)
+                if key:
+                    sealed_s.append(r["inc_s"])
+                    sealed_restore.append(r["restore_s"])
+                else:
+                    lease_s[lease].append(r["inc_s"])
+                    if lease:
+                        plain_restore.append(r["restore_s"])
                 shutil.rmtree(os.path.join(work, "s3", BUCKET, prefix), ignore_errors=True)
                 for node in ("node1", "node2"):
                     shutil.rmtree(os.path.join(work, f"{prefix}-{node}"), ignore_errors=True)
@@ -207,7 +220,13 @@ def main():
     on, off = (sorted(lease_s[k])[len(lease_s[k]) // 2] for k in (True, False))
     rows.append(("streamed incremental, lease on / off (medians)", f"{on:.2f} s / {off:.2f} s: {(on / off - 1) * 100:+.1f} % "
                  f"(on: {', '.join(f'{x:.2f}' for x in lease_s[True])}; off: {', '.join(f'{x:.2f}' for x in lease_s[False])})"))
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    inc_key, rest_key, rest_plain = med(sealed_s), med(sealed_restore), med(plain_restore)
+    rows.append(("streamed incremental, key / no key (medians)", f"{inc_key:.2f} s / {on:.2f} s: {inc_key / on:.2f}x"))
+    rows.append(("restore on a new node, key / no key (medians)", f"{rest_key:.2f} s / {rest_plain:.2f} s: {rest_key / rest_plain:.2f}x"))
     rows.append(("goal: incremental bytes <= 15 % (streamed)", "met" if bytes_ratio <= 0.15 else "MISSED"))
+    rows.append(("goal: with a key <= 1.10x (incremental, restore)",
+                 "met" if inc_key <= on * 1.10 and rest_key <= rest_plain * 1.10 else "MISSED"))
     rows.append(("goal: the lease costs < 5 % of the incremental time", "met" if on < off * 1.05 else "MISSED"))
     rows.append(("goal: incremental time <= 0.35x (streamed)", "met" if time_ratio <= 0.35 else "MISSED"))
     rows.append(("goal: upload >= boto3", "met" if full['bytes'] / (full['duration_ms'] / 1000) >= total / b_up else "MISSED"))

@@ -58,7 +58,19 @@ pub enum Command {
     /// Show what the checkpoints in an image dir hold (read-only)
     #[command(after_help = INSPECT_AFTER)]
     Inspect(InspectArgs),
+    /// Print a new random key for encryption.keyFiles (keep it out of the image and the bucket)
+    #[command(after_help = KEYGEN_AFTER)]
+    Keygen,
 }
+
+const KEYGEN_AFTER: &str = "\
+Writes one line to stdout: `crik-key-v1:` and 64 hex digits (256 random bits).
+Store it as a Kubernetes Secret mounted as a file and name that file in
+encryption.keyFiles: checkpoints in object storage are then sealed with it
+(AES-256-GCM, keyed chunk names) and refused if altered or sealed elsewhere.
+
+Example:
+  crik keygen > crik.key && kubectl create secret generic crik-key --from-file=crik.key";
 
 const INSPECT_AFTER: &str = "\
 Lists every checkpoint in the image dir (complete, retired, quarantined or

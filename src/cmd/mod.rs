@@ -127,11 +127,41 @@ pub(crate) fn check_criu(signals: &Signals) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `crik keygen`: a new key file's line on stdout.
+pub fn keygen() -> Result<i32, Fatal> {
+    let text = crate::seal::Key::generate().map_err(|e| Fatal::failed("cannot make a key", e))?;
+    print!("{text}");
+    Ok(0)
+}
+
+/// `encryption.keyFiles`, read at start: a missing or malformed key is found now, not when a
+/// checkpoint is written or restored.
+fn open_keys(config: &Config) -> Result<Option<crate::seal::Keys>, Fatal> {
+    let Some(enc) = &config.encryption else { return Ok(None) };
+    let mut keys = Vec::new();
+    for path in &enc.key_files {
+        let text = std::fs::read_to_string(path.as_path())
+            .map_err(|e| Fatal::failed(format!("cannot read encryption key {path}"), e))?;
+        let key = crate::seal::Key::parse(&text).map_err(|e| Fatal::failed(format!("encryption key {path}"), e))?;
+        log::debug!("encryption key {} from {path}", key.id_hex);
+        keys.push(key);
+    }
+    Ok(crate::seal::Keys::new(keys))
+}
+
 /// `storage:` is checked at start (credentials, bucket, endpoint), not when the node is going
 /// away.
 pub(crate) fn open_remote(config: &Config) -> Result<Option<Remote>, Fatal> {
     let Some(cfg) = &config.storage else { return Ok(None) };
-    let remote = Remote::new(cfg, &|k| std::env::var(k).ok())
+    let keys = open_keys(config)?;
+    match &keys {
+        Some(k) => log::info!("checkpoints in storage are sealed with key {} (encryption.keyFiles)", k.writer().id_hex),
+        None => log::warn!(
+            "checkpoints in storage are neither encrypted nor authenticated: anyone who can write the bucket can \
+             make crik restore what they wrote (set encryption.keyFiles; see docs/security.md)"
+        ),
+    }
+    let remote = Remote::new(cfg, keys, &|k| std::env::var(k).ok())
         .map_err(|e| Fatal::failed(format!("cannot use storage {}", cfg.url), e))?;
     log::info!("checkpoints are uploaded to {}", remote.url);
     // The app inherits crik's environment, and a checkpoint holds the app's memory.

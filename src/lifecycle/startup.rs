@@ -228,7 +228,7 @@ fn cold_start_or_fail(
 fn stops_at_start(e: &RemoteError) -> bool {
     match e {
         RemoteError::S3(s) | RemoteError::Lease(LeaseError::S3(s)) => s.is_definitive(),
-        RemoteError::Lease(_) => true,
+        RemoteError::Lease(_) | RemoteError::Key { .. } => true,
         _ => false,
     }
 }

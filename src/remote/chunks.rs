@@ -106,12 +106,8 @@ impl Chunker {
     }
 }
 
-pub fn compress(data: &[u8]) -> Vec<u8> {
-    zstd::bulk::compress(data, ZSTD_LEVEL).expect("zstd compresses any input into a Vec")
-}
-
-/// Decompresses a stored chunk and checks it is the one `r` names.
-pub fn open(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
+/// Decompresses a stored chunk into at most the length `r` lists, which it must have.
+pub fn decompress(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
     let damaged = |why: String| ChunkError::Damaged { hash: r.hash.clone(), why };
     if r.len > MAX_SIZE {
         return Err(damaged(format!("listed as {} bytes, more than chunks ever are", r.len)));
@@ -120,6 +116,17 @@ pub fn open(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
     if data.len() != r.len as usize {
         return Err(damaged(format!("{} bytes, the manifest says {}", data.len(), r.len)));
     }
+    Ok(data)
+}
+
+pub fn compress(data: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(data, ZSTD_LEVEL).expect("zstd compresses any input into a Vec")
+}
+
+/// Decompresses a stored chunk and checks it is the one `r` names.
+pub fn open(stored: &[u8], r: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
+    let damaged = |why: String| ChunkError::Damaged { hash: r.hash.clone(), why };
+    let data = decompress(stored, r)?;
     let got = hash(&data);
     if got != r.hash {
         return Err(damaged(format!("its content hashes to {got}")));

@@ -62,6 +62,10 @@ pub enum RemoteError {
     /// The prefix's lease: held by another crik, lost, or not to be had.
     #[error(transparent)]
     Lease(#[from] LeaseError),
+    /// A checkpoint sealed with a key crik was not given: a configuration matter (the
+    /// checkpoint is kept), never damage.
+    #[error("checkpoint {id} in storage is {source}")]
+    Key { id: String, source: crate::seal::SealError },
 }
 
 impl RemoteError {
@@ -211,6 +215,8 @@ pub struct Remote {
     /// Checkpoints this run never supersedes (see [`RemoteManifest::spared`]).
     spared: Mutex<Vec<String>>,
     lease_config: LeaseConfig,
+    /// `encryption.keyFiles`: what is stored is sealed with the first, opened with any.
+    keys: Option<crate::seal::Keys>,
     /// The prefix's lease once this crik holds it, with the thread that renews it.
     lease: Mutex<Option<(Arc<Lease>, std::thread::JoinHandle<()>)>>,
 }
@@ -263,9 +269,15 @@ impl<'r> Upload<'r> {
             if self.failed() {
                 continue; // drain: the upload already failed
             }
-            let r = ChunkRef { hash: chunks::hash(&data), len: data.len() as u32 };
+            let key = self.remote.keys.as_ref().map(|k| k.writer());
+            let name = key.map_or_else(|| chunks::hash(&data), |k| k.chunk_name(&data));
+            let r = ChunkRef { hash: name, len: data.len() as u32 };
             if !self.known.contains(&r.hash) && lock(&self.claimed).insert(r.hash.clone()) {
                 let z = chunks::compress(&data);
+                let z = match key {
+                    Some(k) => k.seal_chunk(&r.hash, &data, &z),
+                    None => z,
+                };
                 if let Err(e) = self.remote.bucket.put(&self.remote.key(CHUNKS, &r.hash), &z, self.deadline) {
                     lock(&self.failed).get_or_insert(e.into());
                     continue;
@@ -372,6 +384,13 @@ impl<'r> Upload<'r> {
         let spared = lock(&remote.spared).clone();
         let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files, spared };
         let body = serde_json::to_vec(&body).expect("manifest serializes");
+        let body = match &remote.keys {
+            Some(k) => k
+                .writer()
+                .seal_manifest(&remote.url, id, &body)
+                .map_err(|source| RemoteError::Key { id: id.into(), source })?,
+            None => body,
+        };
         let key = remote.key(CHECKPOINTS, &format!("{id}.json"));
         // Renewed right before: a crik that lost the prefix (or cannot reach the lease) never
         // publishes into it.
@@ -437,7 +456,11 @@ impl StreamedFile<'_, '_> {
 }
 
 impl Remote {
-    pub fn new(cfg: &StorageConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Remote, S3Error> {
+    pub fn new(
+        cfg: &StorageConfig,
+        keys: Option<crate::seal::Keys>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Remote, S3Error> {
         let region = cfg
             .region
             .clone()
@@ -466,6 +489,7 @@ impl Remote {
             written: Mutex::new(Vec::new()),
             spared: Mutex::new(Vec::new()),
             lease_config: cfg.lease.clone(),
+            keys,
             lease: Mutex::new(None),
         })
     }
@@ -576,7 +600,7 @@ impl Remote {
         let parsed = match bytes {
             // Listed a moment ago, gone now: retired or quarantined in between.
             None => Err("its manifest disappeared while being read".to_string()),
-            Some(b) => RemoteManifest::parse(&id, &b),
+            Some(b) => return Ok(Some((id.clone(), self.read_manifest(&id, &b)))),
         };
         let parsed = parsed.map_err(|why| RemoteError::Damaged { id: id.clone(), why });
         Ok(Some((id, parsed)))
@@ -765,8 +789,41 @@ impl Remote {
             .bucket
             .get(&self.key(CHUNKS, hash), deadline)?
             .ok_or_else(|| damaged(format!("chunk {hash} is missing")))?;
-        let data = chunks::open(&stored, &ChunkRef { hash: hash.into(), len }).map_err(|e| damaged(e.to_string()))?;
+        let r = ChunkRef { hash: hash.into(), len };
+        let data = match &self.keys {
+            // Opened (authenticated) first, then decompressed, then named again with its key.
+            Some(keys) => {
+                let (compressed, key) =
+                    keys.open_chunk(hash, &stored).map_err(|e| damaged(format!("chunk {hash}: {e}")))?;
+                let data = chunks::decompress(&compressed, &r).map_err(|e| damaged(e.to_string()))?;
+                if key.chunk_name(&data) != hash {
+                    return Err(damaged(format!("chunk {hash}: its content is not what its name says")));
+                }
+                data
+            }
+            None => chunks::open(&stored, &r).map_err(|e| damaged(e.to_string()))?,
+        };
         Ok((stored.len() as u64, data))
+    }
+
+    /// A manifest as stored at `id`: opened with the configured keys when sealed (a sealed one
+    /// without its key is a configuration matter, [`RemoteError::Key`]; one that does not open,
+    /// or a plain one where keys are configured, is damage), then checked.
+    fn read_manifest(&self, id: &str, body: &[u8]) -> Result<RemoteManifest, RemoteError> {
+        use crate::seal::{Keys, SealError};
+        let damaged = |why: String| RemoteError::Damaged { id: id.into(), why };
+        let json = match (&self.keys, Keys::sealed_manifest_key(body)) {
+            (None, Some(key_id)) => {
+                return Err(RemoteError::Key { id: id.into(), source: SealError::UnknownKey(key_id) })
+            }
+            (None, None) => body.to_vec(),
+            (Some(keys), _) => match keys.open_manifest(&self.url, id, body) {
+                Ok(json) => json,
+                Err(source @ SealError::UnknownKey(_)) => return Err(RemoteError::Key { id: id.into(), source }),
+                Err(e) => return Err(damaged(format!("its manifest is {e}"))),
+            },
+        };
+        RemoteManifest::parse(id, &json).map_err(damaged)
     }
 
     /// After a restore: the checkpoint goes to retired/ (keeping `keep` of them), so a crash
@@ -786,7 +843,7 @@ impl Remote {
         for (area, state) in [(CHECKPOINTS, "complete"), (RETIRED, "retired"), (QUARANTINE, "quarantined")] {
             for id in self.ids(area, deadline)? {
                 let body = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)?;
-                let parsed = body.as_deref().map(|b| RemoteManifest::parse(&id, b));
+                let parsed = body.as_deref().map(|b| self.read_manifest(&id, b).map_err(|e| e.to_string()));
                 let (size_bytes, chunks, error) = match parsed {
                     Some(Ok(m)) => {
                         let size = m.files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
@@ -843,7 +900,7 @@ impl Remote {
         for area in [CHECKPOINTS, RETIRED, QUARANTINE] {
             for id in self.ids(area, deadline)? {
                 let Some(body) = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)? else { continue };
-                match RemoteManifest::parse(&id, &body) {
+                match self.read_manifest(&id, &body).map_err(|e| e.to_string()) {
                     Ok(m) => referenced.extend(m.chunk_hashes().map(String::from)),
                     // A manifest this crik cannot read may still be restorable by another:
                     // nothing is collected rather than a chunk it needs.

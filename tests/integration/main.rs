@@ -18,4 +18,5 @@ mod plan;
 mod podman;
 mod remap;
 mod rootfs;
+mod sealed;
 mod storage;

@@ -1,0 +1,278 @@
+//! Keys, and what is sealed with them: the construction of
+//! `docs/design/authenticated-checkpoints.md`, for what crik stores in object storage.
+//!
+//! ```text
+//! key file     crik-key-v1:<64 hex digits>\n                     (crik keygen)
+//! key id       blake3::derive_key("crik 2026-12 key id", K)[..8]  (16 hex digits)
+//! chunk name   blake3::keyed_hash(derive_key("crik 2026-12 chunk id", K), plaintext)
+//! chunk        "CK1" | key id (8) | nonce (12) | AES-256-GCM(zstd(plaintext)) | tag (16)
+//!              nonce = keyed_hash(derive_key("crik 2026-12 chunk nonce", K), plaintext)[..12]
+//!              associated data = "crik chunk v1" | key id | name
+//! manifest     "crik-sealed-v1\n" | key id (8) | nonce (12, random) | AES-256-GCM(json) | tag
+//!              associated data = "crik manifest v1" | key id | len | identity | len | checkpoint id
+//! ```
+//!
+//! The chunk's nonce is a keyed hash of its plaintext: one plaintext always seals to the same
+//! bytes (what deduplication needs), and two plaintexts share a nonce only on a 96-bit collision
+//! of a keyed hash. The name in the associated data binds a body to its object; the identity (the
+//! bucket and prefix) and the id bind a manifest to where and what it is.
+
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+
+const KEY_PREFIX: &str = "crik-key-v1:";
+const CHUNK_MAGIC: &[u8] = b"CK1";
+pub const MANIFEST_MAGIC: &[u8] = b"crik-sealed-v1\n";
+const TAG_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SealError {
+    /// A key file that is not one: never shows its content (it is a secret).
+    #[error("not a crik key (a line `crik-key-v1:` and 64 hex digits, made by `crik keygen`): {0}")]
+    BadKey(String),
+    /// Sealed with a key none of the configured ones is.
+    #[error("sealed with key {0}, which is not among encryption.keyFiles")]
+    UnknownKey(String),
+    /// The seal does not open: altered, or sealed for another name, place or key.
+    #[error("altered, or sealed with another key or for another place")]
+    Altered,
+    #[error("not sealed (written without a key, or altered)")]
+    NotSealed,
+    #[error("{0}")]
+    Content(String),
+}
+
+/// One key and its subkeys.
+pub struct Key {
+    id: [u8; 8],
+    pub id_hex: String,
+    name_key: [u8; 32],
+    nonce_key: [u8; 32],
+    aead: LessSafeKey,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({})", self.id_hex) // never the key itself
+    }
+}
+
+impl Key {
+    /// A key file's text for a new random key (`crik keygen`).
+    pub fn generate() -> Result<String, SealError> {
+        let mut k = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+            .map_err(|_| SealError::BadKey("the system's random source failed".into()))?;
+        Ok(format!("{KEY_PREFIX}{}\n", hex::encode(k)))
+    }
+
+    /// A key from a key file's text (surrounding whitespace ignored).
+    pub fn parse(text: &str) -> Result<Key, SealError> {
+        let hexed =
+            text.trim().strip_prefix(KEY_PREFIX).ok_or_else(|| SealError::BadKey("no crik-key-v1: prefix".into()))?;
+        let bytes = hex::decode(hexed).map_err(|_| SealError::BadKey("not hex digits".into()))?;
+        let k: [u8; 32] = bytes.try_into().map_err(|_| SealError::BadKey("not 32 bytes".into()))?;
+        Ok(Key::from_bytes(&k))
+    }
+
+    fn from_bytes(k: &[u8; 32]) -> Key {
+        let derive = |context: &str| blake3::derive_key(context, k);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&derive("crik 2026-12 key id")[..8]);
+        let seal = derive("crik 2026-12 seal");
+        let aead = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &seal).expect("a 32-byte AES-256 key"));
+        Key {
+            id,
+            id_hex: hex::encode(id),
+            name_key: derive("crik 2026-12 chunk id"),
+            nonce_key: derive("crik 2026-12 chunk nonce"),
+            aead,
+        }
+    }
+
+    /// A chunk's name under this key.
+    pub fn chunk_name(&self, plaintext: &[u8]) -> String {
+        blake3::keyed_hash(&self.name_key, plaintext).to_hex().to_string()
+    }
+
+    /// Seals a chunk (`compressed` is the stored form of `plaintext`, named `name`).
+    pub fn seal_chunk(&self, name: &str, plaintext: &[u8], compressed: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&blake3::keyed_hash(&self.nonce_key, plaintext).as_bytes()[..NONCE_LEN]);
+        let aad = [b"crik chunk v1".as_slice(), &self.id, name.as_bytes()].concat();
+        let mut out = Vec::with_capacity(CHUNK_MAGIC.len() + 8 + NONCE_LEN + compressed.len() + TAG_LEN);
+        out.extend_from_slice(CHUNK_MAGIC);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(compressed);
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut out[start..])
+            .expect("AES-GCM seals any length below 64 GiB");
+        out.extend_from_slice(tag.as_ref());
+        out
+    }
+
+    /// Seals a manifest for `identity` (where it is stored) and checkpoint `id`.
+    pub fn seal_manifest(&self, identity: &str, id: &str, json: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| SealError::Content("the system's random source failed".into()))?;
+        let aad = manifest_aad(&self.id, identity, id);
+        let mut out = Vec::with_capacity(MANIFEST_MAGIC.len() + 8 + NONCE_LEN + json.len() + TAG_LEN);
+        out.extend_from_slice(MANIFEST_MAGIC);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&nonce);
+        let start = out.len();
+        out.extend_from_slice(json);
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut out[start..])
+            .map_err(|_| SealError::Content("cannot seal".into()))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    fn open_in_place<'a>(&self, nonce: &[u8], aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8], SealError> {
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::Altered)?;
+        self.aead.open_in_place(nonce, Aad::from(aad), sealed).map(|p| &*p).map_err(|_| SealError::Altered)
+    }
+}
+
+fn manifest_aad(key_id: &[u8], identity: &str, id: &str) -> Vec<u8> {
+    let mut aad = b"crik manifest v1".to_vec();
+    aad.extend_from_slice(key_id);
+    for part in [identity, id] {
+        aad.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        aad.extend_from_slice(part.as_bytes());
+    }
+    aad
+}
+
+/// The configured keys: the first seals, every one opens (rotation).
+#[derive(Debug)]
+pub struct Keys(Vec<Key>);
+
+impl Keys {
+    pub fn new(keys: Vec<Key>) -> Option<Keys> {
+        (!keys.is_empty()).then_some(Keys(keys))
+    }
+
+    /// The key new things are sealed with.
+    pub fn writer(&self) -> &Key {
+        &self.0[0]
+    }
+
+    fn by_id(&self, id: &[u8]) -> Result<&Key, SealError> {
+        self.0.iter().find(|k| k.id == id).ok_or_else(|| SealError::UnknownKey(hex::encode(id)))
+    }
+
+    /// Whether `stored` is a sealed manifest, and with which key id.
+    pub fn sealed_manifest_key(stored: &[u8]) -> Option<String> {
+        let rest = stored.strip_prefix(MANIFEST_MAGIC)?;
+        Some(hex::encode(rest.get(..8)?))
+    }
+
+    /// Opens a sealed manifest stored for `identity` as checkpoint `id`: its JSON.
+    pub fn open_manifest(&self, identity: &str, id: &str, stored: &[u8]) -> Result<Vec<u8>, SealError> {
+        let rest = stored.strip_prefix(MANIFEST_MAGIC).ok_or(SealError::NotSealed)?;
+        if rest.len() < 8 + NONCE_LEN + TAG_LEN {
+            return Err(SealError::Altered);
+        }
+        let (key_id, rest) = rest.split_at(8);
+        let key = self.by_id(key_id)?;
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let mut buf = sealed.to_vec();
+        let aad = manifest_aad(key_id, identity, id);
+        let plain = key.open_in_place(nonce, &aad, &mut buf)?.to_vec();
+        Ok(plain)
+    }
+
+    /// Opens a sealed chunk named `name`: its stored (compressed) form, and the key it was
+    /// sealed with (whose name for the plaintext must then be `name`).
+    pub fn open_chunk(&self, name: &str, stored: &[u8]) -> Result<(Vec<u8>, &Key), SealError> {
+        let rest = stored.strip_prefix(CHUNK_MAGIC).ok_or(SealError::NotSealed)?;
+        if rest.len() < 8 + NONCE_LEN + TAG_LEN {
+            return Err(SealError::Altered);
+        }
+        let (key_id, rest) = rest.split_at(8);
+        let key = self.by_id(key_id)?;
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let aad = [b"crik chunk v1".as_slice(), key_id, name.as_bytes()].concat();
+        let mut buf = sealed.to_vec();
+        let plain = key.open_in_place(nonce, &aad, &mut buf)?.to_vec();
+        Ok((plain, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(byte: u8) -> Key {
+        Key::parse(&format!("{KEY_PREFIX}{}", hex::encode([byte; 32]))).unwrap()
+    }
+
+    #[test]
+    fn key_files_are_checked_and_never_shown() {
+        let text = Key::generate().unwrap();
+        assert!(text.starts_with(KEY_PREFIX) && text.ends_with('\n') && text.len() == KEY_PREFIX.len() + 65);
+        let k = Key::parse(&text).unwrap();
+        assert_eq!(k.id_hex.len(), 16);
+        assert_ne!(Key::parse(&Key::generate().unwrap()).unwrap().id_hex, k.id_hex, "random");
+        assert_eq!(format!("{k:?}"), format!("Key({})", k.id_hex));
+        for bad in ["", "crik-key-v1:zz", "crik-key-v2:00", &format!("{KEY_PREFIX}{}", "ab".repeat(31))] {
+            let e = Key::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("not a crik key"), "{e}");
+        }
+        let e = Key::parse(&format!("{KEY_PREFIX}{}", "s3cr3t!!".repeat(8))).unwrap_err().to_string();
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn chunks_seal_deterministically_and_open_only_as_themselves() {
+        let (k, other) = (key(1), key(2));
+        let keys = Keys::new(vec![key(1)]).unwrap();
+        let plain = b"the app's memory".to_vec();
+        let name = k.chunk_name(&plain);
+        assert_ne!(name, other.chunk_name(&plain), "names are keyed");
+        assert_ne!(name, blake3::hash(&plain).to_hex().to_string());
+        let sealed = k.seal_chunk(&name, &plain, b"zstd bytes");
+        assert_eq!(sealed, k.seal_chunk(&name, &plain, b"zstd bytes"), "deterministic: dedup works");
+        assert!(!sealed.windows(10).any(|w| w == b"zstd bytes"), "encrypted");
+        let (opened, by) = keys.open_chunk(&name, &sealed).unwrap();
+        assert_eq!((opened.as_slice(), by.id_hex.as_str()), (b"zstd bytes".as_slice(), k.id_hex.as_str()));
+        // Altered, under another name, or with a key not configured.
+        let mut bad = sealed.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        assert_eq!(keys.open_chunk(&name, &bad).unwrap_err(), SealError::Altered);
+        assert_eq!(keys.open_chunk(&k.chunk_name(b"x"), &sealed).unwrap_err(), SealError::Altered);
+        let foreign = other.seal_chunk(&name, &plain, b"zstd bytes");
+        assert_eq!(keys.open_chunk(&name, &foreign).unwrap_err(), SealError::UnknownKey(other.id_hex.clone()));
+        assert_eq!(keys.open_chunk(&name, b"plain zstd").unwrap_err(), SealError::NotSealed);
+        assert_eq!(keys.open_chunk(&name, b"CK1short").unwrap_err(), SealError::Altered);
+    }
+
+    #[test]
+    fn manifests_open_only_where_and_as_what_they_were_sealed() {
+        let keys = Keys::new(vec![key(3), key(1)]).unwrap();
+        let old = key(1);
+        let sealed = old.seal_manifest("s3://b/app", "20261207T000000.000Z", b"{\"id\":1}").unwrap();
+        assert_eq!(Keys::sealed_manifest_key(&sealed), Some(old.id_hex.clone()));
+        assert_ne!(
+            sealed,
+            old.seal_manifest("s3://b/app", "20261207T000000.000Z", b"{\"id\":1}").unwrap(),
+            "random nonce"
+        );
+        // Rotation: the second key still opens what it sealed.
+        assert_eq!(keys.open_manifest("s3://b/app", "20261207T000000.000Z", &sealed).unwrap(), b"{\"id\":1}");
+        assert_eq!(
+            keys.open_manifest("s3://b/other", "20261207T000000.000Z", &sealed).unwrap_err(),
+            SealError::Altered
+        );
+        assert_eq!(keys.open_manifest("s3://b/app", "20261208T000000.000Z", &sealed).unwrap_err(), SealError::Altered);
+        assert_eq!(keys.open_manifest("s3://b/app", "x", b"{\"plain\":1}").unwrap_err(), SealError::NotSealed);
+        assert_eq!(Keys::sealed_manifest_key(b"{}"), None);
+        assert_eq!(keys.writer().id_hex, key(3).id_hex);
+    }
+}
