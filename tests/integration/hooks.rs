@@ -185,3 +185,45 @@ fn hooks_follow_the_app_over_two_cycles_with_periodic_checkpoints() {
     assert!(lines.iter().filter(|l| **l == "pre-periodic").count() >= 2, "{text}");
     c.kill();
 }
+
+/// The reconnect recipe of docs/hooks.md (examples/hooks/reconnecting_client.py): a client's
+/// connection comes back closed from a restore (`tcpRestore: close`, as on another node); it
+/// sees `restored` in the control dir and reconnects at once.
+#[test]
+fn recipe_a_client_reconnects_when_the_control_dir_says_it_was_restored() {
+    use std::io::{BufRead, BufReader, Write};
+    let s = Scratch::new("hooks-reconnect");
+    let ctl = s.path("ctl");
+    // The server, outside the container: answers "pong N" to "ping N", counts connections.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines().map_while(Result::ok) {
+                    if w.write_all(format!("{}\n", line.replace("ping", "pong")).as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = s.config(&format!("tcpRestore: close\ncontrolDir: {}\n", ctl.display()));
+    let client = format!("{}/examples/hooks/reconnecting_client.py", env!("CARGO_MANIFEST_DIR"));
+    let ctl_arg = ctl.display().to_string();
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, &client, "127.0.0.1", &port, &ctl_arg]));
+    c.expect_line(SHORT, "connected", |l| l == "connected");
+    c.expect_line(SHORT, "pong 3", |l| l == "pong 3");
+    checkpoint(&mut c);
+    let mut c = Container::start(Spec::run(Some(&cfg), &[]));
+    let line = c.expect_line(LONG, "the reconnect", |l| l.starts_with("reconnected after restore of "));
+    assert!(line.contains("(away "), "{line}");
+    c.expect_line(SHORT, "a pong on the new connection", |l| l.starts_with("pong "));
+    // (The app resumes a moment before the file appears: its first read may already have seen
+    // the closed connection, and reconnected on its own; the file still arrives.)
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2, "a new connection after the restore");
+}

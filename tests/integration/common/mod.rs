@@ -341,6 +341,15 @@ impl Container {
             }
             let _ = self.child.kill();
             let _ = self.child.wait();
+            // unshare can be gone before its namespace is: wait for crik itself, so that what it
+            // held (the image dir's lock) is free when this returns.
+            if let (Some(p), true) = (crik, self.pid1) {
+                // Gone, or a zombie: either way its files are closed.
+                eventually(SHORT, || {
+                    let stat = fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+                    stat.rsplit_once(')').map_or(true, |(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+                });
+            }
         }
     }
 }
