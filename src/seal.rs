@@ -6,15 +6,15 @@
 //! key id       blake3::derive_key("crik 2026-12 key id", K)[..8]  (16 hex digits)
 //! chunk name   blake3::keyed_hash(derive_key("crik 2026-12 chunk id", K), plaintext)
 //! chunk        "CK1" | key id (8) | nonce (12) | AES-256-GCM(zstd(plaintext)) | tag (16)
-//!              nonce = keyed_hash(derive_key("crik 2026-12 chunk nonce", K), plaintext)[..12]
+//!              nonce = keyed_hash(derive_key("crik 2026-12 chunk nonce", K), name)[..12]
 //!              associated data = "crik chunk v1" | key id | name
 //! manifest     "crik-sealed-v1\n" | key id (8) | nonce (12, random) | AES-256-GCM(json) | tag
 //!              associated data = "crik manifest v1" | key id | len | identity | len | checkpoint id
 //! ```
 //!
-//! The chunk's nonce is a keyed hash of its plaintext: one plaintext always seals to the same
-//! bytes (what deduplication needs), and two plaintexts share a nonce only on a 96-bit collision
-//! of a keyed hash. The name in the associated data binds a body to its object; the identity (the
+//! The chunk's nonce is a keyed hash of its name, itself a keyed hash of its plaintext (one pass
+//! over the data, not two): one plaintext always seals to the same bytes (what deduplication
+//! needs), and two plaintexts share a nonce only on a collision of keyed hashes. The name in the associated data binds a body to its object; the identity (the
 //! bucket and prefix) and the id bind a manifest to where and what it is.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
@@ -94,10 +94,11 @@ impl Key {
         blake3::keyed_hash(&self.name_key, plaintext).to_hex().to_string()
     }
 
-    /// Seals a chunk (`compressed` is the stored form of `plaintext`, named `name`).
-    pub fn seal_chunk(&self, name: &str, plaintext: &[u8], compressed: &[u8]) -> Vec<u8> {
+    /// Seals a chunk named `name` ([`Key::chunk_name`] of its plaintext); `compressed` is its
+    /// stored form.
+    pub fn seal_chunk(&self, name: &str, compressed: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&blake3::keyed_hash(&self.nonce_key, plaintext).as_bytes()[..NONCE_LEN]);
+        nonce.copy_from_slice(&blake3::keyed_hash(&self.nonce_key, name.as_bytes()).as_bytes()[..NONCE_LEN]);
         let aad = [b"crik chunk v1".as_slice(), &self.id, name.as_bytes()].concat();
         let mut out = Vec::with_capacity(CHUNK_MAGIC.len() + 8 + NONCE_LEN + compressed.len() + TAG_LEN);
         out.extend_from_slice(CHUNK_MAGIC);
@@ -237,8 +238,8 @@ mod tests {
         let name = k.chunk_name(&plain);
         assert_ne!(name, other.chunk_name(&plain), "names are keyed");
         assert_ne!(name, blake3::hash(&plain).to_hex().to_string());
-        let sealed = k.seal_chunk(&name, &plain, b"zstd bytes");
-        assert_eq!(sealed, k.seal_chunk(&name, &plain, b"zstd bytes"), "deterministic: dedup works");
+        let sealed = k.seal_chunk(&name, b"zstd bytes");
+        assert_eq!(sealed, k.seal_chunk(&name, b"zstd bytes"), "deterministic: dedup works");
         assert!(!sealed.windows(10).any(|w| w == b"zstd bytes"), "encrypted");
         let (opened, by) = keys.open_chunk(&name, &sealed).unwrap();
         assert_eq!((opened.as_slice(), by.id_hex.as_str()), (b"zstd bytes".as_slice(), k.id_hex.as_str()));
@@ -247,7 +248,7 @@ mod tests {
         *bad.last_mut().unwrap() ^= 1;
         assert_eq!(keys.open_chunk(&name, &bad).unwrap_err(), SealError::Altered);
         assert_eq!(keys.open_chunk(&k.chunk_name(b"x"), &sealed).unwrap_err(), SealError::Altered);
-        let foreign = other.seal_chunk(&name, &plain, b"zstd bytes");
+        let foreign = other.seal_chunk(&name, b"zstd bytes");
         assert_eq!(keys.open_chunk(&name, &foreign).unwrap_err(), SealError::UnknownKey(other.id_hex.clone()));
         assert_eq!(keys.open_chunk(&name, b"plain zstd").unwrap_err(), SealError::NotSealed);
         assert_eq!(keys.open_chunk(&name, b"CK1short").unwrap_err(), SealError::Altered);

@@ -275,7 +275,7 @@ impl<'r> Upload<'r> {
             if !self.known.contains(&r.hash) && lock(&self.claimed).insert(r.hash.clone()) {
                 let z = chunks::compress(&data);
                 let z = match key {
-                    Some(k) => k.seal_chunk(&r.hash, &data, &z),
+                    Some(k) => k.seal_chunk(&r.hash, &z),
                     None => z,
                 };
                 if let Err(e) = self.remote.bucket.put(&self.remote.key(CHUNKS, &r.hash), &z, self.deadline) {
