@@ -127,6 +127,12 @@ impl RemoteManifest {
         Ok(m)
     }
 
+    /// The checkpoint's size as its manifest declares it (added without overflow: a bomb may
+    /// declare u64::MAX twice).
+    fn size(&self) -> u64 {
+        self.files.iter().fold(0u64, |a, f| a.saturating_add(f.size))
+    }
+
     fn chunk_hashes(&self) -> impl Iterator<Item = &str> {
         self.files.iter().flat_map(|f| f.chunks.iter().map(|c| c.hash.as_str()))
     }
@@ -499,22 +505,28 @@ impl Remote {
     pub fn acquire_lease(&self, wait: lease::Wait) -> Result<(), RemoteError> {
         if !self.lease_config.enabled {
             log::warn!(
-                "storage.lease is off: nothing stops another crik from writing {} (two on one prefix destroy each                  other's checkpoints)",
+                "storage.lease is off: nothing stops another crik from writing {} (two on one prefix destroy each \
+                 other's checkpoints)",
                 self.url
             );
             return Ok(());
         }
-        if lock(&self.lease).is_some() {
-            return Ok(());
+        if lock(&self.lease).is_none() {
+            self.take_lease(&self.lease_config, wait)?;
         }
+        Ok(())
+    }
+
+    /// Acquires the lease as `cfg` says and starts renewing it.
+    fn take_lease(&self, cfg: &LeaseConfig, wait: lease::Wait) -> Result<(), RemoteError> {
         // Read before anything is written: the bucket is there and answers as S3 does (some
         // servers create a missing bucket on a PUT, or answer a GET of a missing one as of a
         // missing key).
         self.ids(CHECKPOINTS, self.soon())?;
         let key = self.key(LEASE, "");
-        let held = lease::acquire(self.bucket.clone(), key, &self.url, &self.lease_config, self.request_timeout, wait)?;
+        let held = lease::acquire(self.bucket.clone(), key, &self.url, cfg, self.request_timeout, wait)?;
         let renewer = held.keep_renewed();
-        *lock(&self.lease) = Some((held, renewer));
+        lock(&self.lease).get_or_insert((held, renewer));
         Ok(())
     }
 
@@ -526,18 +538,10 @@ impl Remote {
         }
         if lock(&self.lease).is_none() {
             let now = LeaseConfig { when_held: WhenHeld::Fail, ..self.lease_config.clone() };
-            let key = self.key(LEASE, "");
-            let held = lease::acquire(self.bucket.clone(), key, &self.url, &now, self.request_timeout, &mut |_| {
-                Err("not waiting while the app runs".into())
-            })?;
-            let renewer = held.keep_renewed();
-            lock(&self.lease).get_or_insert((held, renewer));
+            self.take_lease(&now, &mut |_| Err("not waiting while the app runs".into()))?;
         }
-        let held = lock(&self.lease).as_ref().map(|(l, _)| l.clone());
-        if let Some(l) = &held {
-            l.check()?;
-        }
-        Ok(held)
+        self.still_writable()?;
+        Ok(lock(&self.lease).as_ref().map(|(l, _)| l.clone()))
     }
 
     /// Checked again right before each delete of a long housekeeping pass: a crik stopped or cut
@@ -599,10 +603,11 @@ impl Remote {
         };
         let parsed = match bytes {
             // Listed a moment ago, gone now: retired or quarantined in between.
-            None => Err("its manifest disappeared while being read".to_string()),
-            Some(b) => return Ok(Some((id.clone(), self.read_manifest(&id, &b)))),
+            None => {
+                Err(RemoteError::Damaged { id: id.clone(), why: "its manifest disappeared while being read".into() })
+            }
+            Some(b) => self.read_manifest(&id, &b),
         };
-        let parsed = parsed.map_err(|why| RemoteError::Damaged { id: id.clone(), why });
         Ok(Some((id, parsed)))
     }
 
@@ -655,13 +660,14 @@ impl Remote {
         })
     }
 
-    /// Moves every published checkpoint but `id` to retired/, keeping `keep` of those.
     /// From now on, uploads leave storage's older checkpoints where they are: this run could not
     /// read storage at start, so it never restored them, and must not supersede them.
     pub fn keep_older_checkpoints(&self) {
         self.keep_older.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Moves every published checkpoint but `id` (and those spared) to retired/, keeping `keep`
+    /// of those.
     fn retire_older(&self, id: &str, keep: usize, deadline: Instant) -> Result<(), RemoteError> {
         self.writable()?;
         let spared = lock(&self.spared).clone();
@@ -729,8 +735,7 @@ impl Remote {
         if let Some(c) = m.files.iter().flat_map(|f| &f.chunks).find(|c| c.len > chunks::MAX_SIZE) {
             return Err(damaged(format!("chunk {} is listed as {} bytes, more than chunks ever are", c.hash, c.len)));
         }
-        // Sizes read from storage: added without overflow (a bomb may declare u64::MAX twice).
-        let needs = m.files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
+        let needs = m.size();
         let free = crate::host::free_space(dir).map_err(|e| local("statvfs", dir)(e.into()))?;
         if needs > free {
             return Err(RemoteError::NoRoom { id: m.id.clone(), needs, free });
@@ -845,10 +850,7 @@ impl Remote {
                 let body = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)?;
                 let parsed = body.as_deref().map(|b| self.read_manifest(&id, b).map_err(|e| e.to_string()));
                 let (size_bytes, chunks, error) = match parsed {
-                    Some(Ok(m)) => {
-                        let size = m.files.iter().fold(0u64, |a, f| a.saturating_add(f.size));
-                        (size, m.files.iter().map(|f| f.chunks.len()).sum(), None)
-                    }
+                    Some(Ok(m)) => (m.size(), m.files.iter().map(|f| f.chunks.len()).sum(), None),
                     Some(Err(why)) => (0, 0, Some(why)),
                     None => (0, 0, Some("manifest disappeared while being read".into())),
                 };
