@@ -167,7 +167,9 @@ impl Bucket {
             region: region.to_string(),
             agent,
             source: key_source(region, allow_plain_http, credentials_file, env)?,
-            cached: Mutex::new(None),
+            // A credentials file is read now: a missing or unusable one stops crik at start,
+            // not at the first upload (and is not read twice).
+            cached: Mutex::new(credentials_file.map(read_credentials_file).transpose()?),
             request_timeout,
         })
     }
@@ -393,8 +395,6 @@ fn key_source(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<KeySource, S3Error> {
     if let Some(path) = credentials_file {
-        // Read now: a missing or unusable file stops crik at start, not at the first upload.
-        read_credentials_file(path)?;
         return Ok(KeySource::File(path.to_path_buf()));
     }
     let var = |k: &str| env(k).filter(|v| !v.is_empty());
