@@ -45,26 +45,41 @@ pub fn count_tables() -> io::Result<usize> {
     message(&mut req, get, NLM_F_REQUEST | NLM_F_DUMP, 1, 0, 0, &[]);
     send(&sock, &req)?;
     let mut tables = 0;
+    read_replies(&sock, |r| match (r.kind, r.errno) {
+        (NLMSG_DONE, _) => Some(Ok(tables)),
+        (_, Some(e)) if e != 0 => Some(Err(io::Error::from_raw_os_error(e))),
+        (k, _) if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => {
+            tables += 1;
+            None
+        }
+        _ => None,
+    })
+}
+
+/// One message of the kernel's answer: its type, its sequence number, and for an
+/// `NLMSG_ERROR` its errno (0: an acknowledgement).
+struct Reply {
+    kind: u16,
+    seq: u32,
+    errno: Option<i32>,
+}
+
+/// Reads the kernel's answers, message by message, until `each` decides.
+fn read_replies<T>(sock: &std::os::fd::OwnedFd, mut each: impl FnMut(Reply) -> Option<io::Result<T>>) -> io::Result<T> {
     let mut buf = vec![0u8; 65536];
     loop {
-        let n = recv(&sock, &mut buf)?;
+        let n = recv(sock, &mut buf)?;
         let mut at = 0usize;
         while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
+            let word = |from: usize| u32::from_ne_bytes(buf[from..from + 4].try_into().unwrap_or_default());
+            let (len, seq) = (word(at) as usize, word(at + 8));
             let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap_or_default());
             if len < 16 || at + len > n {
                 return Err(io::Error::other("a malformed netlink answer"));
             }
-            match kind {
-                NLMSG_DONE => return Ok(tables),
-                NLMSG_ERROR if len >= 20 => {
-                    let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
-                    if errno != 0 {
-                        return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                }
-                k if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => tables += 1,
-                _ => {}
+            let errno = (kind == NLMSG_ERROR && len >= 20).then(|| -(word(at + 16) as i32));
+            if let Some(done) = each(Reply { kind, seq, errno }) {
+                return done;
             }
             at += (len + 3) & !3;
         }
@@ -142,29 +157,12 @@ pub fn delete_inet_table(name: &str) -> io::Result<bool> {
     message(&mut batch, NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, 0, NFNL_SUBSYS_NFTABLES, &[]);
     send(&sock, &batch)?;
     // The ACK of the delete (an nlmsgerr: error 0, or -errno).
-    let mut buf = vec![0u8; 8192];
-    loop {
-        let n = recv(&sock, &mut buf)?;
-        let mut at = 0usize;
-        while at + 16 <= n {
-            let len = u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default()) as usize;
-            let kind = u16::from_ne_bytes(buf[at + 4..at + 6].try_into().unwrap_or_default());
-            let got_seq = u32::from_ne_bytes(buf[at + 8..at + 12].try_into().unwrap_or_default());
-            if len < 16 || at + len > n {
-                return Err(io::Error::other("a malformed netlink answer"));
-            }
-            if kind == NLMSG_ERROR && len >= 20 {
-                let errno = i32::from_ne_bytes(buf[at + 16..at + 20].try_into().unwrap_or_default());
-                match -errno {
-                    0 if got_seq == seq + 1 => return Ok(true),
-                    0 => {}
-                    libc::ENOENT => return Ok(false),
-                    e => return Err(io::Error::from_raw_os_error(e)),
-                }
-            }
-            at += (len + 3) & !3;
-        }
-    }
+    read_replies(&sock, |r| match r.errno {
+        Some(0) if r.seq == seq + 1 => Some(Ok(true)),
+        Some(0) | None => None,
+        Some(libc::ENOENT) => Some(Ok(false)),
+        Some(e) => Some(Err(io::Error::from_raw_os_error(e))),
+    })
 }
 
 /// Appends one netlink message: nlmsghdr, nfgenmsg, then `payload`.
