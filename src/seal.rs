@@ -59,9 +59,7 @@ impl std::fmt::Debug for Key {
 impl Key {
     /// A key file's text for a new random key (`crik keygen`).
     pub fn generate() -> Result<String, SealError> {
-        let mut k = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
-            .map_err(|_| SealError::BadKey("the system's random source failed".into()))?;
+        let k: [u8; 32] = random().ok_or_else(|| SealError::BadKey("the system's random source failed".into()))?;
         Ok(format!("{KEY_PREFIX}{}\n", hex::encode(k)))
     }
 
@@ -99,39 +97,30 @@ impl Key {
     pub fn seal_chunk(&self, name: &str, compressed: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];
         nonce.copy_from_slice(&blake3::keyed_hash(&self.nonce_key, name.as_bytes()).as_bytes()[..NONCE_LEN]);
-        let aad = [b"crik chunk v1".as_slice(), &self.id, name.as_bytes()].concat();
-        let mut out = Vec::with_capacity(CHUNK_MAGIC.len() + 8 + NONCE_LEN + compressed.len() + TAG_LEN);
-        out.extend_from_slice(CHUNK_MAGIC);
-        out.extend_from_slice(&self.id);
-        out.extend_from_slice(&nonce);
-        let start = out.len();
-        out.extend_from_slice(compressed);
-        let tag = self
-            .aead
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut out[start..])
-            .expect("AES-GCM seals any length below 64 GiB");
-        out.extend_from_slice(tag.as_ref());
-        out
+        self.seal(CHUNK_MAGIC, nonce, &chunk_aad(&self.id, name), compressed)
     }
 
     /// Seals a manifest for `identity` (where it is stored) and checkpoint `id`.
     pub fn seal_manifest(&self, identity: &str, id: &str, json: &[u8]) -> Result<Vec<u8>, SealError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-            .map_err(|_| SealError::Content("the system's random source failed".into()))?;
-        let aad = manifest_aad(&self.id, identity, id);
-        let mut out = Vec::with_capacity(MANIFEST_MAGIC.len() + 8 + NONCE_LEN + json.len() + TAG_LEN);
-        out.extend_from_slice(MANIFEST_MAGIC);
+        let nonce = random().ok_or_else(|| SealError::Content("the system's random source failed".into()))?;
+        Ok(self.seal(MANIFEST_MAGIC, nonce, &manifest_aad(&self.id, identity, id), json))
+    }
+
+    /// `magic | key id | nonce | AES-256-GCM(plain) | tag`.
+    fn seal(&self, magic: &[u8], nonce: [u8; NONCE_LEN], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(magic.len() + 8 + NONCE_LEN + plain.len() + TAG_LEN);
+        out.extend_from_slice(magic);
         out.extend_from_slice(&self.id);
         out.extend_from_slice(&nonce);
         let start = out.len();
-        out.extend_from_slice(json);
+        out.extend_from_slice(plain);
+        // What crik seals is at most a chunk or a manifest, far below AES-GCM's 64 GiB.
         let tag = self
             .aead
-            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(&aad), &mut out[start..])
-            .map_err(|_| SealError::Content("cannot seal".into()))?;
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut out[start..])
+            .expect("AES-GCM seals any length below 64 GiB");
         out.extend_from_slice(tag.as_ref());
-        Ok(out)
+        out
     }
 
     fn open_in_place<'a>(&self, nonce: &[u8], aad: &[u8], sealed: &'a mut [u8]) -> Result<&'a [u8], SealError> {
@@ -148,6 +137,17 @@ fn manifest_aad(key_id: &[u8], identity: &str, id: &str) -> Vec<u8> {
         aad.extend_from_slice(part.as_bytes());
     }
     aad
+}
+
+fn chunk_aad(key_id: &[u8], name: &str) -> Vec<u8> {
+    [b"crik chunk v1".as_slice(), key_id, name.as_bytes()].concat()
+}
+
+/// `N` bytes from the system's random source (`None` if it fails, which Linux's does not).
+pub fn random<const N: usize>() -> Option<[u8; N]> {
+    let mut b = [0u8; N];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok()?;
+    Some(b)
 }
 
 /// The configured keys: the first seals, every one opens (rotation).
@@ -176,32 +176,27 @@ impl Keys {
 
     /// Opens a sealed manifest stored for `identity` as checkpoint `id`: its JSON.
     pub fn open_manifest(&self, identity: &str, id: &str, stored: &[u8]) -> Result<Vec<u8>, SealError> {
-        let rest = stored.strip_prefix(MANIFEST_MAGIC).ok_or(SealError::NotSealed)?;
-        if rest.len() < 8 + NONCE_LEN + TAG_LEN {
-            return Err(SealError::Altered);
-        }
-        let (key_id, rest) = rest.split_at(8);
-        let key = self.by_id(key_id)?;
-        let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let mut buf = sealed.to_vec();
-        let aad = manifest_aad(key_id, identity, id);
-        let plain = key.open_in_place(nonce, &aad, &mut buf)?.to_vec();
-        Ok(plain)
+        Ok(self.open(MANIFEST_MAGIC, stored, |key_id| manifest_aad(key_id, identity, id))?.0)
     }
 
     /// Opens a sealed chunk named `name`: its stored (compressed) form, and the key it was
     /// sealed with (whose name for the plaintext must then be `name`).
     pub fn open_chunk(&self, name: &str, stored: &[u8]) -> Result<(Vec<u8>, &Key), SealError> {
-        let rest = stored.strip_prefix(CHUNK_MAGIC).ok_or(SealError::NotSealed)?;
+        self.open(CHUNK_MAGIC, stored, |key_id| chunk_aad(key_id, name))
+    }
+
+    /// Opens what [`Key::seal`] made, with the key it names and the associated data `aad` gives
+    /// for that key id.
+    fn open(&self, magic: &[u8], stored: &[u8], aad: impl Fn(&[u8]) -> Vec<u8>) -> Result<(Vec<u8>, &Key), SealError> {
+        let rest = stored.strip_prefix(magic).ok_or(SealError::NotSealed)?;
         if rest.len() < 8 + NONCE_LEN + TAG_LEN {
             return Err(SealError::Altered);
         }
         let (key_id, rest) = rest.split_at(8);
         let key = self.by_id(key_id)?;
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
-        let aad = [b"crik chunk v1".as_slice(), key_id, name.as_bytes()].concat();
         let mut buf = sealed.to_vec();
-        let plain = key.open_in_place(nonce, &aad, &mut buf)?.to_vec();
+        let plain = key.open_in_place(nonce, &aad(key_id), &mut buf)?.to_vec();
         Ok((plain, key))
     }
 }

@@ -380,15 +380,14 @@ impl Lease {
 
 /// 128 random bits, hex.
 fn random_id() -> String {
-    let mut b = [0u8; 16];
-    // SAFETY: getrandom writes at most b.len() bytes into b.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    if n != b.len() as isize {
-        // Never seen on Linux ≥ 3.17; the time and pid still tell runs apart.
+    let b: [u8; 16] = crate::seal::random().unwrap_or_else(|| {
+        // Never seen on Linux; the time and pid still tell runs apart.
         let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        let mut b = [0u8; 16];
         b[..8].copy_from_slice(&(t.as_nanos() as u64).to_le_bytes());
         b[8..12].copy_from_slice(&std::process::id().to_le_bytes());
-    }
+        b
+    });
     hex::encode(b)
 }
 
