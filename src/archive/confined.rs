@@ -69,9 +69,6 @@ fn plain(rel: &Path) -> Result<(), String> {
     }
 }
 
-/// Opens the directory at absolute `dir`, which lies under `root`: `root` as the filesystem
-/// resolves it (the operator's path: created with its parents when `create` and missing), then
-/// each further component with `O_NOFOLLOW`, created (0755) when `create` and missing.
 /// Why a directory could not be opened below a root.
 enum DirError {
     /// A component is a symlink (or not a directory): never followed.
@@ -91,6 +88,9 @@ impl From<Errno> for DirError {
     }
 }
 
+/// Opens the directory at absolute `dir`, which lies under `root`: `root` as the filesystem
+/// resolves it (the operator's path: created with its parents when `create` and missing), then
+/// each further component with `O_NOFOLLOW`, created (0755) when `create` and missing.
 fn open_dir_below(root: &Path, dir: &Path, create: bool) -> Result<OwnedFd, DirError> {
     let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
     if create && !root.exists() {
@@ -121,18 +121,35 @@ fn open_dir_below(root: &Path, dir: &Path, create: bool) -> Result<OwnedFd, DirE
     Ok(fd)
 }
 
+/// Whether `name` in `dir` is a directory itself (not a symlink to one); `None`: nothing there
+/// (or it cannot be looked at).
+fn is_dir_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> Result<Option<bool>, Errno> {
+    match fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives what was just created through `fd` the entry's owner, mode and time. The owner first:
+/// chown clears setuid/setgid, the mode sets them again where they are kept.
+fn set_metadata(fd: impl AsFd, uid: Option<Uid>, gid: Option<Gid>, mode: u32, mtime: &TimeSpec) -> nix::Result<()> {
+    fchown(fd.as_fd(), uid, gid)?;
+    fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))?;
+    futimens(fd.as_fd(), mtime, mtime)
+}
+
 /// Removes whatever is at `name` in `dir` (a directory with all it holds, never following a
 /// symlink); nothing there is fine.
 fn remove_at(dir: &OwnedFd, name: &std::ffi::OsStr) -> io::Result<()> {
-    match fstatat(dir.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(e.into()),
-        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
+    match is_dir_at(dir, name)? {
+        None => Ok(()),
+        Some(true) => {
             // Through the directory fd just checked: std's remove_dir_all never follows a
             // symlink inside it.
             std::fs::remove_dir_all(Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd())).join(name))
         }
-        Ok(_) => unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from),
+        Some(false) => unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(io::Error::from),
     }
 }
 
@@ -208,13 +225,13 @@ pub fn extract(archive: &Path, root: &Path, scope: &Scope) -> Result<Extracted, 
         }
         let mtime = TimeSpec::new(header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64, 0);
         if kind.is_dir() {
-            let exists = match fstatat(dir.as_fd(), name.as_os_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => true,
-                Ok(_) => {
+            let exists = match is_dir_at(&dir, &name) {
+                Ok(Some(true)) => true,
+                Ok(Some(false)) => {
                     remove_at(&dir, &name).map_err(write)?;
                     false
                 }
-                Err(_) => false,
+                Ok(None) | Err(_) => false,
             };
             if !exists {
                 mkdirat(dir.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700)).map_err(|e| write(e.into()))?;
@@ -226,9 +243,7 @@ pub fn extract(archive: &Path, root: &Path, scope: &Scope) -> Result<Extracted, 
                 Mode::empty(),
             )
             .map_err(|e| write(e.into()))?;
-            fchown(fd.as_fd(), uid, gid).map_err(|e| write(e.into()))?;
-            fchmod(fd.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| write(e.into()))?;
-            futimens(fd.as_fd(), &mtime, &mtime).map_err(|e| write(e.into()))?;
+            set_metadata(fd, uid, gid, mode, &mtime).map_err(|e| write(e.into()))?;
         } else if kind.is_symlink() {
             let link = entry.link_name().map_err(read)?.ok_or_else(|| refused("a symlink without a target".into()))?;
             remove_at(&dir, &name).map_err(write)?;
@@ -251,10 +266,7 @@ pub fn extract(archive: &Path, root: &Path, scope: &Scope) -> Result<Extracted, 
             .map_err(|e| write(e.into()))?;
             let mut f = File::from(fd);
             copy_keeping_holes(&mut entry, &mut f).map_err(write)?;
-            // Owner first: chown clears setuid/setgid, the mode sets them again where kept.
-            fchown(f.as_fd(), uid, gid).map_err(|e| write(e.into()))?;
-            fchmod(f.as_fd(), Mode::from_bits_truncate(mode)).map_err(|e| write(e.into()))?;
-            futimens(f.as_fd(), &mtime, &mtime).map_err(|e| write(e.into()))?;
+            set_metadata(&f, uid, gid, mode, &mtime).map_err(|e| write(e.into()))?;
         }
         done.entries += 1;
     }

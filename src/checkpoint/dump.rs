@@ -204,8 +204,7 @@ fn archive_runtime_tmpfs(staged: &Checkpoint, own: &[&std::path::Path]) -> Resul
         .map(|f| f.path)
         .filter(|p| {
             let p = std::path::Path::new(p);
-            // The mount a path is on: the deepest mount point above it (the last such in mount order).
-            let mount = mounts.iter().filter(|m| p.starts_with(&m.point)).max_by_key(|m| m.point.components().count());
+            let mount = crate::host::mountinfo::containing(&mounts, p);
             mount.is_some_and(|m| m.fstype == "tmpfs") && !own.iter().any(|d| p.starts_with(d)) && p.is_file()
             // deleted ones are CRIU's ghosts
         })

@@ -28,6 +28,12 @@ pub fn read() -> std::io::Result<Vec<Mount>> {
     Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
 }
 
+/// The mount `path` is on: the deepest mount point above it (the last such in mount order, the
+/// one in effect).
+pub fn containing<'a>(mounts: &'a [Mount], path: &std::path::Path) -> Option<&'a Mount> {
+    mounts.iter().filter(|m| path.starts_with(&m.point)).max_by_key(|m| m.point.components().count())
+}
+
 /// Parses mountinfo text; malformed lines are skipped.
 pub fn parse(text: &str) -> Vec<Mount> {
     text.lines().filter_map(parse_line).collect()
@@ -94,6 +100,19 @@ mod tests {
         assert_eq!(m[0].super_options, "rw,errors=continue");
         assert_eq!(option(&m[1].super_options, "upperdir"), Some("/up"));
         assert_eq!(option(&m[1].super_options, "upper"), None);
+    }
+
+    #[test]
+    fn a_path_is_on_the_deepest_mount_above_it_the_last_one_mounted_there() {
+        let mounts = parse(
+            "1 0 0:1 / / rw - ext4 /dev/vda rw\n2 1 0:2 / /tmp rw - tmpfs tmpfs rw\n\
+             3 1 0:3 / /tmp rw - overlay overlay rw\n4 3 0:4 / /tmp/x rw - tmpfs tmpfs rw\n",
+        );
+        let on = |p: &str| containing(&mounts, std::path::Path::new(p)).map(|m| m.id);
+        assert_eq!(
+            (on("/etc/passwd"), on("/tmp/a"), on("/tmp/x/y"), on("/tmpx")),
+            (Some(1), Some(3), Some(4), Some(1))
+        );
     }
 
     #[test]

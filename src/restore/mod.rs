@@ -84,12 +84,7 @@ fn put_back_archives(config: &Config, ckpt: &Checkpoint, manifest: &Manifest) ->
         // alone could name any path.
         let mounts = crate::host::mountinfo::read().unwrap_or_default();
         let on_tmpfs = |p: &Path| {
-            p.is_absolute()
-                && mounts
-                    .iter()
-                    .filter(|m| p.starts_with(&m.point))
-                    .max_by_key(|m| m.point.as_os_str().len())
-                    .is_some_and(|m| m.fstype == "tmpfs")
+            p.is_absolute() && crate::host::mountinfo::containing(&mounts, p).is_some_and(|m| m.fstype == "tmpfs")
         };
         let (roots, others): (Vec<PathBuf>, Vec<PathBuf>) =
             manifest.runtime_tmpfs.iter().map(PathBuf::from).partition(|p| on_tmpfs(p));
