@@ -68,25 +68,9 @@ pub fn run(signals: &Signals, config: &Config, moment: Moment, vars: &[(&str, St
             return false;
         }
     };
-    // Read as it comes (a full pipe would block the hook), keeping the first MAX_OUTPUT bytes.
-    let drain = |r: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut kept = Vec::new();
-            if let Some(mut r) = r {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = r.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let room = MAX_OUTPUT.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
-                }
-            }
-            kept
-        })
-    };
-    let out = drain(child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>));
+    // Read as it comes (a full pipe would block the hook).
+    let out = child.stdout.take().map(drain);
+    let err = child.stderr.take().map(drain);
     let timeout = config.hooks.timeout;
     let status = loop {
         match child.try_wait() {
@@ -110,7 +94,7 @@ pub fn run(signals: &Signals, config: &Config, moment: Moment, vars: &[(&str, St
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGKILL);
     let ms = started.elapsed().as_millis() as u64;
     for (stream, handle) in [("stdout", out), ("stderr", err)] {
-        let text = handle.join().unwrap_or_default();
+        let text = handle.and_then(|h| h.join().ok()).unwrap_or_default();
         for line in String::from_utf8_lossy(&text).lines().filter(|l| !l.trim().is_empty()) {
             log::info!("hook {hook} {stream}: {line}");
         }
@@ -130,6 +114,22 @@ pub fn run(signals: &Signals, config: &Config, moment: Moment, vars: &[(&str, St
             false
         }
     }
+}
+
+/// Reads a hook's output to its end on a thread of its own, keeping the first MAX_OUTPUT bytes.
+fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let room = MAX_OUTPUT.saturating_sub(kept.len());
+            kept.extend_from_slice(&buf[..n.min(room)]);
+        }
+        kept
+    })
 }
 
 /// The control dir's file that says a checkpoint is under way.

@@ -113,11 +113,9 @@ fn a_server_that_ignores_conditional_writes_is_refused_unless_the_lease_is_off()
     // An S3 that stores nothing and says yes to every write, conditional or not.
     let server = FakeHttp::start(|line, _| {
         if line.starts_with("GET") && line.contains("list-type=2") {
-            let xml = "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
-                       <Name>crik-test</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>";
-            Answer::xml("200 OK", xml.into())
+            Answer::empty_listing()
         } else if line.starts_with("GET") {
-            Answer::xml("404 Not Found", "<Error><Code>NoSuchKey</Code><Message>none</Message></Error>".into())
+            Answer::no_such_key()
         } else {
             Answer { status: "200 OK", headers: vec![("etag", "\"0123\"".into())], body: String::new() }
         }

@@ -3,7 +3,7 @@
 //! prefix is refused, a checkpoint sealed with a key crik was not given stops it at start
 //! (kept), and keys rotate. Real CRIU, a real S3 server (s3s-fs).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::s3::S3Server;
 use crate::common::*;
@@ -28,25 +28,11 @@ fn storage(s3: &S3Server, prefix: &str, keys: &[&Path]) -> String {
     format!("{}{enc}", s3.config(prefix))
 }
 
-/// Every object file under `dir` of the s3s-fs data.
-fn objects_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(objects_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// Whether any object under `dir` holds `marker`, as stored or once decompressed (chunks are
 /// zstd, whose entropy coding hides a string that is there in the clear).
 fn holds(dir: &Path, marker: &str) -> bool {
     let has = |b: &[u8]| b.windows(marker.len()).any(|w| w == marker.as_bytes());
-    objects_under(dir).iter().any(|f| {
+    files_under(dir).iter().any(|f| {
         let raw = std::fs::read(f).unwrap_or_default();
         has(&raw) || zstd::bulk::decompress(&raw, 4 << 20).is_ok_and(|d| has(&d))
     })

@@ -570,11 +570,9 @@ fn a_put_answered_without_an_etag_is_not_a_stored_checkpoint() {
     // careless proxy would.
     let sink = FakeHttp::start(|line, _| {
         if line.starts_with("GET") && line.contains("/lease.json") {
-            Answer::xml("404 Not Found", "<Error><Code>NoSuchKey</Code><Message>none</Message></Error>".into())
+            Answer::no_such_key()
         } else if line.starts_with("GET") {
-            let xml = "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
-                       <Name>crik-test</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>";
-            Answer::xml("200 OK", xml.into())
+            Answer::empty_listing()
         } else {
             Answer { status: "200 OK", headers: vec![], body: String::new() }
         }
@@ -755,7 +753,7 @@ fn storage_keys_from_a_credentials_file_stay_out_of_the_checkpoint() {
     // Pages written into the image dir (not streamed): what the checkpoint holds can be read.
     let storage = format!("{}  streamPages: false\n", s3.config("app"));
     let holds_secret = |dir: &std::path::Path| {
-        walk_files(dir).iter().any(|f| {
+        files_under(dir).iter().any(|f| {
             let b = std::fs::read(f).unwrap_or_default();
             b.windows(SECRET_KEY.len()).any(|w| w == SECRET_KEY.as_bytes())
         })
@@ -787,17 +785,4 @@ fn storage_keys_from_a_credentials_file_stay_out_of_the_checkpoint() {
     let (code, err) = refused_at_start(&cfg2, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no aws_secret_access_key") && !err.contains("AKIDONLY"), "{err}");
-}
-
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

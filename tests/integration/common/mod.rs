@@ -632,17 +632,21 @@ fn nft_script(script: &str) -> bool {
 /// Bytes the files under `dir` take on disk (sparse files count what is written).
 pub fn dir_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
+    files_under(dir).iter().filter_map(|f| fs::symlink_metadata(f).ok()).map(|md| md.blocks() * 512).sum()
+}
+
+/// Every file below `dir` (not directories), at any depth; none when it cannot be read.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let Ok(md) = e.metadata() else { continue };
-            if md.is_dir() {
-                stack.push(e.path());
-            } else {
-                total += md.blocks() * 512;
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(_) => out.push(e.path()),
+                Err(_) => {}
             }
         }
     }
-    total
+    out
 }

@@ -183,6 +183,18 @@ impl Answer {
     pub fn xml(status: &'static str, body: String) -> Answer {
         Answer { status, headers: vec![("content-type", "text/xml".into())], body }
     }
+
+    /// S3's listing of an empty bucket.
+    pub fn empty_listing() -> Answer {
+        let xml = "<?xml version=\"1.0\"?><ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                   <Name>crik-test</Name><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>";
+        Answer::xml("200 OK", xml.into())
+    }
+
+    /// S3's answer to a GET of an object that is not there.
+    pub fn no_such_key() -> Answer {
+        Answer::xml("404 Not Found", "<Error><Code>NoSuchKey</Code><Message>none</Message></Error>".into())
+    }
 }
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 for the servers this machine cannot run or that must
