@@ -67,15 +67,7 @@ fn sealed_checkpoints_hide_the_apps_memory_restore_with_the_key_and_rotate() {
     };
 
     // inspect without the key says what it cannot open; with it, what the checkpoint holds.
-    let inspect = |cfg: &Path| {
-        let out = std::process::Command::new(CRIK)
-            .args(["inspect", "--json", "--config", cfg.to_str().unwrap()])
-            .envs(s3.env())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["storage"]["checkpoints"][0].clone()
-    };
+    let inspect = |cfg: &Path| s3.inspect_json(cfg)["storage"]["checkpoints"][0].clone();
     let without = inspect(&s.config(&storage(&s3, "app", &[])));
     assert!(without["error"].as_str().unwrap().contains("is sealed with key"), "{without}");
     let with = inspect(&s.config(&storage(&s3, "app", &[&key])));

@@ -233,7 +233,7 @@ fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room
     assert!(s.checkpoints().is_empty(), "in storage only: {:?}", s.checkpoints());
     assert!(empty(&staging.0));
     // `crik inspect` lists it there.
-    let report = inspect_json(&cfg, &s3);
+    let report = s3.inspect_json(&cfg);
     let listed = &report["storage"]["checkpoints"];
     let fin = c.expect_event("checkpoint_finished", &[("kind", "final")]);
     assert_eq!(listed.as_array().unwrap().iter().filter(|c| c["state"] == "complete").count(), 1, "{report}");
@@ -284,7 +284,7 @@ fn memory_staging_dumps_into_memory_and_falls_back_to_the_image_dir_without_room
         }
     };
     let failed = c.expect_event("checkpoint_failed", &[("kind", "final"), ("uploaded", "false")]);
-    let report = inspect_json(&cfg3, &s3);
+    let report = s3.inspect_json(&cfg3);
     assert!(report["storage"]["error"].as_str().is_some_and(|e| !e.is_empty()), "unreachable: said\n{report}");
     assert_eq!(report["checkpoints"].as_array().unwrap().iter().filter(|c| c["state"] == "complete").count(), 1);
     assert!(failed["msg"].as_str().unwrap().contains("it is complete in the image dir"), "{failed}");
@@ -322,16 +322,6 @@ fn an_app_that_exits_on_its_own_leaves_no_periodic_checkpoint_in_storage_to_repl
 }
 
 /// `crik inspect --json` with this config and the server's credentials.
-fn inspect_json(cfg: &std::path::Path, s3: &S3Server) -> serde_json::Value {
-    let out = std::process::Command::new(CRIK)
-        .args(["inspect", "--json", "--config", cfg.to_str().unwrap()])
-        .envs(s3.env())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 #[test]
 fn streamed_pages_never_touch_the_image_dir_and_restore_exactly() {
     let s = Scratch::new("s3-stream");

@@ -88,6 +88,17 @@ impl S3Server {
         vec![("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()), ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into())]
     }
 
+    /// `crik inspect --json` with `cfg` and this server's keys (it must succeed).
+    pub fn inspect_json(&self, cfg: &Path) -> serde_json::Value {
+        let out = Command::new(super::CRIK)
+            .args(["inspect", "--json", "--config", cfg.to_str().unwrap()])
+            .envs(self.env())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     /// Where s3s-fs keeps the object `key` of the test bucket.
     pub fn object(&self, key: &str) -> PathBuf {
         self.root.join(BUCKET).join(key)
