@@ -196,15 +196,8 @@ pub fn acquire(
             }
         };
         let sent = Instant::now();
-        let etag = match bucket.put_if(&key, &me.bytes(), &condition, soon())? {
-            Ok(etag) => etag,
-            // Another crik won the race, or this PUT was tried twice and its first try got
-            // through: the object says which.
-            Err(Conflict) => match bucket.get_object(&key, soon())? {
-                Some(o) if o.body == me.bytes() => o.etag.unwrap_or_default(),
-                _ => continue,
-            },
-        };
+        // Refused: another crik won the race.
+        let Ok(etag) = put_record(&bucket, &key, &me, &condition, soon())? else { continue };
         // A server that ignores conditions would let the next crik overwrite this lease:
         // asked once, on this crik's own lease (the same bytes again, so nothing changes).
         if bucket.put_if(&key, &me.bytes(), &Condition::Absent, soon())?.is_ok() {
@@ -245,8 +238,35 @@ fn judge(o: &Object, seen: &mut Option<(Option<String>, Instant)>, own_ttl: Dura
     match record {
         Ok(r) if r.released => Seen::Free(Condition::Unchanged(etag), "released by its holder"),
         _ if expired => Seen::Free(Condition::Unchanged(etag), "expired: its holder stopped renewing it"),
-        Ok(r) => Seen::Held(r.describe(), ttl),
-        Err(why) => Seen::Held(format!("an unknown holder (the lease {why})"), ttl),
+        parsed => Seen::Held(holder_of(&parsed), ttl),
+    }
+}
+
+/// Who a lease object (as [`Record::parse`] read it) names, for messages.
+fn holder_of(parsed: &Result<Record, String>) -> String {
+    match parsed {
+        Ok(r) => r.describe(),
+        Err(why) => format!("an unknown holder (the lease {why})"),
+    }
+}
+
+/// Writes `record` at `key` if `condition` holds. Refused, but what is stored is `record`
+/// itself (the PUT was tried twice and its first try got through): written all the same.
+/// `Err(found)`: refused, and what is there instead (nothing: deleted).
+fn put_record(
+    bucket: &Bucket,
+    key: &str,
+    record: &Record,
+    condition: &Condition,
+    deadline: Instant,
+) -> Result<Result<String, Option<Object>>, S3Error> {
+    let bytes = record.bytes();
+    match bucket.put_if(key, &bytes, condition, deadline)? {
+        Ok(etag) => Ok(Ok(etag)),
+        Err(Conflict) => match bucket.get_object(key, deadline)? {
+            Some(o) if o.body == bytes => Ok(Ok(o.etag.unwrap_or_default())),
+            other => Ok(Err(other)),
+        },
     }
 }
 
@@ -295,24 +315,19 @@ impl Lease {
         };
         let deadline = Instant::now() + self.request_timeout;
         let sent = Instant::now();
-        let etag = match self.bucket.put_if(&self.key, &next.bytes(), &Condition::Unchanged(etag), deadline)? {
+        let etag = match put_record(&self.bucket, &self.key, &next, &Condition::Unchanged(etag), deadline)? {
             Ok(etag) => etag,
-            Err(Conflict) => match self.bucket.get_object(&self.key, deadline)? {
-                // A renewal tried twice whose first try got through.
-                Some(o) if o.body == next.bytes() => o.etag.unwrap_or_default(),
-                other => {
-                    let by = match other.map(|o| Record::parse(&o.body)) {
-                        Some(Ok(r)) => r.describe(),
-                        Some(Err(why)) => format!("an unknown holder (the lease {why})"),
-                        None => "nobody: the lease object was deleted".into(),
-                    };
-                    log::error!(event = "lease_lost";
-                        "the lease on {} was taken over by {by}: this crik no longer writes there (its checkpoints \
-                         stay in the image dir)", self.url);
-                    lock(&self.state).lost = Some(by);
-                    return self.check();
-                }
-            },
+            Err(found) => {
+                let by = found.map_or_else(
+                    || "nobody: the lease object was deleted".into(),
+                    |o| holder_of(&Record::parse(&o.body)),
+                );
+                log::error!(event = "lease_lost";
+                    "the lease on {} was taken over by {by}: this crik no longer writes there (its checkpoints \
+                     stay in the image dir)", self.url);
+                lock(&self.state).lost = Some(by);
+                return self.check();
+            }
         };
         let mut st = lock(&self.state);
         (st.record, st.etag, st.renewed) = (next, etag, sent);
