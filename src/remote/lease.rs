@@ -381,9 +381,9 @@ impl Lease {
         }
         let released = Record { released: true, renewals: st.record.renewals + 1, ..st.record.clone() };
         let deadline = Instant::now() + self.request_timeout;
-        match self.bucket.put_if(&self.key, &released.bytes(), &Condition::Unchanged(st.etag.clone()), deadline) {
+        match put_record(&self.bucket, &self.key, &released, &Condition::Unchanged(st.etag.clone()), deadline) {
             Ok(Ok(_)) => log::info!(event = "lease_released"; "released the lease on {}", self.url),
-            Ok(Err(Conflict)) => log::warn!("the lease on {} was no longer this crik's to release", self.url),
+            Ok(Err(_)) => log::warn!("the lease on {} was no longer this crik's to release", self.url),
             Err(e) => log::warn!(
                 "cannot release the lease on {} (the next start waits for it to expire, {} s): {e}",
                 self.url,
