@@ -387,6 +387,15 @@ fn default_node_state_timeout() -> Duration {
     Duration::from_secs(3)
 }
 
+impl Config {
+    /// crik's own dirs, named as in the configuration: `imageDir` and `storage.stagingDir`
+    /// (they hold checkpoints: never deleted, captured or overwritten as the app's files).
+    pub fn own_dirs(&self) -> impl Iterator<Item = (&'static str, &AbsPath)> {
+        let staging = self.storage.iter().filter_map(|s| s.staging_dir.as_ref());
+        self.image_dir.iter().map(|d| ("imageDir", d)).chain(staging.map(|d| ("storage.stagingDir", d)))
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -680,12 +689,7 @@ fn check(c: &Config) -> Result<(), String> {
         at_least("checkpointInterval", every, Duration::from_millis(100))?;
     }
     // Deleted before every final checkpoint: never crik's own dirs, nor anything above them.
-    let own = c
-        .image_dir
-        .iter()
-        .map(|d| ("imageDir", d))
-        .chain(c.storage.iter().filter_map(|s| s.staging_dir.as_ref()).map(|d| ("storage.stagingDir", d)));
-    for (name, dir) in own {
+    for (name, dir) in c.own_dirs() {
         if let Some(p) = c.inotify_incompatible_paths.iter().find(|p| dir.as_path().starts_with(p.as_path())) {
             return Err(format!(
                 "inotifyIncompatiblePaths: {p} would delete {name} ({dir}) and its checkpoints before every final checkpoint"

@@ -186,9 +186,7 @@ fn archive_files(staged: &Checkpoint, target: &Target) -> Result<Archived, Check
 
 /// crik's own dirs (the image dir, the memory staging dir): never part of what is archived.
 fn own_dirs<'a>(target: &Target<'a>) -> Vec<&'a std::path::Path> {
-    let mut dirs: Vec<&std::path::Path> = target.config.image_dir.iter().map(|d| d.as_path()).collect();
-    dirs.extend(target.staging.map(|m| m.dir()));
-    dirs
+    target.config.own_dirs().map(|(_, d)| d.as_path()).collect()
 }
 
 /// The files the app holds (open or mapped) on tmpfs mounts: /dev/shm (POSIX shared memory,

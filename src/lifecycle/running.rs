@@ -183,8 +183,7 @@ pub fn supervise(
                 // Kept in the image dir all the same (as a rule): one of this run's checkpoints.
                 log::error!(event = "checkpoint_failed", kind = "periodic", uploaded = false, id = id.as_str();
                     "periodic checkpoint {id} was not uploaded to {url} (the app keeps running): {source}; {kept}");
-                let vars = [("CRIK_CHECKPOINT_KIND", "periodic".to_string()), ("CRIK_ERROR", source.to_string())];
-                hooks::run(signals, config, Moment::CheckpointFailed, &vars);
+                after_failure(signals, config, "periodic", pid, &source);
                 periodic_taken.borrow_mut().push(id);
             }
             Err(e) => {
@@ -252,7 +251,7 @@ fn before_checkpoint(signals: &Signals, config: &Config, kind: &str, app: nix::u
 }
 
 /// After a failed checkpoint: the checkpointFailed hook, told why.
-fn after_failure(signals: &Signals, config: &Config, kind: &str, app: nix::unistd::Pid, e: &CheckpointError) {
+fn after_failure(signals: &Signals, config: &Config, kind: &str, app: nix::unistd::Pid, e: &dyn std::fmt::Display) {
     let vars =
         [("CRIK_CHECKPOINT_KIND", kind.to_string()), ("CRIK_APP_PID", app.to_string()), ("CRIK_ERROR", e.to_string())];
     hooks::run(signals, config, Moment::CheckpointFailed, &vars);

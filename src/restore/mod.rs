@@ -65,12 +65,7 @@ pub struct Restored {
 /// (see [`crate::archive::confined`]): a manifest from the image dir or storage may name
 /// archives and paths the configuration never asked for.
 fn put_back_archives(config: &Config, ckpt: &Checkpoint, manifest: &Manifest) -> Result<(), RestoreError> {
-    let own: Vec<&Path> = config
-        .image_dir
-        .iter()
-        .map(|d| d.as_path())
-        .chain(config.storage.iter().filter_map(|s| s.staging_dir.as_ref()).map(|d| d.as_path()))
-        .collect();
+    let own: Vec<&Path> = config.own_dirs().map(|(_, d)| d.as_path()).collect();
     if let Some(diff) = &manifest.rootfs {
         if config.capture_rootfs_diff {
             let scope = crate::archive::rootfs::scope(&own);
