@@ -126,7 +126,7 @@ fn message_queues(pids: &[i32]) -> Result<(), PreflightError> {
 /// 16 MiB for its own needs (9 MiB measured for a shell loop), and with the network lock the
 /// network namespace's whole nftables ruleset, which it loads (measured: 113 MiB with 200
 /// lock-shaped tables, about 0.52 MiB each).
-pub fn criu_memory_estimate(lock_network: bool) -> u64 {
+fn criu_memory_estimate(lock_network: bool) -> u64 {
     const OWN: u64 = 16 << 20;
     const LOCK: u64 = 8 << 20;
     const PER_TABLE: u64 = 532 << 10;
