@@ -125,6 +125,14 @@ pub struct Config {
 pub struct EncryptionConfig {
     /// Files made by `crik keygen` (a mounted Secret).
     pub key_files: Vec<AbsPath>,
+    /// What checkpoints are bound to besides their place (the bucket and prefix, or the image
+    /// dir): e.g. the app's name, for apps that share a key and an image dir path.
+    #[serde(default)]
+    pub identity: Option<String>,
+    /// Where no trusted record of the newest generation exists, a checkpoint older than this is
+    /// refused (seconds; none by default).
+    #[serde(default, deserialize_with = "some_seconds")]
+    pub max_age: Option<Duration>,
 }
 
 /// `hooks:`: each a command (program and arguments, run without a shell), empty for none.
@@ -731,11 +739,11 @@ fn check(c: &Config) -> Result<(), String> {
         if enc.key_files.is_empty() {
             return Err("encryption.keyFiles must name at least one key file (made by `crik keygen`)".into());
         }
-        if c.storage.is_none() {
-            return Err(
-                "encryption seals checkpoints in object storage: it needs storage (the image dir is not sealed yet)"
-                    .into(),
-            );
+        if enc.identity.as_deref().is_some_and(|i| i.is_empty() || i.len() > 256 || i.chars().any(char::is_control)) {
+            return Err("encryption.identity must be 1 to 256 characters, none of them control characters".into());
+        }
+        if let Some(age) = enc.max_age {
+            at_least("encryption.maxAge", age, Duration::from_secs(60))?;
         }
     }
     if let Some(ns) = &c.node_state {

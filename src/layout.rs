@@ -6,6 +6,8 @@
 //! ├── lock                           flock()ed by the crik using this image dir
 //! ├── status.json                    the last checkpoint's and restore's outcome (for operators)
 //! ├── failed-dump.log                CRIU's whole log of the last failed dump
+//! ├── generation.json                the newest generation written or restored here (MAC'd
+//! │                                  with a key: what a rollback is judged by)
 //! ├── staging/<id>/                  a checkpoint being written; never restored
 //! ├── checkpoints/<id>/              published, complete checkpoints (newest id wins)
 //! ├── retired/<id>/                  restored once, or superseded (keepCheckpoints of them)
@@ -21,10 +23,13 @@
 //! ├── files.tar                      additionalPaths
 //! ├── tmpfs.tar                      the app's files on tmpfs mounts
 //! ├── rootfs.tar                     the container's writable layer (captureRootfsDiff)
+//! ├── manifest.mac                   with a key: the manifest's MAC (the manifest lists each
+//! │                                  file's digest), checked before anything is read
 //! └── manifest.json                  written last (fsynced): its presence marks completeness
 //!
 //! s3://bucket/prefix/                storage.url
-//! ├── lease.json                     names the one crik that may write the prefix (renewed)
+//! ├── lease.json                     names the one crik that may write the prefix (renewed),
+//! │                                  and the newest generation written there (MAC'd with a key)
 //! ├── chunks/<blake3>                zstd of one chunk, shared by every checkpoint that has it
 //! ├── checkpoints/<id>.json          a complete checkpoint: its manifest + each file's chunks
 //! ├── retired/<id>.json              restored once, or superseded (keepCheckpoints of them)
@@ -50,6 +55,7 @@ pub fn is_valid_id(id: &str) -> bool {
 pub const LOCK: &str = "lock";
 pub const STATUS_FILE: &str = "status.json";
 pub const FAILED_DUMP_LOG: &str = "failed-dump.log";
+pub const GENERATION_FILE: &str = "generation.json";
 pub const STAGING: &str = "staging";
 pub const CHECKPOINTS: &str = "checkpoints";
 pub const RETIRED: &str = "retired";
@@ -67,6 +73,7 @@ pub const FILES_ARCHIVE: &str = "files.tar";
 pub const TMPFS_ARCHIVE: &str = "tmpfs.tar";
 pub const ROOTFS_ARCHIVE: &str = "rootfs.tar";
 pub const MANIFEST_FILE: &str = "manifest.json";
+pub const MANIFEST_MAC_FILE: &str = "manifest.mac";
 /// The largest manifest crik reads, local or in storage (a larger one is damage).
 pub const MAX_MANIFEST: usize = 16 << 20;
 

@@ -10,6 +10,9 @@
 //!              associated data = "crik chunk v1" | key id | name
 //! manifest     "crik-sealed-v1\n" | key id (8) | nonce (12, random) | AES-256-GCM(json) | tag
 //!              associated data = "crik manifest v1" | key id | len | identity | len | checkpoint id
+//! MAC          crik-mac-v1:<key id hex>:<blake3::keyed_hash(derive_key("crik 2026-12 local mac", K),
+//!              len | domain | (len | part)...) hex>: what crik keeps in the image dir (a
+//!              checkpoint's manifest, the newest generation) and the generation in the lease
 //! ```
 //!
 //! The chunk's nonce is a keyed hash of its name, itself a keyed hash of its plaintext (one pass
@@ -23,6 +26,7 @@ const KEY_PREFIX: &str = "crik-key-v1:";
 const CHUNK_MAGIC: &[u8] = b"CK1";
 pub const MANIFEST_MAGIC: &[u8] = b"crik-sealed-v1\n";
 const TAG_LEN: usize = 16;
+const MAC_PREFIX: &str = "crik-mac-v1:";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
@@ -47,6 +51,7 @@ pub struct Key {
     pub id_hex: String,
     name_key: [u8; 32],
     nonce_key: [u8; 32],
+    mac_key: [u8; 32],
     aead: LessSafeKey,
 }
 
@@ -83,6 +88,7 @@ impl Key {
             id_hex: hex::encode(id),
             name_key: derive("crik 2026-12 chunk id"),
             nonce_key: derive("crik 2026-12 chunk nonce"),
+            mac_key: derive("crik 2026-12 local mac"),
             aead,
         }
     }
@@ -104,6 +110,20 @@ impl Key {
     pub fn seal_manifest(&self, identity: &str, id: &str, json: &[u8]) -> Result<Vec<u8>, SealError> {
         let nonce = random().ok_or_else(|| SealError::Content("the system's random source failed".into()))?;
         Ok(self.seal(MANIFEST_MAGIC, nonce, &manifest_aad(&self.id, identity, id), json))
+    }
+
+    /// A MAC of `parts` for `domain` (what they are), as text: `crik-mac-v1:<key id>:<mac>`.
+    pub fn mac(&self, domain: &str, parts: &[&[u8]]) -> String {
+        format!("{MAC_PREFIX}{}:{}", self.id_hex, self.raw_mac(domain, parts).to_hex())
+    }
+
+    fn raw_mac(&self, domain: &str, parts: &[&[u8]]) -> blake3::Hash {
+        let mut h = blake3::Hasher::new_keyed(&self.mac_key);
+        for part in std::iter::once(domain.as_bytes()).chain(parts.iter().copied()) {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.finalize()
     }
 
     /// `magic | key id | nonce | AES-256-GCM(plain) | tag`.
@@ -177,6 +197,21 @@ impl Keys {
     /// Opens a sealed manifest stored for `identity` as checkpoint `id`: its JSON.
     pub fn open_manifest(&self, identity: &str, id: &str, stored: &[u8]) -> Result<Vec<u8>, SealError> {
         Ok(self.open(MANIFEST_MAGIC, stored, |key_id| manifest_aad(key_id, identity, id))?.0)
+    }
+
+    /// Checks a MAC made by [`Key::mac`] for `domain` and `parts`, with the key it names.
+    pub fn check_mac(&self, domain: &str, parts: &[&[u8]], mac: &str) -> Result<(), SealError> {
+        let rest = mac.trim().strip_prefix(MAC_PREFIX).ok_or(SealError::NotSealed)?;
+        let (key_id, hexed) = rest.split_once(':').ok_or(SealError::Altered)?;
+        let id = hex::decode(key_id).map_err(|_| SealError::Altered)?;
+        let key = self.by_id(&id)?;
+        let want = blake3::Hash::from_hex(hexed).map_err(|_| SealError::Altered)?;
+        // blake3::Hash compares in constant time.
+        if key.raw_mac(domain, parts) == want {
+            Ok(())
+        } else {
+            Err(SealError::Altered)
+        }
     }
 
     /// Opens a sealed chunk named `name`: its stored (compressed) form, and the key it was
@@ -270,5 +305,25 @@ mod tests {
         assert_eq!(keys.open_manifest("s3://b/app", "x", b"{\"plain\":1}").unwrap_err(), SealError::NotSealed);
         assert_eq!(Keys::sealed_manifest_key(b"{}"), None);
         assert_eq!(keys.writer().id_hex, key(3).id_hex);
+    }
+
+    #[test]
+    fn macs_check_only_what_they_were_made_for() {
+        let keys = Keys::new(vec![key(3), key(1)]).unwrap();
+        let mac = key(1).mac("crik test v1", &[b"/var/lib/crik", b"ab"]);
+        assert!(mac.starts_with(&format!("crik-mac-v1:{}:", key(1).id_hex)), "{mac}");
+        keys.check_mac("crik test v1", &[b"/var/lib/crik", b"ab"], &mac).unwrap();
+        keys.check_mac("crik test v1", &[b"/var/lib/crik", b"ab"], &format!("{mac}\n")).unwrap();
+        // Parts are length-prefixed: moving a byte between them changes the MAC.
+        assert_eq!(keys.check_mac("crik test v1", &[b"/var/lib/crika", b"b"], &mac), Err(SealError::Altered));
+        assert_eq!(keys.check_mac("crik other v1", &[b"/var/lib/crik", b"ab"], &mac), Err(SealError::Altered));
+        let other = key(2).mac("crik test v1", &[b"/var/lib/crik", b"ab"]);
+        assert_eq!(
+            keys.check_mac("crik test v1", &[b"/var/lib/crik", b"ab"], &other),
+            Err(SealError::UnknownKey(key(2).id_hex))
+        );
+        for bad in ["", "crik-mac-v1:", "crik-mac-v1:zz:00", &mac[..mac.len() - 1]] {
+            assert!(keys.check_mac("crik test v1", &[b"/var/lib/crik", b"ab"], bad).is_err(), "{bad}");
+        }
     }
 }

@@ -147,6 +147,7 @@ fn manifest_of(
         seal_millis: 0, // measured by the store when it publishes
         app_memory_bytes,
         files: Vec::new(), // filled in by the store when it publishes
+        generation: target.generation,
     }
 }
 

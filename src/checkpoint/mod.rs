@@ -87,6 +87,8 @@ pub struct Target<'a> {
     pub staging: Option<&'a MemoryStaging>,
     /// Lock the network even when the app holds no TCP connection (set for a second try).
     pub always_lock_network: bool,
+    /// The checkpoint's generation (see [`crate::store::generation`]).
+    pub generation: u64,
 }
 
 /// A checkpoint taken: its id, and what it cost (for [`crate::lifecycle::plan`]).
@@ -112,6 +114,7 @@ pub fn checkpoint(signals: &Signals, store: &Store, target: &Target) -> Result<T
     // on the event (an operator, a test) reads the outcome it announces.
     crate::lifecycle::status::write(store.root(), status);
     let p = result?;
+    store.adopt_generation(target.generation, true);
     // Sealed (and uploaded): its pages are clean, and need not stay charged to the container.
     crate::store::drop_page_cache(&store.root().join(crate::layout::CHECKPOINTS).join(&p.id));
     log::info!(

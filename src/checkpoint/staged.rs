@@ -65,7 +65,7 @@ pub(super) fn checkpoint(
     };
 
     // Memory staging: sealed where it is, uploaded from there, then the memory is freed.
-    let manifest = match dumped.and_then(|m| Ok(store::seal(&staged, m)?)) {
+    let manifest = match dumped.and_then(|m| Ok(store::seal(&staged, m, store.is_sealed())?)) {
         Ok(m) => m,
         Err(e) => {
             keep_failed_log(&staged, store);

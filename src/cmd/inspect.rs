@@ -11,7 +11,7 @@ use crate::store::integrity::{self, Scope};
 use crate::store::manifest::Manifest;
 use crate::store::{self, Checkpoint, State};
 
-use super::{image_dir_arg, load_config, open_remote, Fatal};
+use super::{image_dir_arg, load_config, open_keys, open_remote, Fatal};
 use crate::cmd::cli::InspectArgs;
 use crate::config::Config;
 
@@ -24,7 +24,7 @@ pub fn run(args: InspectArgs) -> Result<i32, Fatal> {
         inspect(dir.as_path(), args.checkpoint.as_deref()).map_err(|e| Fatal::failed("cannot inspect", e))?;
     if config.storage.is_some() {
         // Read-only, like the rest of inspect; unreachable storage is reported, not fatal.
-        report.storage = match open_remote(&config) {
+        report.storage = match open_keys(&config).and_then(|keys| open_remote(&config, keys.as_ref())) {
             Ok(Some(remote)) => Some(StorageReport::of(&remote)),
             Ok(None) => None,
             Err(e) => Some(StorageReport {

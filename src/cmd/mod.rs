@@ -11,6 +11,7 @@ pub mod restore;
 pub mod run;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::{AbsPath, Config, ConfigError, ConfigSource};
 use crate::init::app::SpawnError;
@@ -18,6 +19,7 @@ use crate::init::supervisor::{self, Signals};
 use crate::lifecycle::nodestate::{self, Query};
 use crate::lifecycle::startup::StartError;
 use crate::remote::Remote;
+use crate::seal::Keys;
 use crate::store::staging::MemoryStaging;
 use crate::store::{Store, StoreError};
 
@@ -71,8 +73,14 @@ pub(crate) fn load_config(flag: Option<PathBuf>) -> Result<Config, Fatal> {
     Ok(config)
 }
 
-pub(crate) fn open_store(dir: &Path) -> Result<Store, Fatal> {
-    Store::open(dir).map_err(|e| match e {
+/// The image dir, its checkpoints authenticated with `keys` when there are some.
+pub(crate) fn open_store(dir: &Path, config: &Config, keys: Option<&Arc<Keys>>) -> Result<Store, Fatal> {
+    let sealing = keys.map(|keys| crate::store::Sealing {
+        keys: keys.clone(),
+        identity: local_identity(config, dir),
+        max_age: config.encryption.as_ref().and_then(|e| e.max_age),
+    });
+    Store::open_sealed(dir, sealing).map_err(|e| match e {
         StoreError::Locked { .. } | StoreError::Unsafe { .. } => Fatal::failed("cannot use image dir", e),
         e => Fatal::failed("cannot open image dir", e),
     })
@@ -134,9 +142,40 @@ pub fn keygen() -> Result<i32, Fatal> {
     Ok(0)
 }
 
+/// What the image dir's checkpoints are bound to: the storage url when there is one (each app
+/// has its own prefix; a checkpoint downloaded from there is published here too), else the
+/// image dir's path; with `#identity` when `encryption.identity` is set.
+fn local_identity(config: &Config, dir: &Path) -> String {
+    let place = match &config.storage {
+        Some(s) => s.url.to_string(),
+        None => dir.display().to_string(),
+    };
+    match config.encryption.as_ref().and_then(|e| e.identity.as_deref()) {
+        Some(i) => format!("{place}#{i}"),
+        None => place,
+    }
+}
+
 /// `encryption.keyFiles`, read at start: a missing or malformed key is found now, not when a
 /// checkpoint is written or restored.
-fn open_keys(config: &Config) -> Result<Option<crate::seal::Keys>, Fatal> {
+pub(crate) fn open_keys(config: &Config) -> Result<Option<Arc<Keys>>, Fatal> {
+    let keys = read_keys(config)?.map(Arc::new);
+    match &keys {
+        Some(k) => log::info!(
+            "checkpoints are sealed with key {} (encryption.keyFiles): encrypted in storage, authenticated in both \
+             storage and the image dir",
+            k.writer().id_hex
+        ),
+        None if config.image_dir.is_some() => log::warn!(
+            "checkpoints are neither encrypted nor authenticated: anyone who can write the bucket or the image dir \
+             can make crik restore what they wrote (set encryption.keyFiles; see docs/security.md)"
+        ),
+        None => {}
+    }
+    Ok(keys)
+}
+
+fn read_keys(config: &Config) -> Result<Option<Keys>, Fatal> {
     let Some(enc) = &config.encryption else { return Ok(None) };
     let mut keys = Vec::new();
     for path in &enc.key_files {
@@ -146,22 +185,15 @@ fn open_keys(config: &Config) -> Result<Option<crate::seal::Keys>, Fatal> {
         log::debug!("encryption key {} from {path}", key.id_hex);
         keys.push(key);
     }
-    Ok(crate::seal::Keys::new(keys))
+    Ok(Keys::new(keys))
 }
 
 /// `storage:` is checked at start (credentials, bucket, endpoint), not when the node is going
 /// away.
-pub(crate) fn open_remote(config: &Config) -> Result<Option<Remote>, Fatal> {
+pub(crate) fn open_remote(config: &Config, keys: Option<&Arc<Keys>>) -> Result<Option<Remote>, Fatal> {
     let Some(cfg) = &config.storage else { return Ok(None) };
-    let keys = open_keys(config)?;
-    match &keys {
-        Some(k) => log::info!("checkpoints in storage are sealed with key {} (encryption.keyFiles)", k.writer().id_hex),
-        None => log::warn!(
-            "checkpoints in storage are neither encrypted nor authenticated: anyone who can write the bucket can \
-             make crik restore what they wrote (set encryption.keyFiles; see docs/security.md)"
-        ),
-    }
-    let remote = Remote::new(cfg, keys, &|k| std::env::var(k).ok())
+    let identity = config.encryption.as_ref().and_then(|e| e.identity.as_deref());
+    let remote = Remote::new(cfg, keys.cloned(), identity, &|k| std::env::var(k).ok())
         .map_err(|e| Fatal::failed(format!("cannot use storage {}", cfg.url), e))?;
     log::info!("checkpoints are uploaded to {}", remote.url);
     // The app inherits crik's environment, and a checkpoint holds the app's memory.

@@ -1,7 +1,9 @@
 //! `crik restore`: a checkpoint restored in the foreground, to debug it (the image dir's newest,
 //! or storage's when newer); storage is left as it was.
 
-use super::{check_criu, image_dir_arg, load_config, node_state_query, open_remote, open_staging, open_store};
+use super::{
+    check_criu, image_dir_arg, load_config, node_state_query, open_keys, open_remote, open_staging, open_store,
+};
 use super::{rootfs_upper, setup_process, Fatal};
 use crate::cmd::cli::RestoreArgs;
 use crate::config::Config;
@@ -20,9 +22,10 @@ pub fn restore(args: RestoreArgs) -> Result<i32, Fatal> {
         return Err(Fatal::failed("nothing to restore", format!("image dir {dir} does not exist")));
     }
     let signals = setup_process()?;
-    let store = open_store(dir.as_path())?;
+    let keys = open_keys(&config)?;
+    let store = open_store(dir.as_path(), &config, keys.as_ref())?;
     check_criu(&signals)?;
-    let remote = open_remote(&config)?;
+    let remote = open_remote(&config, keys.as_ref())?;
     let staging = open_staging(&config)?;
     let mut ckpt = startup::latest_checkpoint(&store).map_err(|e| Fatal::failed("cannot read image dir", e))?;
     if let Some(remote) = &remote {
@@ -35,7 +38,8 @@ pub fn restore(args: RestoreArgs) -> Result<i32, Fatal> {
         }
     }
     let ckpt = ckpt.ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
-    let r = crate::restore::restore(&signals, &config, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
+    let r =
+        crate::restore::restore(&signals, &config, &store, &ckpt).map_err(|e| Fatal::failed("restore failed", e))?;
     log::info!("CRIU's log: {}", ckpt.restore_log().display());
     let _keep_open = r.keep_open;
     crate::lifecycle::hooks::after_restore(&signals, &config, &r.id, r.pid, &r.manifest);

@@ -3,7 +3,9 @@
 
 use std::ffi::OsString;
 
-use super::{check_criu, load_config, node_state_query, open_remote, open_staging, open_store, rootfs_upper};
+use super::{
+    check_criu, load_config, node_state_query, open_keys, open_remote, open_staging, open_store, rootfs_upper,
+};
 use super::{setup_process, Fatal};
 use crate::cmd::cli::RunArgs;
 use crate::init::app;
@@ -16,14 +18,15 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     let node_state = node_state_query(&config)?;
     let rootfs_upper = rootfs_upper(&config)?;
     let signals = setup_process()?;
+    let keys = open_keys(&config)?;
     let store = match &config.image_dir {
-        Some(dir) => Some(open_store(dir.as_path())?),
+        Some(dir) => Some(open_store(dir.as_path(), &config, keys.as_ref())?),
         None => None,
     };
     if store.is_some() {
         check_criu(&signals)?;
     }
-    let remote = open_remote(&config)?;
+    let remote = open_remote(&config, keys.as_ref())?;
     let staging = open_staging(&config)?;
 
     let restored =

@@ -20,6 +20,7 @@ use std::path::Path;
 use criu_proto::pagemap::{Pagemap_entry, Pagemap_head};
 use criu_proto::{write_entry, write_magic, PAGEMAP_MAGIC, PAGE_SIZE, PE_PARENT, PE_PRESENT};
 
+use crate::store::integrity::{Sum, Summer};
 use crate::store::manifest::FileSum;
 
 const OPEN: u32 = 3;
@@ -89,20 +90,21 @@ struct Open {
     dst_id: u64,
     pagemap: BufWriter<File>,
     pagemap_path: String,
-    pages: FileSum,
-    crc: crc32fast::Hasher,
+    pages: String,
+    sum: Summer,
 }
 
 /// Serves one dump's session on `sock` until CRIU's CLOSE: pagemap images are written into
 /// `images` (the checkpoint's `rel` dir, e.g. "images"), page data goes to `sink`. Returns the
-/// pages images streamed (path relative to the checkpoint dir, size, CRC-32), as the store
-/// would have recorded them had they been files. On any error the socket is dropped, so
+/// pages images streamed (path relative to the checkpoint dir, size, CRC-32, and the digest
+/// when `strong`), as the store would have recorded them had they been files. On any error the socket is dropped, so
 /// CRIU's next write fails and the dump is rolled back (the app keeps running).
 pub fn serve(
     mut sock: impl Read + Write,
     images: &Path,
     rel: &str,
     sink: &mut dyn PageSink,
+    strong: bool,
 ) -> Result<Vec<FileSum>, PageServerError> {
     let mut streamed = Vec::new();
     let mut open: Option<Open> = None;
@@ -122,7 +124,7 @@ pub fn serve(
         match c.op {
             OPEN | OPEN2 => {
                 streamed.extend(close(open.take(), sink)?);
-                open = Some(begin(c.dst_id, next_pages_id, images, rel, sink)?);
+                open = Some(begin(c.dst_id, next_pages_id, images, rel, sink, strong)?);
                 next_pages_id += 1;
                 if c.op == OPEN2 {
                     sock.write_all(&[0u8])?; // no parent
@@ -166,8 +168,7 @@ pub fn serve(
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                             Err(e) => return Err(e.into()),
                         };
-                        o.crc.update(&buf[..n]);
-                        o.pages.size += n as u64;
+                        o.sum.update(&buf[..n]);
                         sink.write(&buf[..n]).map_err(PageServerError::Sink)?;
                         left -= n as u64;
                     }
@@ -211,6 +212,7 @@ fn begin(
     images: &Path,
     rel: &str,
     sink: &mut dyn PageSink,
+    strong: bool,
 ) -> Result<Open, PageServerError> {
     let id = dst_id >> 8;
     let name = match dst_id & 0xff {
@@ -230,9 +232,9 @@ fn begin(
     let mut head = Pagemap_head::new();
     head.set_pages_id(pages_id);
     write_entry(&mut pagemap, &head).map_err(|e| image_err(&pagemap_path, e))?;
-    let pages = FileSum { path: format!("{rel}/pages-{pages_id}.img"), size: 0, crc32: 0 };
-    sink.begin(&pages.path).map_err(PageServerError::Sink)?;
-    Ok(Open { dst_id, pagemap, pagemap_path, pages, crc: crc32fast::Hasher::new() })
+    let pages = format!("{rel}/pages-{pages_id}.img");
+    sink.begin(&pages).map_err(PageServerError::Sink)?;
+    Ok(Open { dst_id, pagemap, pagemap_path, pages, sum: Summer::new(strong) })
 }
 
 /// Finishes the open pagemap image (flushed; sealed later with the other images) and its
@@ -241,8 +243,8 @@ fn close(open: Option<Open>, sink: &mut dyn PageSink) -> Result<Option<FileSum>,
     let Some(mut o) = open else { return Ok(None) };
     o.pagemap.flush().map_err(|e| image_err(&o.pagemap_path, e))?;
     sink.end().map_err(PageServerError::Sink)?;
-    o.pages.crc32 = o.crc.finalize();
-    Ok(Some(o.pages))
+    let Sum { size, crc32, digest } = o.sum.finish();
+    Ok(Some(FileSum { path: o.pages, size, crc32, digest }))
 }
 
 #[cfg(test)]
@@ -327,7 +329,7 @@ mod tests {
         let dir = tmp("session");
         let mut wire = Wire { input: io::Cursor::new(input), answers: Vec::new() };
         let mut rec = Recorder::default();
-        let sums = serve(&mut wire, &dir, "images", &mut rec).unwrap();
+        let sums = serve(&mut wire, &dir, "images", &mut rec, true).unwrap();
 
         assert_eq!(wire.answers, [&[0u8][..], &[0u8], &0i32.to_ne_bytes()].concat(), "two OPEN2s, one CLOSE");
         assert_eq!(
@@ -335,9 +337,16 @@ mod tests {
             vec![("images/pages-1.img".into(), pages_a.clone()), ("images/pages-2.img".into(), pages_b.clone())]
         );
         assert_eq!(rec.ended, 2);
+        let mut digest = Summer::new(true);
+        digest.update(&pages_a);
         assert_eq!(
             sums[0],
-            FileSum { path: "images/pages-1.img".into(), size: pages_a.len() as u64, crc32: crc32fast::hash(&pages_a) }
+            FileSum {
+                path: "images/pages-1.img".into(),
+                size: pages_a.len() as u64,
+                crc32: crc32fast::hash(&pages_a),
+                digest: digest.finish().digest
+            }
         );
         assert_eq!(sums[1].crc32, crc32fast::hash(&pages_b));
 
@@ -363,7 +372,7 @@ mod tests {
         input.extend(cmd(ADD_F, PE_PRESENT, 4, 0x1000, 1 << 8 | TYPE_PID));
         input.extend(vec![1u8; ps]); // 3 pages short
         let mut wire = Wire { input: io::Cursor::new(input.clone()), answers: Vec::new() };
-        let e = serve(&mut wire, &dir, "images", &mut Recorder::default()).unwrap_err();
+        let e = serve(&mut wire, &dir, "images", &mut Recorder::default(), false).unwrap_err();
         assert!(e.to_string().contains("middle of pages"), "{e}");
 
         struct Failing;
@@ -381,13 +390,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut wire = Wire { input: io::Cursor::new(input), answers: Vec::new() };
-        let e = serve(&mut wire, &dir, "images", &mut Failing).unwrap_err();
+        let e = serve(&mut wire, &dir, "images", &mut Failing, false).unwrap_err();
         assert_eq!(e.to_string(), "storage said no");
 
         let mut wire =
             Wire { input: io::Cursor::new(cmd(ADD_F, PE_PRESENT, 1, 0, 1 << 8 | TYPE_PID)), answers: vec![] };
-        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default()).is_err(), "pages before OPEN");
+        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default(), false).is_err(), "pages before OPEN");
         let mut wire = Wire { input: io::Cursor::new(Vec::new()), answers: vec![] };
-        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default()).is_err(), "closed before CLOSE");
+        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default(), false).is_err(), "closed before CLOSE");
     }
 }

@@ -83,6 +83,7 @@ pub fn supervise(
         remote,
         staging,
         always_lock_network: false,
+        generation: store.map_or(1, |s| s.next_generation()),
     };
     // What the last SIGTERM did about the app's state.
     let mut saved: Option<Saved> = None;

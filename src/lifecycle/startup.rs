@@ -34,7 +34,9 @@ impl StartError {
 
 /// Restores the newest checkpoint there is (storage's, downloaded, when newer than the image
 /// dir's). `None`: nothing to restore, or nothing could be, and the app starts fresh
-/// (`can_start_fresh`: a command was given).
+/// (`can_start_fresh`: a command was given). A checkpoint refused before anything of it was
+/// used (damaged, altered, a rollback) is quarantined and the next newest is tried, so that a
+/// forged or damaged newest checkpoint never costs the genuine state behind it.
 pub fn restore_newest(
     signals: &Signals,
     config: &Config,
@@ -42,6 +44,38 @@ pub fn restore_newest(
     remote: Option<&Remote>,
     can_start_fresh: bool,
 ) -> Result<Option<Restored>, StartError> {
+    for _ in 0..MAX_REFUSED_AT_START {
+        match restore_newest_once(signals, config, store, remote, can_start_fresh)? {
+            Attempt::Done(r) => return Ok(r.map(|r| *r)),
+            Attempt::Refused => continue,
+        }
+    }
+    log::error!(event = "restore_failed";
+        "{MAX_REFUSED_AT_START} checkpoints in a row were refused (each is in quarantine/): no more are tried");
+    cold_start_or_fail(config, can_start_fresh, || {
+        StartError::stop("no checkpoint restored", format!("{MAX_REFUSED_AT_START} checkpoints in a row were refused"))
+    })?;
+    Ok(None)
+}
+
+/// At most this many checkpoints are refused (and quarantined) at one start before it gives up.
+const MAX_REFUSED_AT_START: usize = 8;
+
+/// What one pass of [`restore_newest`] came to.
+enum Attempt {
+    /// Restored, or decided: nothing is restored (the app starts fresh).
+    Done(Option<Box<Restored>>),
+    /// The newest checkpoint was refused and quarantined before anything of it was used.
+    Refused,
+}
+
+fn restore_newest_once(
+    signals: &Signals,
+    config: &Config,
+    store: Option<&Store>,
+    remote: Option<&Remote>,
+    can_start_fresh: bool,
+) -> Result<Attempt, StartError> {
     let mut latest = match store {
         Some(store) => match latest_checkpoint(store) {
             Ok(found) => found.map(|c| (store, c)),
@@ -69,20 +103,17 @@ pub fn restore_newest(
             Err(e) if stops_at_start(&e) => {
                 return Err(StartError::stop(format!("cannot use storage {}", remote.url), e))
             }
-            Err(RemoteError::Damaged { id, why }) => {
-                let e = RemoteError::Damaged { id: id.clone(), why };
+            Err(e @ (RemoteError::Damaged { .. } | RemoteError::Stale { .. })) => {
+                let (RemoteError::Damaged { id, .. } | RemoteError::Stale { id, .. }) = &e else { unreachable!() };
                 log::error!(event = "restore_failed", id = id.as_str(); "cannot restore from {}: {e}", remote.url);
-                match remote.quarantine(&id) {
+                match remote.quarantine(id) {
                     Ok(()) => {
                         log::warn!("moved checkpoint {id} to quarantine/ in {} (it will not be retried)", remote.url)
                     }
                     Err(qe) => log::error!("cannot quarantine checkpoint {id} in storage: {qe}"),
                 }
-                if latest.is_none() {
-                    cold_start_or_fail(config, can_start_fresh, || StartError::stop("no checkpoint restored", e))?;
-                } else {
-                    log::warn!("restoring the image dir's own (older) checkpoint instead");
-                }
+                log::warn!("trying the next newest checkpoint");
+                return Ok(Attempt::Refused);
             }
             Err(e) if e.is_passing() => {
                 let tried = config.storage.as_ref().map_or(Duration::ZERO, |s| s.retry_at_start).as_secs();
@@ -129,8 +160,12 @@ pub fn restore_newest(
         }
     }
     let restored = match latest {
-        Some((store, ckpt)) => match restore::restore(signals, config, &ckpt) {
+        Some((store, ckpt)) => match restore::restore(signals, config, store, &ckpt) {
             Ok(r) => {
+                store.adopt_generation(r.manifest.generation, true);
+                if let Some(remote) = remote {
+                    remote.record_generation(r.manifest.generation);
+                }
                 if let (Some(remote), Some(id)) = (remote, &remote_newest) {
                     match remote.retire(id, config.keep_checkpoints) {
                         Ok(()) => log::info!("checkpoint {id} retired in {}", remote.url),
@@ -154,6 +189,11 @@ pub fn restore_newest(
                 }
                 Some(r)
             }
+            // Sealed with a key crik was not given: a configuration matter, said at start; the
+            // checkpoint is kept.
+            Err(e @ RestoreError::Store(StoreError::Key { .. })) => {
+                return Err(StartError::stop("cannot restore the image dir's checkpoint", e))
+            }
             Err(e @ RestoreError::IncompatibleCpu { .. }) => {
                 // Sound, just not for this node: kept (not quarantined) for one that can run it.
                 log::error!(event = "restore_refused", id = ckpt.id.as_str();
@@ -171,6 +211,12 @@ pub fn restore_newest(
                     Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
                     Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
                 }
+                // Refused before anything of it was used: the next newest is tried (storage's
+                // copy of this one too, when this was the image dir's, altered or damaged here).
+                if refused_before_use(&e) {
+                    log::warn!("trying the next newest checkpoint");
+                    return Ok(Attempt::Refused);
+                }
                 if let (Some(remote), Some(id)) = (remote, remote_newest.as_ref().filter(|id| **id == ckpt.id)) {
                     if let Err(qe) = remote.quarantine(id) {
                         log::error!("cannot quarantine checkpoint {id} in storage: {qe}");
@@ -184,7 +230,14 @@ pub fn restore_newest(
         },
         None => None,
     };
-    Ok(restored)
+    Ok(Attempt::Done(restored.map(Box::new)))
+}
+
+/// A restore that failed before CRIU or anything else used the checkpoint: it is damaged,
+/// altered, or stale (the manifest, its MAC, its generation, a file's size or sums).
+fn refused_before_use(e: &RestoreError) -> bool {
+    matches!(e, RestoreError::Store(_) | RestoreError::Stale { .. })
+        || matches!(e, RestoreError::Integrity(crate::store::integrity::IntegrityError::Damaged { .. }))
 }
 
 /// Removes the network-lock tables CRIU left in this network namespace for the image dir's
@@ -296,6 +349,10 @@ pub enum Pick {
 /// Storage's newest checkpoint, downloaded unless the image dir already holds it (or a newer
 /// one: its upload failed, and the volume came back with it).
 pub fn from_storage(store: &Store, remote: &Remote, config: &Config, local: Option<&str>) -> Result<Pick, RemoteError> {
+    // What the lease vouches for is what a rollback is judged by, here and in the image dir.
+    if let Some(g) = remote.lease_generation() {
+        store.adopt_generation(g, true);
+    }
     let Some((id, manifest)) = remote.latest()? else { return Ok(Pick::Local { remote_id: None }) };
     if let Ok(m) = &manifest {
         remote.inherit(m);
@@ -308,6 +365,8 @@ pub fn from_storage(store: &Store, remote: &Remote, config: &Config, local: Opti
         return Ok(Pick::Local { remote_id: Some(id) });
     }
     let manifest = manifest?;
+    // Never downloaded when it is older than the newest on record.
+    store.check_fresh(&manifest.manifest).map_err(|source| RemoteError::Stale { id: id.clone(), source })?;
     download(store, remote, &manifest, config).map(Pick::Downloaded)
 }
 

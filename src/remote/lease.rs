@@ -25,6 +25,10 @@
 //! crik took over) means the lease is lost for good: this crik never writes the prefix again.
 //! After taking over an expired lease, garbage collection waits for a ttl plus two requests:
 //! an upload of the previous holder cannot still be landing chunks its manifest will name.
+//!
+//! The lease also records the newest generation written to (or restored from) the prefix,
+//! MAC'd with the key when there is one, and each holder carries it over from the last: a
+//! start refuses a checkpoint older than that (see [`crate::store::generation`]).
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,6 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LeaseConfig, WhenHeld};
 use crate::remote::s3::{Bucket, Condition, Conflict, Object, S3Error};
+use crate::seal::Keys;
+use crate::store::generation;
 
 /// The largest lease object read (a lease is a few hundred bytes).
 const MAX_LEASE: usize = 64 << 10;
@@ -78,6 +84,12 @@ struct Record {
     renewals: u64,
     #[serde(default)]
     released: bool,
+    /// The newest generation written to or restored from the prefix.
+    #[serde(default)]
+    generation: u64,
+    /// Its MAC (with a key), bound to the prefix's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation_mac: Option<String>,
 }
 
 impl Record {
@@ -101,6 +113,44 @@ impl Record {
     fn bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a lease serializes")
     }
+
+    /// The generation this record vouches for: with keys, only when its MAC checks. (0: none
+    /// was recorded.)
+    fn vouched(&self, seal: &Sealing) -> Option<u64> {
+        if self.generation == 0 {
+            return None;
+        }
+        let Some(keys) = &seal.keys else { return Some(self.generation) };
+        match self.generation_mac.as_deref().map(|m| generation::check(keys, &seal.identity, self.generation, m)) {
+            Some(Ok(())) => Some(self.generation),
+            Some(Err(e)) => {
+                log::error!(
+                    "the lease's record of the newest generation ({}) is {e}: ignored (rollback is then checked by \
+                     the image dir's record, or encryption.maxAge)",
+                    self.generation
+                );
+                None
+            }
+            None => {
+                log::warn!("the lease's record of the newest generation was written without a key: ignored");
+                None
+            }
+        }
+    }
+
+    /// Sets the generation, with its MAC.
+    fn set_generation(&mut self, g: u64, seal: &Sealing) {
+        self.generation = g;
+        self.generation_mac = seal.keys.as_ref().map(|k| generation::mac(k, &seal.identity, g));
+    }
+}
+
+/// What the generation in the lease is MAC'd with: the keys (none: not MAC'd) and the
+/// identity it belongs to.
+#[derive(Clone)]
+pub struct Sealing {
+    pub keys: Option<Arc<Keys>>,
+    pub identity: String,
 }
 
 /// A lease this crik holds.
@@ -117,6 +167,9 @@ pub struct Lease {
     acquired: Instant,
     took_over_expired: bool,
     stop: (Mutex<bool>, Condvar),
+    seal: Sealing,
+    /// The generation the lease held when this crik took it, if it vouched for one.
+    vouched: Option<u64>,
 }
 
 struct State {
@@ -149,6 +202,7 @@ pub fn acquire(
     cfg: &LeaseConfig,
     request_timeout: Duration,
     wait: Wait,
+    seal: Sealing,
 ) -> Result<Arc<Lease>, LeaseError> {
     let soon = || Instant::now() + request_timeout * 2;
     let started = Instant::now();
@@ -156,13 +210,15 @@ pub fn acquire(
     // stays the same for a ttl.
     let mut seen: Option<(Option<String>, Instant)> = None;
     let mut told: Option<Instant> = None;
-    let me = Record {
+    let mut me = Record {
         holder: random_id(),
         host: host_name(),
         since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         ttl_ms: cfg.ttl.as_millis() as u64,
         renewals: 0,
         released: false,
+        generation: 0,
+        generation_mac: None,
     };
     loop {
         let current = bucket.get_object(&key, soon())?;
@@ -195,6 +251,9 @@ pub fn acquire(
                 continue;
             }
         };
+        // The newest generation carries over from holder to holder.
+        let vouched = current.as_ref().and_then(|o| Record::parse(&o.body).ok()).and_then(|r| r.vouched(&seal));
+        me.set_generation(vouched.unwrap_or(0), &seal);
         let sent = Instant::now();
         // Refused: another crik won the race.
         let Ok(etag) = put_record(&bucket, &key, &me, &condition, soon())? else { continue };
@@ -217,6 +276,8 @@ pub fn acquire(
             acquired: Instant::now(),
             took_over_expired: how.starts_with("expired"),
             stop: (Mutex::new(false), Condvar::new()),
+            seal,
+            vouched,
         }));
     }
 }
@@ -297,6 +358,23 @@ impl Lease {
     /// lease over from a crik that died (its last upload may still be landing).
     pub fn may_collect(&self) -> bool {
         !self.took_over_expired || self.acquired.elapsed() > self.ttl + self.request_timeout * 2
+    }
+
+    /// The generation the lease vouched for when this crik took it (see [`Record::vouched`]).
+    pub fn vouched_generation(&self) -> Option<u64> {
+        self.vouched
+    }
+
+    /// Records `g` as the newest generation of the prefix (if it is newer), renewing now.
+    pub fn record_generation(&self, g: u64) -> Result<(), LeaseError> {
+        {
+            let mut st = lock(&self.state);
+            if st.record.generation >= g {
+                return Ok(());
+            }
+            st.record.set_generation(g, &self.seal);
+        }
+        self.renew()
     }
 
     fn not_holder(&self, why: String) -> LeaseError {
@@ -434,6 +512,8 @@ mod tests {
             ttl_ms,
             renewals: 3,
             released,
+            generation: 0,
+            generation_mac: None,
         }
         .bytes()
     }

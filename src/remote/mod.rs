@@ -66,6 +66,10 @@ pub enum RemoteError {
     /// checkpoint is kept), never damage.
     #[error("checkpoint {id} in storage is {source}")]
     Key { id: String, source: crate::seal::SealError },
+    /// Authentic, but older than the newest this app has written or restored (a rollback),
+    /// or than `encryption.maxAge`: refused like damage (quarantined).
+    #[error("checkpoint {id} in storage is refused: {source}")]
+    Stale { id: String, source: crate::store::generation::Stale },
 }
 
 impl RemoteError {
@@ -222,7 +226,10 @@ pub struct Remote {
     spared: Mutex<Vec<String>>,
     lease_config: LeaseConfig,
     /// `encryption.keyFiles`: what is stored is sealed with the first, opened with any.
-    keys: Option<crate::seal::Keys>,
+    keys: Option<Arc<crate::seal::Keys>>,
+    /// What a sealed manifest and the lease's generation are bound to: the url, and
+    /// `encryption.identity` when set (`s3://bucket/prefix#identity`).
+    identity: String,
     /// The prefix's lease once this crik holds it, with the thread that renews it.
     lease: Mutex<Option<(Arc<Lease>, std::thread::JoinHandle<()>)>>,
 }
@@ -393,7 +400,7 @@ impl<'r> Upload<'r> {
         let body = match &remote.keys {
             Some(k) => k
                 .writer()
-                .seal_manifest(&remote.url, id, &body)
+                .seal_manifest(&remote.identity, id, &body)
                 .map_err(|source| RemoteError::Key { id: id.into(), source })?,
             None => body,
         };
@@ -420,6 +427,7 @@ impl<'r> Upload<'r> {
         }
 
         lock(&remote.written).push(id.to_string());
+        remote.record_generation(manifest.generation);
         let claimed = std::mem::take(&mut *lock(&self.claimed));
         if let Some(k) = lock(&remote.known).as_mut() {
             k.extend(claimed);
@@ -464,7 +472,8 @@ impl StreamedFile<'_, '_> {
 impl Remote {
     pub fn new(
         cfg: &StorageConfig,
-        keys: Option<crate::seal::Keys>,
+        keys: Option<Arc<crate::seal::Keys>>,
+        identity: Option<&str>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Remote, S3Error> {
         let region = cfg
@@ -496,6 +505,10 @@ impl Remote {
             spared: Mutex::new(Vec::new()),
             lease_config: cfg.lease.clone(),
             keys,
+            identity: match identity {
+                Some(i) => format!("{}#{i}", cfg.url),
+                None => cfg.url.to_string(),
+            },
             lease: Mutex::new(None),
         })
     }
@@ -524,7 +537,8 @@ impl Remote {
         // missing key).
         self.ids(CHECKPOINTS, self.soon())?;
         let key = self.key(LEASE, "");
-        let held = lease::acquire(self.bucket.clone(), key, &self.url, cfg, self.request_timeout, wait)?;
+        let seal = lease::Sealing { keys: self.keys.clone(), identity: self.identity.clone() };
+        let held = lease::acquire(self.bucket.clone(), key, &self.url, cfg, self.request_timeout, wait, seal)?;
         let renewer = held.keep_renewed();
         lock(&self.lease).get_or_insert((held, renewer));
         Ok(())
@@ -554,6 +568,23 @@ impl Remote {
         match lock(&self.lease).as_ref() {
             Some((l, _)) => Ok(l.check()?),
             None => Err(LeaseError::NotHolder { url: self.url.clone(), why: "it never took it".into() }.into()),
+        }
+    }
+
+    /// The newest generation the prefix's lease vouched for when this crik took it (see
+    /// [`crate::store::generation`]); `None` without a lease, or where it vouches for none.
+    pub fn lease_generation(&self) -> Option<u64> {
+        lock(&self.lease).as_ref().and_then(|(l, _)| l.vouched_generation())
+    }
+
+    /// Records generation `g` (just written or restored) in the lease. A failure is logged: the
+    /// lease then vouches for an older generation, which refuses less, never more.
+    pub fn record_generation(&self, g: u64) {
+        let lease = lock(&self.lease).as_ref().map(|(l, _)| l.clone());
+        if let Some(lease) = lease {
+            if let Err(e) = lease.record_generation(g) {
+                log::warn!("cannot record generation {g} in the lease on {}: {e}", self.url);
+            }
         }
     }
 
@@ -822,7 +853,7 @@ impl Remote {
                 return Err(RemoteError::Key { id: id.into(), source: SealError::UnknownKey(key_id) })
             }
             (None, None) => body.to_vec(),
-            (Some(keys), _) => match keys.open_manifest(&self.url, id, body) {
+            (Some(keys), _) => match keys.open_manifest(&self.identity, id, body) {
                 Ok(json) => json,
                 Err(source @ SealError::UnknownKey(_)) => return Err(RemoteError::Key { id: id.into(), source }),
                 Err(e) => return Err(damaged(format!("its manifest is {e}"))),

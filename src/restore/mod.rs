@@ -21,13 +21,18 @@ use crate::host;
 use crate::init::app;
 use crate::init::supervisor::Signals;
 use crate::store::integrity::{self, IntegrityError, Scope};
-use crate::store::manifest::{Manifest, ManifestError};
-use crate::store::Checkpoint;
+use crate::store::manifest::Manifest;
+use crate::store::{Checkpoint, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
+    /// The manifest could not be read, or (with a key) authenticated.
     #[error(transparent)]
-    Manifest(#[from] ManifestError),
+    Store(#[from] StoreError),
+    /// Authentic, but older than the newest this app has written or restored (a rollback), or
+    /// than `encryption.maxAge`.
+    #[error("checkpoint {id} is refused: {source}")]
+    Stale { id: String, source: crate::store::generation::Stale },
     #[error(transparent)]
     Files(#[from] FilesError),
     #[error(transparent)]
@@ -107,9 +112,11 @@ fn put_back_archives(config: &Config, ckpt: &Checkpoint, manifest: &Manifest) ->
     Ok(())
 }
 
-pub fn restore(signals: &Signals, config: &Config, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
+pub fn restore(signals: &Signals, config: &Config, store: &Store, ckpt: &Checkpoint) -> Result<Restored, RestoreError> {
     let started = std::time::Instant::now();
-    let manifest = Manifest::load(&ckpt.manifest_path())?;
+    // With a key: the manifest's MAC, then its generation, before anything it names is read.
+    let manifest = store.verified_manifest(ckpt)?;
+    store.check_fresh(&manifest).map_err(|source| RestoreError::Stale { id: ckpt.id.clone(), source })?;
     // Everything but the page images' contents is checked now (a truncated image would make
     // CRIU spin). The pages' checksums are computed while CRIU restores, and CRIU is held at its
     // "post-restore" notification — memory restored, the app not yet resumed — until they pass:

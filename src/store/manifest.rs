@@ -60,6 +60,10 @@ pub struct Manifest {
     /// verified before a restore: CRIU can spin for ever on a truncated image.
     #[serde(default)]
     pub files: Vec<FileSum>,
+    /// One more than the newest generation this app had written or restored when it was taken
+    /// (see [`crate::store::generation`]); 0 in checkpoints from before generations.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,22 @@ pub struct FileSum {
     pub path: String,
     pub size: u64,
     pub crc32: u32,
+    /// With a key: the file's digest (see [`crate::store::integrity`]), which decides instead
+    /// of the CRC-32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// A manifest file's bytes: manifests are small, so anything absurd is refused unread.
+pub fn read_bounded(path: &std::path::Path) -> Result<Vec<u8>, ManifestError> {
+    use std::io::Read;
+    let read_err = |e| ManifestError::Read { path: path.into(), source: e };
+    let mut text = Vec::new();
+    std::fs::File::open(path).and_then(|f| f.take(MAX_MANIFEST as u64 + 1).read_to_end(&mut text)).map_err(read_err)?;
+    if text.len() > MAX_MANIFEST {
+        return Err(read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "manifest larger than 16 MiB")));
+    }
+    Ok(text)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,18 +107,13 @@ impl Manifest {
     }
 
     pub fn load(path: &std::path::Path) -> Result<Manifest, ManifestError> {
-        use std::io::Read;
-        let read_err = |e| ManifestError::Read { path: path.into(), source: e };
-        // Manifests are small: refuse to read (let alone parse) anything absurd.
-        let mut text = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|f| f.take(MAX_MANIFEST as u64 + 1).read_to_end(&mut text))
-            .map_err(read_err)?;
-        if text.len() > MAX_MANIFEST {
-            return Err(read_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "manifest larger than 16 MiB")));
-        }
+        Manifest::parse(path, &read_bounded(path)?)
+    }
+
+    /// A manifest read from `path` (for messages) as `text`.
+    pub fn parse(path: &std::path::Path, text: &[u8]) -> Result<Manifest, ManifestError> {
         let m: Manifest =
-            serde_json::from_slice(&text).map_err(|e| ManifestError::Parse { path: path.into(), source: e })?;
+            serde_json::from_slice(text).map_err(|e| ManifestError::Parse { path: path.into(), source: e })?;
         if m.format > FORMAT {
             return Err(ManifestError::TooNew { path: path.into(), found: m.format });
         }
@@ -126,6 +141,7 @@ impl Manifest {
             seal_millis: 1,
             app_memory_bytes: 0,
             files: vec![],
+            generation: 1,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! last, then `rename(2)`d into `checkpoints/` and the parent fsynced. A crash at any point
 //! leaves either the previous good checkpoint or the new one published, never a partial one.
 
+pub mod generation;
 pub mod integrity;
 pub mod manifest;
 pub mod staging;
@@ -15,11 +16,15 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 pub use crate::layout::{is_valid_id, new_id};
 use crate::layout::{CHECKPOINTS, FILES_ARCHIVE, IMAGES_DIR, LOCK, MANIFEST_FILE, QUARANTINE, RETIRED, STAGING};
+use crate::layout::{GENERATION_FILE, MANIFEST_MAC_FILE};
+use crate::seal::{Keys, SealError};
 use crate::store::manifest::{FileSum, Manifest};
+use generation::Newest;
 use integrity::IntegrityError;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,12 @@ pub enum StoreError {
     Unsafe { path: PathBuf, why: String },
     #[error(transparent)]
     Integrity(#[from] IntegrityError),
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
+    /// A checkpoint sealed with a key crik was not given: a configuration matter (kept), never
+    /// damage.
+    #[error("checkpoint {path} is {source}")]
+    Key { path: PathBuf, source: SealError },
 }
 
 fn io_err<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -86,7 +97,23 @@ fn remove_or_warn(dir: &Path) {
 pub struct Store {
     root: PathBuf,
     _lock: File,
+    sealing: Option<Sealing>,
+    /// The newest generation written or restored here (see [`generation`]).
+    newest: Mutex<Newest>,
 }
+
+/// What authenticates the image dir's checkpoints (`encryption.keyFiles`): the keys, the
+/// identity a checkpoint and the generation record are bound to, and `encryption.maxAge`.
+pub struct Sealing {
+    pub keys: Arc<Keys>,
+    pub identity: String,
+    pub max_age: Option<Duration>,
+}
+
+/// What a local manifest's MAC is made over (with the identity and the checkpoint's id).
+const MANIFEST_MAC_DOMAIN: &str = "crik local manifest v1";
+/// A MAC's text is under a hundred bytes.
+const MAX_MAC: u64 = 1024;
 
 /// A checkpoint directory, staged or published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +154,13 @@ impl Staging for Store {
 impl Store {
     /// Opens (creating it 0700 if needed) and locks the image dir. Refuses a dir another user
     /// owns or others can write to.
+    #[cfg(test)]
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        Store::open_sealed(root, None)
+    }
+
+    /// [`Store::open`], with the image dir's checkpoints authenticated with `sealing`'s keys.
+    pub fn open_sealed(root: &Path, sealing: Option<Sealing>) -> Result<Store, StoreError> {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(root).map_err(io_err("create", root))?;
         check_ownership(root)?;
         for sub in [STAGING, CHECKPOINTS, RETIRED, QUARANTINE] {
@@ -151,14 +184,107 @@ impl Store {
             return Err(StoreError::Io { step: "lock", path: lock_path, source: e });
         }
         discard_leftovers(&root.join(STAGING))?;
-        Ok(Store { root: root.to_path_buf(), _lock: lock })
+        let newest = Mutex::new(newest_recorded(root, sealing.as_ref()));
+        Ok(Store { root: root.to_path_buf(), _lock: lock, sealing, newest })
+    }
+
+    /// Whether checkpoints here are authenticated (a key is configured): files get digests.
+    pub fn is_sealed(&self) -> bool {
+        self.sealing.is_some()
+    }
+
+    /// What is known of the newest generation (see [`generation`]).
+    pub fn newest(&self) -> Newest {
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The generation of the next checkpoint.
+    pub fn next_generation(&self) -> u64 {
+        self.newest().generation.saturating_add(1)
+    }
+
+    /// Takes note of generation `g`, written or restored by this crik, or found in a record
+    /// (`authentic`: its MAC checked; with a key, nothing else counts), and records it.
+    pub fn adopt_generation(&self, g: u64, authentic: bool) {
+        // 0: no generation (a checkpoint from before them, a record without one).
+        if g == 0 || (self.sealing.is_some() && !authentic) {
+            return;
+        }
+        let mut newest = self.newest.lock().unwrap_or_else(|p| p.into_inner());
+        let next = Newest { generation: newest.generation.max(g), trusted: newest.trusted || self.sealing.is_some() };
+        if next == *newest {
+            return;
+        }
+        *newest = next;
+        let mac = self.sealing.as_ref().map(|s| generation::mac(&s.keys, &s.identity, next.generation));
+        let record = generation::Record { generation: next.generation, mac };
+        let json = serde_json::to_vec(&record).expect("a record serializes");
+        // Written whole, then renamed: a crash leaves the old record or the new one.
+        let (tmp, p) = (self.root.join(format!("{GENERATION_FILE}.new")), self.root.join(GENERATION_FILE));
+        if let Err(e) =
+            write_file_durably(&tmp, &json).and_then(|()| fs::rename(&tmp, &p).map_err(io_err("rename", &p)))
+        {
+            log::warn!("cannot record generation {} in the image dir: {e}", next.generation);
+        }
+    }
+
+    /// Whether a checkpoint (its manifest authentic) is fresh enough to restore: never older
+    /// than the newest generation on trusted record, nor than `encryption.maxAge` without one.
+    /// Without a key, anything goes.
+    pub fn check_fresh(&self, m: &Manifest) -> Result<(), generation::Stale> {
+        match &self.sealing {
+            Some(s) => generation::check_fresh(self.newest(), m.generation, &m.created, s.max_age),
+            None => Ok(()),
+        }
+    }
+
+    /// A checkpoint's manifest, authenticated first when a key is configured: its MAC (made
+    /// when it was published here) must check, and every file must have a digest. Damage
+    /// otherwise; a MAC of a key crik was not given is [`StoreError::Key`].
+    pub fn verified_manifest(&self, c: &Checkpoint) -> Result<Manifest, StoreError> {
+        let path = c.manifest_path();
+        let bytes = manifest::read_bounded(&path)?;
+        if let Some(s) = &self.sealing {
+            let damaged = |why: String| IntegrityError::Damaged { path: c.dir.clone(), why };
+            let mac_path = c.dir.join(MANIFEST_MAC_FILE);
+            let mac = match read_small(&mac_path, MAX_MAC) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(damaged("its manifest has no MAC (written without the key, or altered)".into()).into())
+                }
+                Err(e) => return Err(StoreError::Io { step: "read", path: mac_path, source: e }),
+            };
+            match s.keys.check_mac(MANIFEST_MAC_DOMAIN, &[s.identity.as_bytes(), c.id.as_bytes(), &bytes], &mac) {
+                Ok(()) => {}
+                Err(source @ SealError::UnknownKey(_)) => return Err(StoreError::Key { path: c.dir.clone(), source }),
+                Err(e) => return Err(damaged(format!("its manifest is {e}")).into()),
+            }
+            let m = Manifest::parse(&path, &bytes)?;
+            if let Some(f) = m.files.iter().find(|f| f.digest.is_none()) {
+                return Err(damaged(format!("{} has no digest", f.path)).into());
+            }
+            return Ok(m);
+        }
+        Ok(Manifest::parse(&path, &bytes)?)
+    }
+
+    /// Writes a checkpoint's manifest (and its MAC, with a key) into `dir`, durably.
+    fn write_manifest(&self, c: &Checkpoint, manifest: &Manifest) -> Result<(), StoreError> {
+        let json = manifest.to_json();
+        if let Some(s) = &self.sealing {
+            let mac =
+                s.keys.writer().mac(MANIFEST_MAC_DOMAIN, &[s.identity.as_bytes(), c.id.as_bytes(), json.as_bytes()]);
+            write_file_durably(&c.dir.join(MANIFEST_MAC_FILE), format!("{mac}\n").as_bytes())?;
+        }
+        write_file_durably(&c.manifest_path(), json.as_bytes())
     }
 
     /// Makes a staged checkpoint durable and publishes it with one rename. The manifest, with
     /// the size and checksum of every file, is written last: a published checkpoint always has
     /// one. Returns it as written (with the files' sums).
     pub fn publish(&self, staged: &Checkpoint, manifest: Manifest) -> Result<(Checkpoint, Manifest), StoreError> {
-        let manifest = seal(staged, manifest)?;
+        let manifest = seal_only(staged, manifest, self.is_sealed())?;
+        self.write_manifest(staged, &manifest)?;
         let target = self.root.join(CHECKPOINTS).join(&staged.id);
         fs::rename(&staged.dir, &target).map_err(io_err("publish (rename)", &target))?;
         sync_dir(&self.root.join(CHECKPOINTS))?;
@@ -187,7 +313,7 @@ impl Store {
     /// sums already known (a download: checked against it before the restore, like any other).
     /// A published checkpoint of the same id (an older local copy) is replaced.
     pub fn publish_as_is(&self, staged: &Checkpoint, manifest: &Manifest) -> Result<Checkpoint, StoreError> {
-        write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
+        self.write_manifest(staged, manifest)?;
         for sub in walkdir::WalkDir::new(&staged.dir).into_iter().filter_map(Result::ok) {
             if sub.file_type().is_dir() {
                 sync_dir(sub.path())?;
@@ -409,14 +535,58 @@ pub(crate) fn check_ownership(root: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Seals a staged checkpoint where it is (every file's sum, everything fsynced) and writes its
-/// manifest, last; returns the manifest as written.
-pub fn seal(staged: &Checkpoint, mut manifest: Manifest) -> Result<Manifest, StoreError> {
-    let sealing = std::time::Instant::now();
-    manifest.files = seal_tree(&staged.dir, true)?;
-    manifest.seal_millis = sealing.elapsed().as_millis() as u64;
+/// Seals a staged checkpoint where it is (every file's sum, with digests when `strong`,
+/// everything fsynced) and writes its manifest, last; returns the manifest as written. (A
+/// checkpoint staged in memory: published into the image dir with its MAC by
+/// [`Store::publish_copy`].)
+pub fn seal(staged: &Checkpoint, manifest: Manifest, strong: bool) -> Result<Manifest, StoreError> {
+    let manifest = seal_only(staged, manifest, strong)?;
     write_file_durably(&staged.manifest_path(), manifest.to_json().as_bytes())?;
     Ok(manifest)
+}
+
+/// The files' sums into the manifest, everything fsynced.
+fn seal_only(staged: &Checkpoint, mut manifest: Manifest, strong: bool) -> Result<Manifest, StoreError> {
+    let sealing = std::time::Instant::now();
+    manifest.files = seal_tree(&staged.dir, true, strong)?;
+    manifest.seal_millis = sealing.elapsed().as_millis() as u64;
+    Ok(manifest)
+}
+
+/// The newest generation the image dir's record holds, as far as it can be trusted.
+fn newest_recorded(root: &Path, sealing: Option<&Sealing>) -> Newest {
+    match (generation::read(root), sealing) {
+        (Ok(None), _) => Newest::default(),
+        (Ok(Some(r)), None) => Newest { generation: r.generation, trusted: false },
+        (Ok(Some(r)), Some(s)) => {
+            match r.mac.as_deref().map(|m| generation::check(&s.keys, &s.identity, r.generation, m)) {
+                Some(Ok(())) => Newest { generation: r.generation, trusted: true },
+                Some(Err(e)) => {
+                    log::error!(
+                        "the image dir's record of the newest generation is {e}: ignored (rollback is checked by \
+                         the lease, or encryption.maxAge)"
+                    );
+                    Newest::default()
+                }
+                None => {
+                    log::warn!("the image dir's record of the newest generation was written without a key: ignored");
+                    Newest::default()
+                }
+            }
+        }
+        (Err(why), _) => {
+            log::warn!("the image dir's record of the newest generation {why}: ignored");
+            Newest::default()
+        }
+    }
+}
+
+/// A small file's text, at most `max` bytes read.
+fn read_small(p: &Path, max: u64) -> io::Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    File::open(p)?.take(max).read_to_string(&mut s)?;
+    Ok(s)
 }
 
 /// Writes a whole file, 0600, and fsyncs it.
@@ -453,15 +623,15 @@ pub fn drop_page_cache(dir: &Path) {
 
 /// The sums of every file under `dir`, sorted by path, without making them durable: for files
 /// that are uploaded, never kept (a streamed checkpoint's small images).
-pub fn sums(dir: &Path) -> Result<Vec<FileSum>, StoreError> {
-    seal_tree(dir, false)
+pub fn sums(dir: &Path, strong: bool) -> Result<Vec<FileSum>, StoreError> {
+    seal_tree(dir, false, strong)
 }
 
 /// Seals a staged checkpoint: every file made 0600 and every directory 0700 (CRIU creates
 /// images 0644; they hold the app's secrets), each file checksummed, everything fsynced
 /// (CRIU writes without fsync). Returns the files' sums, sorted by path. Not `durable`: the
 /// sums only.
-fn seal_tree(dir: &Path, durable: bool) -> Result<Vec<FileSum>, StoreError> {
+fn seal_tree(dir: &Path, durable: bool, strong: bool) -> Result<Vec<FileSum>, StoreError> {
     let mut sums = Vec::new();
     for entry in walkdir::WalkDir::new(dir).contents_first(true) {
         let entry = entry.map_err(|e| StoreError::Io { step: "walk", path: dir.to_path_buf(), source: e.into() })?;
@@ -470,13 +640,13 @@ fn seal_tree(dir: &Path, durable: bool) -> Result<Vec<FileSum>, StoreError> {
             if durable {
                 fs::set_permissions(p, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", p))?;
             }
-            let (size, crc32) = integrity::checksum(p)?;
+            let integrity::Sum { size, crc32, digest } = integrity::checksum(p, strong)?;
             if durable {
                 let f = File::open(p).map_err(io_err("open", p))?;
                 f.sync_all().map_err(io_err("fsync", p))?;
             }
             let rel = p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned();
-            sums.push(FileSum { path: rel, size, crc32 });
+            sums.push(FileSum { path: rel, size, crc32, digest });
         } else if entry.file_type().is_dir() && durable {
             fs::set_permissions(p, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", p))?;
             File::open(p).and_then(|f| f.sync_all()).map_err(io_err("fsync", p))?;
@@ -561,6 +731,74 @@ mod tests {
         let no_files = Manifest { files: vec![], ..m };
         assert!(verify(&c.dir, &no_files, Scope::Everything).is_err());
         drop(store);
+    }
+
+    /// A store's sealing with the key whose file text is `key`.
+    fn sealing(key: &str, identity: &str) -> Sealing {
+        let keys = Keys::new(vec![crate::seal::Key::parse(key).unwrap()]).unwrap();
+        Sealing { keys: Arc::new(keys), identity: identity.into(), max_age: None }
+    }
+
+    #[test]
+    fn sealed_checkpoints_and_generations_are_authenticated() {
+        let root = tmp("sealed");
+        let (key, other) = (crate::seal::Key::generate().unwrap(), crate::seal::Key::generate().unwrap());
+        let store = Store::open_sealed(&root, Some(sealing(&key, "s3://b/app"))).unwrap();
+        assert!(store.is_sealed());
+        assert_eq!(store.newest(), Newest::default());
+        let staged = store.stage().unwrap();
+        fs::write(staged.images_dir().join("pages-1.img"), vec![7u8; 10_000]).unwrap();
+        let (c, m) = store.publish(&staged, Manifest { generation: 3, ..Manifest::for_tests() }).unwrap();
+        assert!(m.files.iter().all(|f| f.digest.is_some()), "digests with a key");
+        assert_eq!(store.verified_manifest(&c).unwrap(), m);
+        store.adopt_generation(3, true);
+        assert_eq!(store.newest(), Newest { generation: 3, trusted: true });
+        assert_eq!(store.next_generation(), 4);
+        // Older is refused, the same or newer is not.
+        assert!(store.check_fresh(&Manifest { generation: 2, ..m.clone() }).is_err());
+        store.check_fresh(&m).unwrap();
+        drop(store);
+
+        // The record outlives the store; a record forged without the key is ignored.
+        let store = Store::open_sealed(&root, Some(sealing(&key, "s3://b/app"))).unwrap();
+        assert_eq!(store.newest(), Newest { generation: 3, trusted: true });
+        drop(store);
+        let record = root.join(GENERATION_FILE);
+        let real = fs::read(&record).unwrap();
+        fs::write(&record, br#"{"generation": 1}"#).unwrap();
+        let store = Store::open_sealed(&root, Some(sealing(&key, "s3://b/app"))).unwrap();
+        assert_eq!(store.newest(), Newest::default());
+        drop(store);
+        fs::write(&record, &real).unwrap();
+        let store = Store::open_sealed(&root, Some(sealing(&key, "s3://b/other"))).unwrap();
+        assert_eq!(store.newest(), Newest::default(), "bound to its identity");
+        drop(store);
+
+        // The manifest re-written (say, with a CRC-32 recomputed), its MAC removed, or the
+        // checkpoint read as another app's: damage. Another key's: a configuration matter.
+        let store = Store::open_sealed(&root, Some(sealing(&key, "s3://b/app"))).unwrap();
+        let json = fs::read_to_string(c.manifest_path()).unwrap();
+        fs::write(c.manifest_path(), json.replace("\"root_pid\": 9001", "\"root_pid\": 9002")).unwrap();
+        let e = store.verified_manifest(&c).unwrap_err().to_string();
+        assert!(e.contains("altered"), "{e}");
+        fs::write(c.manifest_path(), &json).unwrap();
+        store.verified_manifest(&c).unwrap();
+        let mac = fs::read(c.dir.join(MANIFEST_MAC_FILE)).unwrap();
+        fs::remove_file(c.dir.join(MANIFEST_MAC_FILE)).unwrap();
+        let e = store.verified_manifest(&c).unwrap_err().to_string();
+        assert!(e.contains("no MAC"), "{e}");
+        fs::write(c.dir.join(MANIFEST_MAC_FILE), &mac).unwrap();
+        drop(store);
+        let store = Store::open_sealed(&root, Some(sealing(&other, "s3://b/app"))).unwrap();
+        assert!(matches!(store.verified_manifest(&c), Err(StoreError::Key { .. })));
+        drop(store);
+        let store = Store::open_sealed(&root, Some(sealing(&key, "s3://b/other"))).unwrap();
+        assert!(store.verified_manifest(&c).unwrap_err().to_string().contains("altered"));
+        drop(store);
+        // Without a key, nothing is checked beyond the sums.
+        let store = Store::open(&root).unwrap();
+        assert_eq!(store.verified_manifest(&c).unwrap(), m);
+        store.check_fresh(&Manifest { generation: 1, ..m }).unwrap();
     }
 
     #[test]
