@@ -66,8 +66,9 @@ pub enum Command {
 const KEYGEN_AFTER: &str = "\
 Writes one line to stdout: `crik-key-v1:` and 64 hex digits (256 random bits).
 Store it as a Kubernetes Secret mounted as a file and name that file in
-encryption.keyFiles: checkpoints in object storage are then sealed with it
-(AES-256-GCM, keyed chunk names) and refused if altered or sealed elsewhere.
+encryption.keyFiles: checkpoints are then sealed with it (in object storage
+encrypted with AES-256-GCM under keyed chunk names; in the image dir MAC'd) and
+refused if altered, sealed elsewhere, or older than the newest on record.
 
 Example:
   crik keygen > crik.key && kubectl create secret generic crik-key --from-file=crik.key";

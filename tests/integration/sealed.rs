@@ -112,12 +112,7 @@ fn an_altered_sealed_chunk_or_a_manifest_moved_to_another_prefix_is_refused() {
     let manifest = s3.objects("app/checkpoints").pop().unwrap();
 
     // The manifest and its chunks copied under another app's prefix: bound to its place.
-    std::fs::create_dir_all(s3.object("other/checkpoints")).unwrap();
-    std::fs::copy(
-        s3.object(&format!("app/checkpoints/{manifest}")),
-        s3.object(&format!("other/checkpoints/{manifest}")),
-    )
-    .unwrap();
+    copy_object(&s3, &format!("app/checkpoints/{manifest}"), &format!("other/checkpoints/{manifest}"));
     let node2 = Scratch::new("sealed-altered-node2");
     let mut c = Container::start(spec(&node2.config(&storage(&s3, "other", &[&key])), &s3, &COUNTER, marker));
     c.expect_line(LONG, "count 1", |l| l == "count 1");
@@ -166,4 +161,197 @@ fn an_altered_sealed_chunk_or_a_manifest_moved_to_another_prefix_is_refused() {
     let failed = c.expect_event("restore_failed", &[]);
     assert!(failed["msg"].as_str().unwrap().contains(&format!("chunk {chunk}: altered")), "{failed}");
     assert_eq!(s3.objects("app/quarantine"), [manifest]);
+}
+
+/// Copies the object `from` to `to` in the bucket (as an attacker with write access would).
+fn copy_object(s3: &S3Server, from: &str, to: &str) {
+    let to = s3.object(to);
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(s3.object(from), to).unwrap();
+}
+
+#[test]
+fn a_forged_newest_checkpoint_is_skipped_for_the_genuine_one_and_a_rollback_is_refused() {
+    let s = Scratch::new("sealed-rollback");
+    let s3 = S3Server::start(&s.path("s3"));
+    let key = s.path("crik.key");
+    keygen(&key);
+    let marker = "unused";
+    let node = |n: &str| Scratch::new(&format!("sealed-rollback-{n}"));
+    let cfg = |node: &Scratch| node.config(&storage(&s3, "app", &[&key]));
+
+    // Generation 1, restored elsewhere, then generation 2: storage holds 2, retired/ holds 1.
+    let node1 = node("1");
+    let mut c = Container::start(spec(&cfg(&node1), &s3, &COUNTER, marker));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let last = last_count(&checkpoint(&mut c));
+    let first = s3.objects("app/checkpoints").pop().unwrap();
+    let node2 = node("2");
+    let mut c = Container::start(spec(&cfg(&node2), &s3, &[], marker));
+    c.expect_count_after(last);
+    let last = last_count(&checkpoint(&mut c));
+    let second = s3.objects("app/checkpoints").pop().unwrap();
+    assert_eq!(s3.objects("app/retired"), std::slice::from_ref(&first));
+
+    // A bucket writer puts the older manifest back under a newer id: it does not open (its id
+    // is sealed in), it is quarantined, and the genuine newest is restored at the same start
+    // (before, the start quarantined it and began the app afresh).
+    let forged = "99991231T235959.999Z.json";
+    copy_object(&s3, &format!("app/retired/{first}"), &format!("app/checkpoints/{forged}"));
+    let node3 = node("3");
+    let mut c = Container::start(spec(&cfg(&node3), &s3, &COUNTER, marker));
+    c.expect_count_after(last);
+    let failed = c.expect_event("restore_failed", &[]);
+    assert!(failed["msg"].as_str().unwrap().contains("sealed with another key or for another place"), "{failed}");
+    assert_eq!(s3.objects("app/quarantine"), [forged]);
+    let last = last_count(&checkpoint(&mut c));
+    let third = s3.objects("app/checkpoints").pop().unwrap();
+    assert_eq!(s3.objects("app/retired"), std::slice::from_ref(&second));
+
+    // Rollback: the newest withheld, an older genuine one put back under its own id. The lease
+    // vouches for generation 3: generation 2 is refused, quarantined, and the app starts fresh
+    // rather than run an old state (before, it was restored).
+    std::fs::remove_file(s3.object(&format!("app/checkpoints/{third}"))).unwrap();
+    copy_object(&s3, &format!("app/retired/{second}"), &format!("app/checkpoints/{second}"));
+    let node4 = node("4");
+    let mut c = Container::start(spec(&cfg(&node4), &s3, &COUNTER, marker));
+    c.expect_line(LONG, "count 1", |l| l == "count 1");
+    let failed = c.expect_event("restore_failed", &[]);
+    let msg = failed["msg"].as_str().unwrap();
+    assert!(msg.contains("generation 2 is older than the newest") && msg.contains("rollback"), "{failed}");
+    assert!(s3.objects("app/quarantine").contains(&second), "{:?}", s3.objects("app/quarantine"));
+    assert!(last > 3, "{last}");
+}
+
+/// The marker in a checkpoint's page images replaced by `to` (same length), and the manifest's
+/// CRC-32 of that file recomputed: what an attacker with write access to the volume does.
+fn alter_pages(ckpt: &Path, marker: &str, to: &str) -> bool {
+    let manifest = ckpt.join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let mut altered = false;
+    for f in m["files"].as_array_mut().unwrap() {
+        let path = ckpt.join(f["path"].as_str().unwrap());
+        if !path.file_name().unwrap().to_string_lossy().starts_with("pages-") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mut hit = false;
+        for i in 0..bytes.len().saturating_sub(marker.len()) {
+            if &bytes[i..i + marker.len()] == marker.as_bytes() {
+                bytes[i..i + marker.len()].copy_from_slice(to.as_bytes());
+                hit = true;
+            }
+        }
+        if hit {
+            std::fs::write(&path, &bytes).unwrap();
+            f["crc32"] = crc32fast::hash(&bytes).into();
+            altered = true;
+        }
+    }
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    altered
+}
+
+/// The app's environment as the kernel shows it (read from its memory).
+fn environ_of(pid: i32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default()).into_owned()
+}
+
+#[test]
+fn the_image_dirs_checkpoints_are_authenticated_and_a_rollback_there_is_refused() {
+    let s = Scratch::new("sealed-local");
+    let (key, other) = (s.path("crik.key"), s.path("other.key"));
+    keygen(&key);
+    keygen(&other);
+    let marker = "crik-marker-genuine-0123456789";
+    let forged = "crik-marker-FORGED!-0123456789";
+    let with = |keys: &[&Path]| {
+        let list: Vec<String> = keys.iter().map(|k| k.display().to_string()).collect();
+        let enc =
+            if keys.is_empty() { String::new() } else { format!("encryption:\n  keyFiles: [{}]\n", list.join(", ")) };
+        s.config(&enc)
+    };
+    let start = |cfg: &Path, cmd: &[&str]| {
+        let mut spec = Spec::run(Some(cfg), cmd);
+        spec.env.push(("CRIK_TEST_MARKER".into(), marker.into()));
+        Container::start(spec)
+    };
+    let app_pid = |c: &mut Container| {
+        let crik = c.crik_pid();
+        children_of(crik).into_iter().find(|(_, _, comm)| comm == "sh").map(|(p, _, _)| p).unwrap()
+    };
+
+    // Control, without a key: the altered pages (CRC-32 recomputed) are restored, and the app
+    // runs on the attacker's memory.
+    let mut c = start(&with(&[]), &COUNTER);
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    assert!(c.stderr().contains("neither encrypted nor authenticated"), "{}", c.stderr());
+    let last = last_count(&checkpoint(&mut c));
+    let ckpt = s.images().join("checkpoints").join(s.checkpoints().pop().unwrap());
+    assert!(alter_pages(&ckpt, marker, forged), "the marker must be in the pages");
+    let mut c = start(&with(&[]), &[]);
+    c.expect_count_after(last);
+    let pid = app_pid(&mut c);
+    assert!(environ_of(pid).contains(forged), "the control must run on the altered memory");
+    c.kill();
+    drop(c);
+    for area in ["checkpoints", "retired", "quarantine"] {
+        let _ = std::fs::remove_dir_all(s.images().join(area));
+    }
+
+    // With a key: refused as altered, quarantined, the app starts fresh.
+    let mut c = start(&with(&[&key]), &COUNTER);
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    let last = last_count(&checkpoint(&mut c));
+    let id = s.checkpoints().pop().unwrap();
+    let ckpt = s.images().join("checkpoints").join(&id);
+    assert!(ckpt.join("manifest.mac").is_file());
+    // Another key only: a configuration matter, said at start; the checkpoint is kept.
+    let (code, err) = refused_at_start(&with(&[&other]), &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not among encryption.keyFiles"), "{err}");
+    assert_eq!(s.checkpoints(), std::slice::from_ref(&id));
+    // Untouched, it restores; then generation 2 is taken.
+    let mut c = start(&with(&[&key]), &[]);
+    c.expect_count_after(last);
+    assert!(environ_of(app_pid(&mut c)).contains(marker));
+    let last = last_count(&checkpoint(&mut c));
+    let second = s.checkpoints().pop().unwrap();
+    assert_eq!(s.area("retired"), std::slice::from_ref(&id));
+
+    // Altered like the control: refused before CRIU reads a byte.
+    let ckpt = s.images().join("checkpoints").join(&second);
+    let pristine = std::fs::read(ckpt.join("manifest.json")).unwrap();
+    assert!(alter_pages(&ckpt, marker, forged));
+    let mut c = start(&with(&[&key]), &COUNTER);
+    c.expect_line(LONG, "count 1", |l| l == "count 1");
+    let failed = c.expect_event("restore_failed", &[]);
+    assert!(failed["msg"].as_str().unwrap().contains("altered"), "{failed}");
+    assert_eq!(s.area("quarantine"), std::slice::from_ref(&second));
+    c.kill();
+    drop(c);
+
+    // The pages alone altered (the manifest as it was): their digests refuse them, and CRIU,
+    // held before the app resumes, never lets it run.
+    std::fs::rename(s.images().join("quarantine").join(&second), &ckpt).unwrap();
+    std::fs::write(ckpt.join("manifest.json"), &pristine).unwrap();
+    let mut c = start(&with(&[&key]), &COUNTER);
+    c.expect_line(LONG, "count 1", |l| l == "count 1");
+    let failed = c.expect_event("restore_failed", &[]);
+    assert!(failed["msg"].as_str().unwrap().contains("digest"), "{failed}");
+    assert_eq!(s.area("quarantine"), std::slice::from_ref(&second));
+    c.kill();
+    drop(c);
+
+    // Rollback: generation 2 withheld, generation 1 put back from retired/. The image dir's
+    // record vouches for 2: refused, quarantined, the app starts fresh.
+    assert_eq!(s.checkpoints(), Vec::<String>::new());
+    std::fs::rename(s.images().join("retired").join(&id), s.images().join("checkpoints").join(&id)).unwrap();
+    let mut c = start(&with(&[&key]), &COUNTER);
+    c.expect_line(LONG, "count 1", |l| l == "count 1");
+    let failed = c.expect_event("restore_failed", &[]);
+    let msg = failed["msg"].as_str().unwrap();
+    assert!(msg.contains("generation 1 is older than the newest") && msg.contains("rollback"), "{failed}");
+    assert!(s.area("quarantine").contains(&id));
+    assert!(last > 3);
 }
