@@ -133,6 +133,10 @@ pub struct EncryptionConfig {
     /// refused (seconds; none by default).
     #[serde(default, deserialize_with = "some_seconds")]
     pub max_age: Option<Duration>,
+    /// Never write a checkpoint's plaintext to a disk: dumps and restores go through
+    /// `storage.stagingDir` (memory), and checkpoints are kept only sealed, in storage.
+    #[serde(default)]
+    pub no_plaintext_on_disk: bool,
 }
 
 /// `hooks:`: each a command (program and arguments, run without a shell), empty for none.
@@ -396,6 +400,11 @@ fn default_node_state_timeout() -> Duration {
 }
 
 impl Config {
+    /// `encryption.noPlaintextOnDisk`: checkpoints only in memory staging and, sealed, in storage.
+    pub fn plaintext_off_disk(&self) -> bool {
+        self.encryption.as_ref().is_some_and(|e| e.no_plaintext_on_disk)
+    }
+
     /// crik's own dirs, named as in the configuration: `imageDir` and `storage.stagingDir`
     /// (they hold checkpoints: never deleted, captured or overwritten as the app's files).
     pub fn own_dirs(&self) -> impl Iterator<Item = (&'static str, &AbsPath)> {
@@ -745,6 +754,11 @@ fn check(c: &Config) -> Result<(), String> {
         if let Some(age) = enc.max_age {
             at_least("encryption.maxAge", age, Duration::from_secs(60))?;
         }
+        if enc.no_plaintext_on_disk && c.storage.as_ref().and_then(|s| s.staging_dir.as_ref()).is_none() {
+            return Err("encryption.noPlaintextOnDisk needs storage with a stagingDir (a memory-backed dir, where \
+                        checkpoints are dumped and restored)"
+                .into());
+        }
     }
     if let Some(ns) = &c.node_state {
         at_least("nodeState.timeout", ns.timeout, Duration::from_millis(100))?;
@@ -1018,6 +1032,31 @@ mod storage_tests {
             let e = storage(extra).unwrap_err();
             assert!(e.contains(says), "{extra}: {e}");
         }
+    }
+
+    #[test]
+    fn encryption_settings_are_checked() {
+        let with = |extra: &str| {
+            parse(&format!(
+                "imageDir: /x\nstorage:\n  url: s3://bucket/p\n  stagingDir: /dev/shm/crik\nencryption:\n  keyFiles: [/k]\n{extra}"
+            ))
+        };
+        let c = with("  identity: web\n  maxAge: 3600\n  noPlaintextOnDisk: true\n").unwrap();
+        let enc = c.encryption.as_ref().unwrap();
+        assert_eq!((enc.identity.as_deref(), enc.max_age), (Some("web"), Some(Duration::from_secs(3600))));
+        assert!(c.plaintext_off_disk());
+        for (extra, says) in [
+            ("  identity: \"\"\n", "encryption.identity must be 1 to 256"),
+            ("  identity: \"a\\nb\"\n", "encryption.identity must be 1 to 256"),
+            ("  maxAge: 5\n", "encryption.maxAge must be at least 60"),
+        ] {
+            let e = with(extra).unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        // Without storage the image dir is still sealed; noPlaintextOnDisk needs memory staging.
+        assert!(parse("imageDir: /x\nencryption:\n  keyFiles: [/k]\n").is_ok());
+        let e = parse("imageDir: /x\nencryption:\n  keyFiles: [/k]\n  noPlaintextOnDisk: true\n").unwrap_err();
+        assert!(e.contains("needs storage with a stagingDir"), "{e}");
     }
 
     #[test]

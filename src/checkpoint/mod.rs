@@ -63,6 +63,11 @@ pub enum CheckpointError {
     /// lock; CRIU rolled back (the app keeps running) and the dump is taken again with it.
     #[error("the app opened TCP connections during a dump without the network lock: {}", .0.join(", "))]
     Unlocked(Vec<String>),
+    /// `encryption.noPlaintextOnDisk`, and memory staging has no room for the dump.
+    #[error(
+        "the dump does not fit storage.stagingDir ({0}), and encryption.noPlaintextOnDisk keeps it off the image dir"
+    )]
+    NoPlaintextOnDisk(String),
     /// crik's page server failed (see [`streamed`]).
     #[error("streaming the dump's pages: {0}")]
     PageStream(#[from] crate::criu::pageserver::PageServerError),

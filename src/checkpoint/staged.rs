@@ -20,13 +20,22 @@ pub(super) fn checkpoint(
     kind: &str,
     started: Instant,
 ) -> Result<Published, CheckpointError> {
+    let off_disk = target.config.plaintext_off_disk();
+    let mut no_room = None;
     let memory = target.staging.filter(|m| match m.fits(crate::init::app::tree_memory(target.app)) {
         Ok(()) => true,
+        Err(why) if off_disk => {
+            no_room = Some(why);
+            false
+        }
         Err(why) => {
             log::warn!("dumping into the image dir, not {}: {why}", m.dir().display());
             false
         }
     });
+    if let Some(why) = no_room {
+        return Err(CheckpointError::NoPlaintextOnDisk(why));
+    }
     let area: &dyn Staging = match memory {
         Some(m) => m,
         None => store,
@@ -90,6 +99,12 @@ pub(super) fn checkpoint(
                 location: format!("in storage only ({})", remote.url),
             })
         }
+        Err(e) if off_disk => Err(upload_error(
+            &staged.id,
+            remote,
+            e,
+            "encryption.noPlaintextOnDisk keeps it out of the image dir: it is lost",
+        )),
         Err(e) => {
             // Not lost: copied into the image dir, as a dump there would have left it.
             let kept = match store.publish_copy(&staged, &manifest) {

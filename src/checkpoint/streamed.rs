@@ -58,6 +58,9 @@ pub(super) fn checkpoint(
     let memory = target.staging.filter(|m| m.fits(0).is_ok());
     let area: &dyn Staging = match memory {
         Some(m) => m,
+        None if target.config.plaintext_off_disk() => {
+            return Ok(Outcome::StorageFailed("storage.stagingDir has no room for the small images".into()))
+        }
         None => store,
     };
     let staged = area.stage()?;

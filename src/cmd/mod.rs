@@ -214,6 +214,12 @@ pub(crate) fn open_remote(config: &Config, keys: Option<&Arc<Keys>>) -> Result<O
 pub(crate) fn open_staging(config: &Config) -> Result<Option<MemoryStaging>, Fatal> {
     let Some(dir) = config.storage.as_ref().and_then(|s| s.staging_dir.as_ref()) else { return Ok(None) };
     let staging = MemoryStaging::open(dir.as_path()).map_err(|e| Fatal::failed("cannot use storage.stagingDir", e))?;
+    if config.plaintext_off_disk() && !staging.is_memory() {
+        return Err(Fatal::failed(
+            "cannot use storage.stagingDir",
+            format!("{dir} is not tmpfs or ramfs, and encryption.noPlaintextOnDisk keeps checkpoints off disks"),
+        ));
+    }
     log::info!("checkpoints are dumped into {} (memory staging) when it has room", dir);
     Ok(Some(staging))
 }

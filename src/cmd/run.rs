@@ -29,8 +29,9 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     let remote = open_remote(&config, keys.as_ref())?;
     let staging = open_staging(&config)?;
 
+    let can_start_fresh = !args.command.is_empty();
     let restored =
-        startup::restore_newest(&signals, &config, store.as_ref(), remote.as_ref(), !args.command.is_empty())?;
+        startup::restore_newest(&signals, &config, store.as_ref(), remote.as_ref(), staging.as_ref(), can_start_fresh)?;
 
     if let Some(store) = &store {
         startup::release_network_locks(store);

@@ -15,6 +15,7 @@ use crate::init::supervisor::Signals;
 use crate::remote::lease::LeaseError;
 use crate::remote::{Remote, RemoteError, RemoteManifest};
 use crate::restore::{self, RestoreError, Restored};
+use crate::store::staging::{room_needed, MemoryStaging};
 use crate::store::{Checkpoint, Staging, Store, StoreError};
 
 /// Why a start stops crik instead of restoring or starting the app.
@@ -42,10 +43,11 @@ pub fn restore_newest(
     config: &Config,
     store: Option<&Store>,
     remote: Option<&Remote>,
+    memory: Option<&MemoryStaging>,
     can_start_fresh: bool,
 ) -> Result<Option<Restored>, StartError> {
     for _ in 0..MAX_REFUSED_AT_START {
-        match restore_newest_once(signals, config, store, remote, can_start_fresh)? {
+        match restore_newest_once(signals, config, store, remote, memory, can_start_fresh)? {
             Attempt::Done(r) => return Ok(r.map(|r| *r)),
             Attempt::Refused => continue,
         }
@@ -74,6 +76,7 @@ fn restore_newest_once(
     config: &Config,
     store: Option<&Store>,
     remote: Option<&Remote>,
+    memory: Option<&MemoryStaging>,
     can_start_fresh: bool,
 ) -> Result<Attempt, StartError> {
     let mut latest = match store {
@@ -90,13 +93,16 @@ fn restore_newest_once(
     };
     // The id of storage's newest checkpoint, retired once a restore succeeds.
     let mut remote_newest = None;
+    // Where the checkpoint to restore comes from.
+    let mut from = Source::ImageDir;
     if let (Some(store), Some(remote)) = (store, remote) {
         let local = latest.as_ref().map(|(_, c)| c.id.clone());
-        match read_storage(signals, store, remote, config, local.as_deref())? {
+        match read_storage(signals, store, remote, config, memory, local.as_deref())? {
             Ok(Pick::Local { remote_id }) => remote_newest = remote_id,
-            Ok(Pick::Downloaded(c)) => {
+            Ok(Pick::Downloaded(c, source)) => {
                 remote_newest = Some(c.id.clone());
                 latest = Some((store, c));
+                from = source;
             }
             // Storage answered that it cannot be used as configured, or another crik holds it:
             // said now, at start; nothing is decided about the state it may hold.
@@ -173,7 +179,11 @@ fn restore_newest_once(
                     }
                 }
                 // Retire it: if the restored app crashes later, the next start must not replay
-                // this (by then stale) state.
+                // this (by then stale) state. (From memory: freed, never written to a disk.)
+                if let (Source::Memory, Some(memory)) = (from, memory) {
+                    memory.discard(&ckpt);
+                    return Ok(Attempt::Done(Some(Box::new(r))));
+                }
                 match store.retire(&ckpt, config.keep_checkpoints) {
                     Ok(r) => {
                         // CRIU read every image: the page cache need not stay charged to the
@@ -199,6 +209,9 @@ fn restore_newest_once(
                 log::error!(event = "restore_refused", id = ckpt.id.as_str();
                     "checkpoint {} cannot be restored on this node: {e}", ckpt.dir.display());
                 log::warn!("the checkpoint is kept: a start on a node with a compatible CPU restores it");
+                if let (Source::Memory, Some(memory)) = (from, memory) {
+                    memory.discard(&ckpt);
+                }
                 if let Some(remote) = remote.filter(|_| remote_newest.as_ref() == Some(&ckpt.id)) {
                     remote.keep_older_checkpoints();
                 }
@@ -207,30 +220,62 @@ fn restore_newest_once(
             }
             Err(e) => {
                 log::error!(event = "restore_failed", id = ckpt.id.as_str(); "restore of {} failed: {e}", ckpt.dir.display());
-                match store.quarantine(&ckpt) {
-                    Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
-                    Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
+                match (from, memory) {
+                    // Downloaded into memory: freed; storage's copy is quarantined below.
+                    (Source::Memory, Some(memory)) => memory.discard(&ckpt),
+                    _ => match store.quarantine(&ckpt) {
+                        Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
+                        Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
+                    },
                 }
-                // Refused before anything of it was used: the next newest is tried (storage's
-                // copy of this one too, when this was the image dir's, altered or damaged here).
-                if refused_before_use(&e) {
+                // Refused before anything of it was used, and only the image dir's copy: the
+                // next newest is tried (storage's copy of this one, if it has one).
+                if refused_before_use(&e) && from == Source::ImageDir {
                     log::warn!("trying the next newest checkpoint");
                     return Ok(Attempt::Refused);
                 }
-                if let (Some(remote), Some(id)) = (remote, remote_newest.as_ref().filter(|id| **id == ckpt.id)) {
-                    if let Err(qe) = remote.quarantine(id) {
-                        log::error!("cannot quarantine checkpoint {id} in storage: {qe}");
-                    }
-                }
-                cold_start_or_fail(config, can_start_fresh, || {
-                    StartError::stop("restore failed", "onRestoreFailure is fail")
-                })?;
-                None
+                let remote = remote.filter(|_| remote_newest.as_ref() == Some(&ckpt.id));
+                return after_failed_download(config, remote, &ckpt.id, &e, can_start_fresh);
             }
         },
         None => None,
     };
     Ok(Attempt::Done(restored.map(Box::new)))
+}
+
+/// Where the checkpoint a start restores comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The image dir's own.
+    ImageDir,
+    /// Storage's, downloaded into the image dir.
+    Downloaded,
+    /// Storage's, downloaded into memory staging (`encryption.noPlaintextOnDisk`).
+    Memory,
+}
+
+/// After a failed restore of checkpoint `id`, which `remote` (when given) holds too: storage's
+/// copy is quarantined; the next newest is tried when the failure came before anything of it
+/// was used, else `onRestoreFailure` decides.
+fn after_failed_download(
+    config: &Config,
+    remote: Option<&Remote>,
+    id: &str,
+    e: &RestoreError,
+    can_start_fresh: bool,
+) -> Result<Attempt, StartError> {
+    if let Some(remote) = remote {
+        match remote.quarantine(id) {
+            Ok(()) => log::warn!("moved checkpoint {id} to quarantine/ in {} (it will not be retried)", remote.url),
+            Err(qe) => log::error!("cannot quarantine checkpoint {id} in storage: {qe}"),
+        }
+    }
+    if refused_before_use(e) {
+        log::warn!("trying the next newest checkpoint");
+        return Ok(Attempt::Refused);
+    }
+    cold_start_or_fail(config, can_start_fresh, || StartError::stop("restore failed", "onRestoreFailure is fail"))?;
+    Ok(Attempt::Done(None))
 }
 
 /// A restore that failed before CRIU or anything else used the checkpoint: it is damaged,
@@ -294,14 +339,16 @@ fn read_storage(
     store: &Store,
     remote: &Remote,
     config: &Config,
+    memory: Option<&MemoryStaging>,
     local: Option<&str>,
 ) -> Result<Result<Pick, RemoteError>, StartError> {
     let retry_for = config.storage.as_ref().map_or(Duration::ZERO, |s| s.retry_at_start);
     let started = Instant::now();
     let (mut attempt, mut delay) = (1, Duration::from_millis(500));
     loop {
-        let read =
-            remote.acquire_lease(&mut |d| pause(signals, d)).and_then(|()| from_storage(store, remote, config, local));
+        let read = remote
+            .acquire_lease(&mut |d| pause(signals, d))
+            .and_then(|()| from_storage(store, remote, config, memory, local));
         match read {
             Err(e) if e.is_passing() && started.elapsed() + delay < retry_for => {
                 log::warn!(event = "storage_retry";
@@ -342,13 +389,19 @@ fn pause(signals: &Signals, d: Duration) -> Result<(), String> {
 pub enum Pick {
     /// The image dir's own (newest, or as new as storage's; `remote_id`: storage's newest).
     Local { remote_id: Option<String> },
-    /// Storage's newest, downloaded into the image dir.
-    Downloaded(Checkpoint),
+    /// Storage's newest, downloaded into the image dir or into memory.
+    Downloaded(Checkpoint, Source),
 }
 
 /// Storage's newest checkpoint, downloaded unless the image dir already holds it (or a newer
 /// one: its upload failed, and the volume came back with it).
-pub fn from_storage(store: &Store, remote: &Remote, config: &Config, local: Option<&str>) -> Result<Pick, RemoteError> {
+pub fn from_storage(
+    store: &Store,
+    remote: &Remote,
+    config: &Config,
+    memory: Option<&MemoryStaging>,
+    local: Option<&str>,
+) -> Result<Pick, RemoteError> {
     // What the lease vouches for is what a rollback is judged by, here and in the image dir.
     if let Some(g) = remote.lease_generation() {
         store.adopt_generation(g, true);
@@ -367,17 +420,55 @@ pub fn from_storage(store: &Store, remote: &Remote, config: &Config, local: Opti
     let manifest = manifest?;
     // Never downloaded when it is older than the newest on record.
     store.check_fresh(&manifest.manifest).map_err(|source| RemoteError::Stale { id: id.clone(), source })?;
-    download(store, remote, &manifest, config).map(Pick::Downloaded)
+    match memory.filter(|_| config.plaintext_off_disk()) {
+        Some(memory) => download_into_memory(store, remote, &manifest, config, memory),
+        None => download(store, remote, &manifest, config).map(|c| Pick::Downloaded(c, Source::Downloaded)),
+    }
+}
+
+/// Downloads into memory staging, where it is restored from (`encryption.noPlaintextOnDisk`).
+fn download_into_memory(
+    store: &Store,
+    remote: &Remote,
+    m: &RemoteManifest,
+    config: &Config,
+    memory: &MemoryStaging,
+) -> Result<Pick, RemoteError> {
+    let (needs, free) = (room_needed(m.size()), memory.room().map_err(|e| local_err("statvfs", memory.dir(), e))?);
+    if needs > free {
+        return Err(RemoteError::NoRoom { id: m.id.clone(), needs, free });
+    }
+    let staged = memory.stage_as(&m.id)?;
+    fetch(remote, m, config, &staged, |c| {
+        store.write_manifest(c, &m.manifest)?;
+        Ok(c.clone())
+    })
+    .inspect_err(|_| memory.discard(&staged))
+    .map(|c| Pick::Downloaded(c, Source::Memory))
+}
+
+fn local_err(step: &'static str, path: &std::path::Path, source: std::io::Error) -> RemoteError {
+    RemoteError::Local { step, path: path.display().to_string(), source }
 }
 
 fn download(store: &Store, remote: &Remote, m: &RemoteManifest, config: &Config) -> Result<Checkpoint, RemoteError> {
     let staged = store.stage_as(&m.id)?;
-    log::info!(event = "download_started", id = m.id.as_str(); "downloading checkpoint {} from {}", m.id, remote.url);
+    fetch(remote, m, config, &staged, |c| Ok(store.publish_as_is(c, &m.manifest)?))
+        .inspect_err(|_| store.discard(&staged))
+}
+
+/// Downloads `m` into `staged`, then `finish`es it (publishes it, or writes its manifest).
+fn fetch(
+    remote: &Remote,
+    m: &RemoteManifest,
+    config: &Config,
+    staged: &Checkpoint,
+    finish: impl FnOnce(&Checkpoint) -> Result<Checkpoint, RemoteError>,
+) -> Result<Checkpoint, RemoteError> {
+    log::info!(event = "download_started", id = m.id.as_str(); "downloading checkpoint {} from {} into {}", m.id,
+        remote.url, staged.dir.display());
     let deadline = std::time::Instant::now() + config.restore_timeout;
-    let done = remote.download(m, &staged.dir, deadline).and_then(|d| {
-        let c = store.publish_as_is(&staged, &m.manifest)?;
-        Ok((c, d))
-    });
+    let done = remote.download(m, &staged.dir, deadline).and_then(|d| Ok((finish(staged)?, d)));
     match done {
         Ok((c, d)) => {
             log::info!(event = "download_finished", id = m.id.as_str(), duration_ms = d.millis,
@@ -386,10 +477,7 @@ fn download(store: &Store, remote: &Remote, m: &RemoteManifest, config: &Config)
                 d.fetched_chunks, crate::sizes::human(d.received_bytes), crate::sizes::human(d.bytes));
             Ok(c)
         }
-        Err(e) => {
-            store.discard(&staged);
-            Err(e)
-        }
+        Err(e) => Err(e),
     }
 }
 

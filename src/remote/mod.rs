@@ -133,7 +133,7 @@ impl RemoteManifest {
 
     /// The checkpoint's size as its manifest declares it (added without overflow: a bomb may
     /// declare u64::MAX twice).
-    fn size(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.files.iter().fold(0u64, |a, f| a.saturating_add(f.size))
     }
 

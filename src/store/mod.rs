@@ -268,8 +268,9 @@ impl Store {
         Ok(Manifest::parse(&path, &bytes)?)
     }
 
-    /// Writes a checkpoint's manifest (and its MAC, with a key) into `dir`, durably.
-    fn write_manifest(&self, c: &Checkpoint, manifest: &Manifest) -> Result<(), StoreError> {
+    /// Writes a checkpoint's manifest (and its MAC, with a key) into its dir, durably: when it
+    /// is published here, or downloaded into memory staging to be restored from there.
+    pub fn write_manifest(&self, c: &Checkpoint, manifest: &Manifest) -> Result<(), StoreError> {
         let json = manifest.to_json();
         if let Some(s) = &self.sealing {
             let mac =

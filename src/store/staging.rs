@@ -40,6 +40,36 @@ impl MemoryStaging {
         &self.dir
     }
 
+    /// Whether the dir is memory (tmpfs or ramfs), as `encryption.noPlaintextOnDisk` needs.
+    pub fn is_memory(&self) -> bool {
+        // ramfs's magic (linux/magic.h), which nix does not name.
+        const RAMFS_MAGIC: i64 = 0x858458f6;
+        is_tmpfs(&self.dir)
+            // (fs_type_t is not i64 on every target.)
+            || nix::sys::statfs::statfs(&self.dir).is_ok_and(|s| {
+                #[allow(clippy::unnecessary_cast)]
+                let magic = s.filesystem_type().0 as i64;
+                magic == RAMFS_MAGIC
+            })
+    }
+
+    /// A checkpoint dir here under a given id (a download keeps its id), emptied first.
+    pub fn stage_as(&self, id: &str) -> Result<Checkpoint, StoreError> {
+        if !store::is_valid_id(id) {
+            return Err(StoreError::Unsafe { path: self.dir.clone(), why: format!("{id:?} is not a checkpoint id") });
+        }
+        let dir = self.dir.join(id);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| StoreError::Io { step: "remove", path: dir.clone(), source: e })?;
+        }
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| StoreError::Io {
+            step: "create",
+            path: dir.clone(),
+            source: e,
+        })?;
+        Ok(Checkpoint { id: id.into(), dir })
+    }
+
     /// Whether a dump of an app holding `memory` bytes fits; `Err` says why not.
     pub fn fits(&self, memory: u64) -> Result<(), String> {
         let need = room_needed(memory);
@@ -64,6 +94,14 @@ impl MemoryStaging {
             }
         }
         Ok(())
+    }
+
+    /// The room here for a download: the dir's free space, and on a tmpfs no more than the
+    /// container's memory headroom.
+    pub fn room(&self) -> std::io::Result<u64> {
+        let free = crate::host::free_space(&self.dir)?;
+        let headroom = if is_tmpfs(&self.dir) { crate::host::cgroup::memory_headroom() } else { None };
+        Ok(headroom.map_or(free, |h| h.min(free)))
     }
 }
 

@@ -355,3 +355,82 @@ fn the_image_dirs_checkpoints_are_authenticated_and_a_rollback_there_is_refused(
     assert!(s.area("quarantine").contains(&id));
     assert!(last > 3);
 }
+
+#[test]
+fn with_no_plaintext_on_disk_neither_the_bucket_nor_the_image_dir_holds_the_apps_secrets() {
+    let s = Scratch::new("sealed-offdisk");
+    let s3 = S3Server::start(&s.path("s3"));
+    let key = s.path("crik.key");
+    keygen(&key);
+    let marker = format!("crik-marker-offdisk-{:016x}", std::process::id() as u64 * 0x9e37_79b9);
+    let config = |node: &Scratch, staging: &Path, stream: bool| {
+        node.config(&format!(
+            "{}  stagingDir: {}\n  streamPages: {stream}\nencryption:\n  keyFiles: [{}]\n  noPlaintextOnDisk: true\n",
+            s3.config(if stream { "streamed" } else { "staged" }),
+            staging.display(),
+            key.display()
+        ))
+    };
+    // What must be found nowhere on a disk: the app's secret, and crik's storage key (in the
+    // app's environment here, hence in its memory).
+    let secrets = [marker.as_str(), crate::common::s3::SECRET_KEY];
+    let clean = |dir: &Path| secrets.iter().all(|m| !holds(dir, m));
+    let empty = |d: &Path| std::fs::read_dir(d).unwrap().next().is_none();
+
+    // Control: with a key alone, the image dir holds the app's memory in the clear.
+    let node = Scratch::new("sealed-offdisk-0");
+    let plain = node.config(&format!(
+        "{}  streamPages: false\nencryption:\n  keyFiles: [{}]\n",
+        s3.config("control"),
+        key.display()
+    ));
+    let mut c = Container::start(spec(&plain, &s3, &COUNTER, &marker));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    checkpoint(&mut c);
+    assert!(secrets.iter().all(|m| holds(&node.images(), m)), "the control must find both in the image dir");
+    assert!(clean(&s3.object("control")));
+
+    for (n, stream) in [(1, false), (2, true)] {
+        let node = Scratch::new(&format!("sealed-offdisk-{n}"));
+        let staging = Tmpfs::mount(node.path("shm"), "256m");
+        let mut c = Container::start(spec(&config(&node, &staging.0, stream), &s3, &COUNTER, &marker));
+        c.expect_line(SHORT, "count 3", |l| l == "count 3");
+        let last = last_count(&checkpoint(&mut c));
+        assert!(node.checkpoints().is_empty(), "nothing in the image dir: {:?}", node.checkpoints());
+        assert!(empty(&staging.0), "memory freed");
+        let prefix = s3.object(if stream { "streamed" } else { "staged" });
+        assert!(clean(&node.images()) && clean(&prefix), "a secret in the clear on a disk");
+
+        // Another node restores it through memory: nothing lands in its image dir either.
+        let node2 = Scratch::new(&format!("sealed-offdisk-{n}b"));
+        let staging2 = Tmpfs::mount(node2.path("shm"), "256m");
+        let mut c = Container::start(spec(&config(&node2, &staging2.0, stream), &s3, &[], &marker));
+        c.expect_count_after(last);
+        assert!(c.stderr().contains(&format!("into {}", staging2.0.display())), "{}", c.stderr());
+        assert!(empty(&staging2.0), "memory freed after the restore");
+        assert!(clean(&node2.images()), "the restore wrote a secret to the image dir");
+        checkpoint(&mut c);
+        assert!(clean(&node2.images()) && clean(&prefix));
+    }
+
+    // A dump that does not fit memory staging fails rather than land in the image dir.
+    let node = Scratch::new("sealed-offdisk-small");
+    let small = Tmpfs::mount(node.path("shm"), "32m");
+    let mut c = Container::start(spec(&config(&node, &small.0, false), &s3, &COUNTER, &marker));
+    c.expect_line(SHORT, "count 3", |l| l == "count 3");
+    c.signal(libc::SIGTERM);
+    c.wait(LONG);
+    let failed = c.expect_event("checkpoint_failed", &[]);
+    assert!(failed["msg"].as_str().unwrap().contains("noPlaintextOnDisk keeps it off the image dir"), "{failed}");
+    assert!(node.checkpoints().is_empty() && clean(&node.images()));
+    drop(small);
+
+    // Without a memory-backed stagingDir the setting is refused at start.
+    let node = Scratch::new("sealed-offdisk-3");
+    std::fs::create_dir_all(node.path("disk")).unwrap();
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, err) = refused_at_start(&config(&node, &node.path("disk"), false), &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is not tmpfs or ramfs"), "{err}");
+}
