@@ -159,8 +159,12 @@ fn local_identity(config: &Config, dir: &Path) -> String {
 /// `encryption.keyFiles`, read at start: a missing or malformed key is found now, not when a
 /// checkpoint is written or restored.
 pub(crate) fn open_keys(config: &Config) -> Result<Option<Arc<Keys>>, Fatal> {
-    let keys = read_keys(config)?.map(Arc::new);
-    match &keys {
+    Ok(read_keys(config)?.map(Arc::new))
+}
+
+/// Says at start whether checkpoints are sealed (once the image dir and CRIU are found usable).
+pub(crate) fn say_sealing(config: &Config, keys: Option<&Arc<Keys>>) {
+    match keys {
         Some(k) => log::info!(
             "checkpoints are sealed with key {} (encryption.keyFiles): encrypted in storage, authenticated in both \
              storage and the image dir",
@@ -172,7 +176,6 @@ pub(crate) fn open_keys(config: &Config) -> Result<Option<Arc<Keys>>, Fatal> {
         ),
         None => {}
     }
-    Ok(keys)
 }
 
 fn read_keys(config: &Config) -> Result<Option<Keys>, Fatal> {

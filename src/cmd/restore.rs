@@ -4,7 +4,7 @@
 use super::{
     check_criu, image_dir_arg, load_config, node_state_query, open_keys, open_remote, open_staging, open_store,
 };
-use super::{rootfs_upper, setup_process, Fatal};
+use super::{rootfs_upper, say_sealing, setup_process, Fatal};
 use crate::cmd::cli::RestoreArgs;
 use crate::config::Config;
 use crate::lifecycle::running::{self, Context};
@@ -25,6 +25,7 @@ pub fn restore(args: RestoreArgs) -> Result<i32, Fatal> {
     let keys = open_keys(&config)?;
     let store = open_store(dir.as_path(), &config, keys.as_ref())?;
     check_criu(&signals)?;
+    say_sealing(&config, keys.as_ref());
     let remote = open_remote(&config, keys.as_ref())?;
     let staging = open_staging(&config)?;
     let mut ckpt = startup::latest_checkpoint(&store).map_err(|e| Fatal::failed("cannot read image dir", e))?;

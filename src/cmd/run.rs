@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use super::{
     check_criu, load_config, node_state_query, open_keys, open_remote, open_staging, open_store, rootfs_upper,
 };
-use super::{setup_process, Fatal};
+use super::{say_sealing, setup_process, Fatal};
 use crate::cmd::cli::RunArgs;
 use crate::init::app;
 use crate::lifecycle::running::{self, Context};
@@ -26,6 +26,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     if store.is_some() {
         check_criu(&signals)?;
     }
+    say_sealing(&config, keys.as_ref());
     let remote = open_remote(&config, keys.as_ref())?;
     let staging = open_staging(&config)?;
 

@@ -46,8 +46,18 @@ pub fn restore_newest(
     memory: Option<&MemoryStaging>,
     can_start_fresh: bool,
 ) -> Result<Option<Restored>, StartError> {
-    for _ in 0..MAX_REFUSED_AT_START {
+    for refused in 0..MAX_REFUSED_AT_START {
         match restore_newest_once(signals, config, store, remote, memory, can_start_fresh)? {
+            // Nothing left after a refusal: no checkpoint was restored, onRestoreFailure decides.
+            Attempt::Done(None) if refused > 0 => {
+                cold_start_or_fail(config, can_start_fresh, || {
+                    StartError::stop(
+                        "restore failed",
+                        format!("{refused} checkpoint(s) refused (quarantined), none left; onRestoreFailure is fail"),
+                    )
+                })?;
+                return Ok(None);
+            }
             Attempt::Done(r) => return Ok(r.map(|r| *r)),
             Attempt::Refused => continue,
         }
