@@ -72,6 +72,9 @@ pub(super) fn dump_into(
         let dump_millis = dump_started.elapsed().as_millis() as u64;
         let r = archive_files(staged, target).and_then(|a| {
             let mut m = manifest_of(a, target, &stdio, &images, &criu_version, dump_millis, app_memory_bytes);
+            if lock_network {
+                m.network_lock = crate::criu::images::dump_run_id(&images).ok().flatten();
+            }
             if let Some(hook) = on_dumped.as_mut() {
                 hook(&mut m)?;
             }
@@ -148,6 +151,7 @@ fn manifest_of(
         app_memory_bytes,
         files: Vec::new(), // filled in by the store when it publishes
         generation: target.generation,
+        network_lock: None, // set by the dump when it took the lock
     }
 }
 

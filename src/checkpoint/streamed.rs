@@ -68,7 +68,7 @@ pub(super) fn checkpoint(
         "{kind} checkpoint of app (pid {}), its pages streamed to {}, its other images into {}",
         target.app, remote.url, staged.dir.display());
 
-    let result = dump_streamed(signals, &staged, target, &up, store.is_sealed());
+    let result = dump_streamed(signals, &staged, target, &up);
     let result = match result {
         Ok((manifest, uploaded, tail)) => {
             // The image dir's checkpoints are older than this one, in storage only: a start
@@ -102,7 +102,6 @@ fn dump_streamed(
     staged: &Checkpoint,
     target: &Target,
     up: &Upload,
-    strong: bool,
 ) -> Result<(Manifest, Uploaded, Duration), CheckpointError> {
     let (ours, theirs) = UnixStream::pair().map_err(CheckpointError::PageStreamSocket)?;
     let images = staged.images_dir();
@@ -110,14 +109,14 @@ fn dump_streamed(
         let mut workers = Some(up.spawn_workers(s));
         let mut server = Some(s.spawn(|| {
             let mut sink = UploadSink { upload: up, file: None };
-            pageserver::serve(ours, &images, IMAGES_DIR, &mut sink, strong)
+            pageserver::serve(ours, &images, IMAGES_DIR, &mut sink)
         }));
         let mut uploaded = None;
         let mut on_dumped = |m: &mut Manifest| -> Result<(), CheckpointError> {
             let tail = Instant::now();
             // CRIU closed the stream before this notification: the server has returned.
             let streamed = join(server.take())?;
-            m.files = upload_small_images(staged, up, strong)?;
+            m.files = upload_small_images(staged, up)?;
             m.files.extend(streamed);
             m.files.sort_by(|a, b| a.path.cmp(&b.path));
             let fail = |e| CheckpointError::Storage(Box::new(e));
@@ -157,11 +156,12 @@ fn join(
     }
 }
 
-/// Uploads CRIU's other images and the archives, and returns their sums. CRIU still writes its
+/// Uploads CRIU's other images and the archives, and returns their sums (no digests: like the
+/// pages, these files only live in storage, where their chunks are authenticated). CRIU still writes its
 /// log after this notification: what it holds so far is uploaded (all of the dump itself).
-fn upload_small_images(staged: &Checkpoint, up: &Upload, strong: bool) -> Result<Vec<FileSum>, CheckpointError> {
+fn upload_small_images(staged: &Checkpoint, up: &Upload) -> Result<Vec<FileSum>, CheckpointError> {
     let log = format!("{IMAGES_DIR}/{}", crate::layout::DUMP_LOG);
-    let mut sums = store::sums(&staged.dir, strong)?;
+    let mut sums = store::sums(&staged.dir, false)?;
     sums.retain(|f| f.path != log);
     let fail = |e| CheckpointError::Storage(Box::new(e));
     for f in &sums {
@@ -171,7 +171,7 @@ fn upload_small_images(staged: &Checkpoint, up: &Upload, strong: bool) -> Result
         let mut file = up.stream(&log);
         let sent = file.write(&bytes).and_then(|()| file.end());
         if sent.is_ok() {
-            let mut sum = Summer::new(strong);
+            let mut sum = Summer::new(false);
             sum.update(&bytes);
             let Sum { size, crc32, digest } = sum.finish();
             sums.push(FileSum { path: log, size, crc32, digest });

@@ -35,7 +35,7 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
         startup::restore_newest(&signals, &config, store.as_ref(), remote.as_ref(), staging.as_ref(), can_start_fresh)?;
 
     if let Some(store) = &store {
-        startup::release_network_locks(store);
+        startup::release_network_locks(store, remote.as_ref());
     }
     let (app, command, _keep_open) = match restored {
         Some(Restored { id, pid, manifest, keep_open }) => {

@@ -96,15 +96,15 @@ struct Open {
 
 /// Serves one dump's session on `sock` until CRIU's CLOSE: pagemap images are written into
 /// `images` (the checkpoint's `rel` dir, e.g. "images"), page data goes to `sink`. Returns the
-/// pages images streamed (path relative to the checkpoint dir, size, CRC-32, and the digest
-/// when `strong`), as the store would have recorded them had they been files. On any error the socket is dropped, so
+/// pages images streamed (path relative to the checkpoint dir, size, CRC-32), as the store
+/// would have recorded them had they been files. (No digest: streamed pages never land on this
+/// node; a node that downloads them computes their digests from the authenticated chunks.) On any error the socket is dropped, so
 /// CRIU's next write fails and the dump is rolled back (the app keeps running).
 pub fn serve(
     mut sock: impl Read + Write,
     images: &Path,
     rel: &str,
     sink: &mut dyn PageSink,
-    strong: bool,
 ) -> Result<Vec<FileSum>, PageServerError> {
     let mut streamed = Vec::new();
     let mut open: Option<Open> = None;
@@ -124,7 +124,7 @@ pub fn serve(
         match c.op {
             OPEN | OPEN2 => {
                 streamed.extend(close(open.take(), sink)?);
-                open = Some(begin(c.dst_id, next_pages_id, images, rel, sink, strong)?);
+                open = Some(begin(c.dst_id, next_pages_id, images, rel, sink)?);
                 next_pages_id += 1;
                 if c.op == OPEN2 {
                     sock.write_all(&[0u8])?; // no parent
@@ -212,7 +212,6 @@ fn begin(
     images: &Path,
     rel: &str,
     sink: &mut dyn PageSink,
-    strong: bool,
 ) -> Result<Open, PageServerError> {
     let id = dst_id >> 8;
     let name = match dst_id & 0xff {
@@ -234,7 +233,7 @@ fn begin(
     write_entry(&mut pagemap, &head).map_err(|e| image_err(&pagemap_path, e))?;
     let pages = format!("{rel}/pages-{pages_id}.img");
     sink.begin(&pages).map_err(PageServerError::Sink)?;
-    Ok(Open { dst_id, pagemap, pagemap_path, pages, sum: Summer::new(strong) })
+    Ok(Open { dst_id, pagemap, pagemap_path, pages, sum: Summer::new(false) })
 }
 
 /// Finishes the open pagemap image (flushed; sealed later with the other images) and its
@@ -329,7 +328,7 @@ mod tests {
         let dir = tmp("session");
         let mut wire = Wire { input: io::Cursor::new(input), answers: Vec::new() };
         let mut rec = Recorder::default();
-        let sums = serve(&mut wire, &dir, "images", &mut rec, true).unwrap();
+        let sums = serve(&mut wire, &dir, "images", &mut rec).unwrap();
 
         assert_eq!(wire.answers, [&[0u8][..], &[0u8], &0i32.to_ne_bytes()].concat(), "two OPEN2s, one CLOSE");
         assert_eq!(
@@ -337,15 +336,13 @@ mod tests {
             vec![("images/pages-1.img".into(), pages_a.clone()), ("images/pages-2.img".into(), pages_b.clone())]
         );
         assert_eq!(rec.ended, 2);
-        let mut digest = Summer::new(true);
-        digest.update(&pages_a);
         assert_eq!(
             sums[0],
             FileSum {
                 path: "images/pages-1.img".into(),
                 size: pages_a.len() as u64,
                 crc32: crc32fast::hash(&pages_a),
-                digest: digest.finish().digest
+                digest: None
             }
         );
         assert_eq!(sums[1].crc32, crc32fast::hash(&pages_b));
@@ -372,7 +369,7 @@ mod tests {
         input.extend(cmd(ADD_F, PE_PRESENT, 4, 0x1000, 1 << 8 | TYPE_PID));
         input.extend(vec![1u8; ps]); // 3 pages short
         let mut wire = Wire { input: io::Cursor::new(input.clone()), answers: Vec::new() };
-        let e = serve(&mut wire, &dir, "images", &mut Recorder::default(), false).unwrap_err();
+        let e = serve(&mut wire, &dir, "images", &mut Recorder::default()).unwrap_err();
         assert!(e.to_string().contains("middle of pages"), "{e}");
 
         struct Failing;
@@ -390,13 +387,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let mut wire = Wire { input: io::Cursor::new(input), answers: Vec::new() };
-        let e = serve(&mut wire, &dir, "images", &mut Failing, false).unwrap_err();
+        let e = serve(&mut wire, &dir, "images", &mut Failing).unwrap_err();
         assert_eq!(e.to_string(), "storage said no");
 
         let mut wire =
             Wire { input: io::Cursor::new(cmd(ADD_F, PE_PRESENT, 1, 0, 1 << 8 | TYPE_PID)), answers: vec![] };
-        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default(), false).is_err(), "pages before OPEN");
+        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default()).is_err(), "pages before OPEN");
         let mut wire = Wire { input: io::Cursor::new(Vec::new()), answers: vec![] };
-        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default(), false).is_err(), "closed before CLOSE");
+        assert!(serve(&mut wire, &dir, "images", &mut Recorder::default()).is_err(), "closed before CLOSE");
     }
 }

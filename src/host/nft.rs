@@ -39,29 +39,66 @@ pub fn lock_table_names(run_id: &str) -> Vec<String> {
 /// How many nftables tables this network namespace holds (every family): CRIU's network lock
 /// loads the whole ruleset, and its memory grows with it.
 pub fn count_tables() -> io::Result<usize> {
+    Ok(tables()?.len())
+}
+
+/// The names of CRIU's network-lock tables (`inet CRIU-...`) in this network namespace.
+pub fn criu_tables() -> io::Result<Vec<String>> {
+    Ok(tables()?
+        .into_iter()
+        .filter(|(family, name)| *family == NFPROTO_INET && name.starts_with("CRIU-"))
+        .map(|(_, n)| n)
+        .collect())
+}
+
+/// Every table of this network namespace: its family and name.
+fn tables() -> io::Result<Vec<(u8, String)>> {
     let sock = socket()?;
     let mut req = Vec::new();
     let get = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE;
     message(&mut req, get, NLM_F_REQUEST | NLM_F_DUMP, 1, 0, 0, &[]);
     send(&sock, &req)?;
-    let mut tables = 0;
+    let mut tables = Vec::new();
     read_replies(&sock, |r| match (r.kind, r.errno) {
-        (NLMSG_DONE, _) => Some(Ok(tables)),
+        (NLMSG_DONE, _) => Some(Ok(std::mem::take(&mut tables))),
         (_, Some(e)) if e != 0 => Some(Err(io::Error::from_raw_os_error(e))),
         (k, _) if k == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => {
-            tables += 1;
+            // nfgenmsg (family, version, resource id), then the table's attributes.
+            if let (Some(&family), Some(attrs)) = (r.body.first(), r.body.get(4..)) {
+                let name = string_attribute(attrs, NFTA_TABLE_NAME).unwrap_or_default();
+                tables.push((family, name));
+            }
             None
         }
         _ => None,
     })
 }
 
-/// One message of the kernel's answer: its type, its sequence number, and for an
-/// `NLMSG_ERROR` its errno (0: an acknowledgement).
-struct Reply {
+/// The NUL-terminated string attribute `kind` among netlink attributes `attrs`.
+fn string_attribute(mut attrs: &[u8], kind: u16) -> Option<String> {
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let this = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff; // without the nested/order flags
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if this == kind {
+            let value = &attrs[4..len];
+            let value = value.split(|b| *b == 0).next().unwrap_or_default();
+            return Some(String::from_utf8_lossy(value).into_owned());
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    None
+}
+
+/// One message of the kernel's answer: its type, its sequence number, for an `NLMSG_ERROR`
+/// its errno (0: an acknowledgement), and what follows the netlink header.
+struct Reply<'a> {
     kind: u16,
     seq: u32,
     errno: Option<i32>,
+    body: &'a [u8],
 }
 
 /// Reads the kernel's answers, message by message, until `each` decides.
@@ -78,7 +115,7 @@ fn read_replies<T>(sock: &std::os::fd::OwnedFd, mut each: impl FnMut(Reply) -> O
                 return Err(io::Error::other("a malformed netlink answer"));
             }
             let errno = (kind == NLMSG_ERROR && len >= 20).then(|| -(word(at + 16) as i32));
-            if let Some(done) = each(Reply { kind, seq, errno }) {
+            if let Some(done) = each(Reply { kind, seq, errno, body: &buf[at + 16..at + len] }) {
                 return done;
             }
             at += (len + 3) & !3;
@@ -218,9 +255,32 @@ mod tests {
             return;
         }
         let during = count_tables().unwrap();
+        let criu_like = format!("CRIU-crik-unit-{}", std::process::id());
+        assert!(std::process::Command::new("nft")
+            .args(["add", "table", "inet", &criu_like])
+            .status()
+            .unwrap()
+            .success());
+        assert!(criu_tables().unwrap().contains(&criu_like), "{:?}", criu_tables());
+        assert!(!criu_tables().unwrap().contains(&name), "only CRIU's");
+        assert!(delete_inet_table(&criu_like).unwrap());
         assert!(delete_inet_table(&name).unwrap(), "it was there");
         assert!(!delete_inet_table(&name).unwrap(), "and is gone");
         assert!(during > before, "{before} -> {during}");
+    }
+
+    #[test]
+    fn attributes_are_read_within_their_bounds() {
+        let mut attrs = Vec::new();
+        attribute(&mut attrs, 7, b"other");
+        attribute(&mut attrs, NFTA_TABLE_NAME, b"CRIU-x");
+        assert_eq!(string_attribute(&attrs, NFTA_TABLE_NAME).as_deref(), Some("CRIU-x"));
+        assert_eq!(string_attribute(&attrs, 9), None);
+        // Lengths that lie: nothing read past the end, no panic.
+        for cut in 0..attrs.len() {
+            let _ = string_attribute(&attrs[..cut], NFTA_TABLE_NAME);
+        }
+        assert_eq!(string_attribute(&[200, 0, 1, 0, b'x'], NFTA_TABLE_NAME), None);
     }
 
     #[test]

@@ -295,18 +295,36 @@ fn refused_before_use(e: &RestoreError) -> bool {
         || matches!(e, RestoreError::Integrity(crate::store::integrity::IntegrityError::Damaged { .. }))
 }
 
-/// Removes the network-lock tables CRIU left in this network namespace for the image dir's
-/// checkpoints (see [`crate::host::nft`]). Called once a start has restored one or started the
-/// app fresh: none of them will be restored here any more (the one restored had its table
-/// removed by CRIU; the others are older, retired, quarantined, or for another node).
-pub fn release_network_locks(store: &Store) {
-    let Ok(all) = crate::store::list_all(store.root()) else { return };
-    for (_, c) in all {
-        let Ok(Some(run_id)) = crate::criu::images::dump_run_id(&c.images_dir()) else { continue };
-        for name in crate::host::nft::lock_table_names(&run_id) {
+/// Removes the network-lock tables CRIU left in this network namespace for this app's
+/// checkpoints, in the image dir and in storage (see [`crate::host::nft`]). Called once a start
+/// has restored one or started the app fresh: none of them will be restored here any more (the
+/// one restored had its table removed by CRIU; the others are older, retired, quarantined, or
+/// for another node). A network namespace that outlives the container (`hostNetwork`) keeps the
+/// tables of checkpoints restored on other nodes until a start of the same app here removes
+/// them. Tables of other apps' checkpoints are left alone.
+pub fn release_network_locks(store: &Store, remote: Option<&Remote>) {
+    let present = match crate::host::nft::criu_tables() {
+        Ok(p) if p.is_empty() => return,
+        Ok(p) => p,
+        Err(e) => return log::debug!("cannot list this network namespace's tables: {e}"),
+    };
+    let mut run_ids: Vec<(String, String)> = Vec::new();
+    for (_, c) in crate::store::list_all(store.root()).unwrap_or_default() {
+        if let Ok(Some(run_id)) = crate::criu::images::dump_run_id(&c.images_dir()) {
+            run_ids.push((run_id, c.id));
+        }
+    }
+    if let Some(remote) = remote {
+        match remote.network_locks() {
+            Ok(ids) => run_ids.extend(ids),
+            Err(e) => log::debug!("cannot read storage's manifests for their network locks: {e}"),
+        }
+    }
+    for (run_id, which) in run_ids {
+        for name in crate::host::nft::lock_table_names(&run_id).into_iter().filter(|n| present.contains(n)) {
             match crate::host::nft::delete_inet_table(&name) {
                 Ok(true) => log::info!(event = "network_lock_released", table = name.as_str();
-                    "removed CRIU's network-lock table inet {name}: checkpoint {} will not be restored here", c.id),
+                    "removed CRIU's network-lock table inet {name}: checkpoint {which} will not be restored here"),
                 Ok(false) => {}
                 Err(e) => log::debug!("cannot remove table inet {name}: {e}"),
             }
@@ -449,8 +467,8 @@ fn download_into_memory(
         return Err(RemoteError::NoRoom { id: m.id.clone(), needs, free });
     }
     let staged = memory.stage_as(&m.id)?;
-    fetch(remote, m, config, &staged, |c| {
-        store.write_manifest(c, &m.manifest)?;
+    fetch(store, remote, m, config, &staged, |c, manifest| {
+        store.write_manifest(c, manifest)?;
         Ok(c.clone())
     })
     .inspect_err(|_| memory.discard(&staged))
@@ -463,22 +481,35 @@ fn local_err(step: &'static str, path: &std::path::Path, source: std::io::Error)
 
 fn download(store: &Store, remote: &Remote, m: &RemoteManifest, config: &Config) -> Result<Checkpoint, RemoteError> {
     let staged = store.stage_as(&m.id)?;
-    fetch(remote, m, config, &staged, |c| Ok(store.publish_as_is(c, &m.manifest)?))
+    fetch(store, remote, m, config, &staged, |c, manifest| Ok(store.publish_as_is(c, manifest)?))
         .inspect_err(|_| store.discard(&staged))
 }
 
-/// Downloads `m` into `staged`, then `finish`es it (publishes it, or writes its manifest).
+/// Downloads `m` into `staged`, then `finish`es it with its manifest (publishes it, or writes
+/// the manifest). With a key, files that have no digest yet (streamed ones: they never landed
+/// on the node that dumped them) get one now, from what was just downloaded and authenticated
+/// chunk by chunk: the checkpoint is then checked like any other before CRIU reads it.
 fn fetch(
+    store: &Store,
     remote: &Remote,
     m: &RemoteManifest,
     config: &Config,
     staged: &Checkpoint,
-    finish: impl FnOnce(&Checkpoint) -> Result<Checkpoint, RemoteError>,
+    finish: impl FnOnce(&Checkpoint, &crate::store::manifest::Manifest) -> Result<Checkpoint, RemoteError>,
 ) -> Result<Checkpoint, RemoteError> {
     log::info!(event = "download_started", id = m.id.as_str(); "downloading checkpoint {} from {} into {}", m.id,
         remote.url, staged.dir.display());
     let deadline = std::time::Instant::now() + config.restore_timeout;
-    let done = remote.download(m, &staged.dir, deadline).and_then(|d| Ok((finish(staged)?, d)));
+    let done = remote.download(m, &staged.dir, deadline).and_then(|d| {
+        let manifest = store.with_digests(staged, &m.manifest).map_err(|e| match e {
+            // Storage's manifest does not describe its own (authenticated) chunks: damage.
+            StoreError::Integrity(crate::store::integrity::IntegrityError::Damaged { why, .. }) => {
+                RemoteError::Damaged { id: m.id.clone(), why }
+            }
+            e => e.into(),
+        })?;
+        Ok((finish(staged, &manifest)?, d))
+    });
     match done {
         Ok((c, d)) => {
             log::info!(event = "download_finished", id = m.id.as_str(), duration_ms = d.millis,

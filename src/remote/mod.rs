@@ -103,6 +103,8 @@ pub struct RemoteManifest {
 
 /// At most this many spared checkpoints are named in a manifest (the newest ones).
 const MAX_SPARED: usize = 64;
+/// The manifests read in each area when looking for network locks to remove.
+const MAX_LOCKS_READ: usize = 16;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RemoteFile {
@@ -889,6 +891,24 @@ impl Remote {
             }
         }
         Ok(out)
+    }
+
+    /// The CRIU run ids of the dumps that took the network lock, with their checkpoints' ids, as
+    /// the manifests in storage name them (complete, retired, quarantined: the newest [`MAX_LOCKS_READ`] of each area).
+    /// Unreadable manifests are skipped: this is housekeeping.
+    pub fn network_locks(&self) -> Result<Vec<(String, String)>, RemoteError> {
+        let deadline = self.soon();
+        let mut ids = Vec::new();
+        for area in [CHECKPOINTS, RETIRED, QUARANTINE] {
+            let listed = self.ids(area, deadline)?;
+            for id in listed.iter().rev().take(MAX_LOCKS_READ) {
+                let Some(body) = self.bucket.get(&self.key(area, &format!("{id}.json")), deadline)? else { continue };
+                if let Ok(m) = self.read_manifest(id, &body) {
+                    ids.extend(m.manifest.network_lock.map(|run| (run, id.clone())));
+                }
+            }
+        }
+        Ok(ids)
     }
 
     /// After a failed restore: the checkpoint goes to quarantine/, never retried.

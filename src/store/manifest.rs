@@ -64,6 +64,11 @@ pub struct Manifest {
     /// (see [`crate::store::generation`]); 0 in checkpoints from before generations.
     #[serde(default)]
     pub generation: u64,
+    /// The CRIU run id of a dump that took the network lock: it left the table
+    /// `inet CRIU-<run id>` in the network namespace it ran in, removed once this checkpoint can
+    /// no longer be restored there (see [`crate::host::nft`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_lock: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +147,7 @@ impl Manifest {
             app_memory_bytes: 0,
             files: vec![],
             generation: 1,
+            network_lock: None,
         }
     }
 }

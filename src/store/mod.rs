@@ -268,6 +268,29 @@ impl Store {
         Ok(Manifest::parse(&path, &bytes)?)
     }
 
+    /// `m` with a digest for each of `c`'s files that has none (with a key; as it is without):
+    /// for a checkpoint just downloaded, whose bytes were authenticated chunk by chunk. Each
+    /// file's size and CRC-32 must be the manifest's.
+    pub fn with_digests(&self, c: &Checkpoint, m: &Manifest) -> Result<Manifest, StoreError> {
+        let mut m = m.clone();
+        if self.sealing.is_none() {
+            return Ok(m);
+        }
+        for f in m.files.iter_mut().filter(|f| f.digest.is_none()) {
+            if !integrity::is_safe_relative(&f.path) {
+                let why = format!("manifest names an unsafe path {:?}", f.path);
+                return Err(IntegrityError::Damaged { path: c.dir.clone(), why }.into());
+            }
+            let sum = integrity::checksum(&c.dir.join(&f.path), true)?;
+            if (sum.size, sum.crc32) != (f.size, f.crc32) {
+                let why = format!("{} is not what its manifest says after the download", f.path);
+                return Err(IntegrityError::Damaged { path: c.dir.clone(), why }.into());
+            }
+            f.digest = sum.digest;
+        }
+        Ok(m)
+    }
+
     /// Writes a checkpoint's manifest (and its MAC, with a key) into its dir, durably: when it
     /// is published here, or downloaded into memory staging to be restored from there.
     pub fn write_manifest(&self, c: &Checkpoint, manifest: &Manifest) -> Result<(), StoreError> {

@@ -537,14 +537,8 @@ fn settings_that_would_lose_every_checkpoint_are_refused_at_start() {
 fn the_network_lock_of_a_checkpoint_never_restored_here_is_removed_at_the_next_start() {
     let s = Scratch::new("lock-released");
     let cfg = s.config("");
-    let app = "import socket, time
-l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
-c = socket.create_connection(l.getsockname()); a, _ = l.accept()
-print('connected', flush=True)
-while True: time.sleep(0.1)
-";
     let before = criu_nft_tables();
-    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, "-c", app]));
+    let mut c = Container::start(Spec::run(Some(&cfg), &[PYTHON, "-c", CONNECTED]));
     c.expect_line(SHORT, "connected", |l| l == "connected");
     checkpoint(&mut c);
     let left: Vec<String> = criu_nft_tables().into_iter().filter(|t| !before.contains(t)).collect();

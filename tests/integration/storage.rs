@@ -776,3 +776,43 @@ fn storage_keys_from_a_credentials_file_stay_out_of_the_checkpoint() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no aws_secret_access_key") && !err.contains("AKIDONLY"), "{err}");
 }
+
+/// A final dump that took CRIU's network lock leaves its table in the network namespace it ran
+/// in; in one that outlives the container (`hostNetwork`, as these tests run), a checkpoint
+/// restored on another node left it there for ever (#22, 9). Now the next start of the same app
+/// in this namespace removes it, found through storage's manifests (the image dir of a new pod
+/// is empty). "Restored on another node" is what that node's crik leaves in storage: the
+/// manifest moved to retired/ (a restore here, in this namespace, would have CRIU remove the
+/// table itself).
+#[test]
+fn the_network_lock_of_a_checkpoint_restored_on_another_node_is_removed_by_the_next_start_here() {
+    let s = Scratch::new("s3-lock");
+    let s3 = S3Server::start(&s.path("s3"));
+    let before = criu_nft_tables();
+    let mut c = Container::start(spec(&s.config(&s3.config("app")), &s3, &[PYTHON, "-c", CONNECTED]));
+    c.expect_line(SHORT, "connected", |l| l == "connected");
+    checkpoint(&mut c);
+    let left: Vec<String> = criu_nft_tables().into_iter().filter(|t| !before.contains(t)).collect();
+    assert_eq!(left.len(), 1, "the final dump's lock stays until a restore: {left:?}");
+    assert!(s.checkpoints().is_empty(), "streamed: in storage only");
+    let [manifest] = &s3.objects("app/checkpoints")[..] else { panic!("{:?}", s3.objects("app/checkpoints")) };
+    std::fs::create_dir_all(s3.object("app/retired")).unwrap();
+    std::fs::rename(s3.object(&format!("app/checkpoints/{manifest}")), s3.object(&format!("app/retired/{manifest}")))
+        .unwrap();
+
+    // A new pod of the app on this node: a fresh image dir, nothing to restore.
+    let node2 = Scratch::new("s3-lock-node2");
+    let mut c = Container::start(spec(&node2.config(&s3.config("app")), &s3, &COUNTER));
+    c.expect_line(SHORT, "count 1", |l| l == "count 1");
+    assert!(eventually(SHORT, || !criu_nft_tables().contains(&left[0])), "{}", c.stderr());
+    c.expect_event("network_lock_released", &[("table", left[0].as_str())]);
+    // Another app's table in this namespace is not crik's to remove.
+    let _ = std::process::Command::new("nft").args(["add", "table", "inet", "CRIU-not-this-apps"]).status();
+    drop(c);
+    let node3 = Scratch::new("s3-lock-node3");
+    let mut c = Container::start(spec(&node3.config(&s3.config("app")), &s3, &COUNTER));
+    // (The killed crik's lease expires first.)
+    c.expect_line(LONG, "count 1", |l| l == "count 1");
+    assert!(criu_nft_tables().contains(&"CRIU-not-this-apps".to_string()));
+    let _ = std::process::Command::new("nft").args(["delete", "table", "inet", "CRIU-not-this-apps"]).status();
+}

@@ -469,6 +469,15 @@ pub const SHORT: Duration = Duration::from_secs(10);
 pub const LONG: Duration = Duration::from_secs(60);
 
 /// A shell loop counter: its state lives only in the shell's memory.
+/// A Python app holding a TCP connection (to itself): its dumps take CRIU's network lock.
+/// Prints "connected" once it does.
+pub const CONNECTED: &str = "import socket, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+c = socket.create_connection(l.getsockname()); a, _ = l.accept()
+print('connected', flush=True)
+while True: time.sleep(0.1)
+";
+
 pub const COUNTER: [&str; 3] = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo \"count $i\"; sleep 0.1; done"];
 
 /// The number in a "count N" line.
