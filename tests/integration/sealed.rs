@@ -143,6 +143,10 @@ fn an_altered_sealed_chunk_or_a_manifest_moved_to_another_prefix_is_refused() {
     let (code, err) = refused_at_start(&node4.config(&storage(&s3, "forged", &[&bad])), &env);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("not a crik key") && !err.contains("s3cr3t"), "{err}");
+    // A key file that is missing (a Secret not mounted): refused at start too.
+    let (code, err) = refused_at_start(&node4.config(&storage(&s3, "forged", &[&s.path("missing.key")])), &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cannot read encryption key") && err.contains("missing.key"), "{err}");
 
     // One byte of one chunk altered: refused before a byte is written, quarantined.
     let chunk = s3
