@@ -69,7 +69,7 @@ def parse_dockerfile(path):
 
 
 def lint_and_validate():
-    for df in ["Dockerfile.example", "Dockerfile.node-state-server"]:
+    for df in ["Dockerfile.example", "Dockerfile.node-state-server", "Dockerfile.crik"]:
         run([f"{TOOLS}/hadolint", os.path.join(REPO, df)])
     manifests = sorted(
         os.path.join(REPO, "examples", f) for f in os.listdir(os.path.join(REPO, "examples")) if f.endswith(".yaml")

@@ -130,7 +130,7 @@ pub(crate) fn check_criu(signals: &Signals) -> Result<(), Fatal> {
     if crate::criu::major_minor(&v) < (4, 2) {
         log::warn!("CRIU {v} is older than 4.2: on kernels 6.16 and newer it cannot checkpoint an app holding a TCP or UDP socket");
     } else {
-        log::debug!("CRIU {v}");
+        log::info!("CRIU {v} ({})", crate::criu::binary().display());
     }
     Ok(())
 }

@@ -30,11 +30,38 @@ use crate::init::supervisor::Signals;
 use crate::layout::{CPUINFO_LOG, DUMP_LOG, LAZY_PAGES_LOG, LAZY_PAGES_SOCKET, RESTORE_LOG};
 
 pub const CRIU_BIN: &str = "criu";
+/// Where the bundle (scripts/bundle/build_bundle.py) keeps CRIU in an image.
+pub const BUNDLE_CRIU: &str = "/opt/crik/bin/criu";
+
+/// The CRIU crik runs: the one next to crik's own binary (the bundle's `bin/`), else
+/// [`BUNDLE_CRIU`] (crik installed elsewhere beside a bundle), else `criu` on PATH. Asked once.
+pub fn binary() -> &'static Path {
+    static FOUND: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    FOUND.get_or_init(|| {
+        let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(CRIU_BIN)));
+        beside
+            .into_iter()
+            .chain([PathBuf::from(BUNDLE_CRIU)])
+            .find(|p| is_executable(p))
+            .unwrap_or_else(|| PathBuf::from(CRIU_BIN))
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CriuError {
     #[error("cannot start `{bin} swrk`: {source}")]
     Spawn { bin: String, source: io::Error },
+    /// No CRIU anywhere crik looks.
+    #[error(
+        "cannot start `criu swrk`: CRIU is not next to crik, nor in /opt/crik/bin (the bundle), nor on PATH \
+         ({source}): install CRIU 4.2 or newer, or copy the crik bundle to /opt/crik"
+    )]
+    NotFound { source: io::Error },
     #[error("talking to CRIU failed: {0}")]
     Io(#[from] io::Error),
     #[error("bad message from CRIU: {0}")]
@@ -218,14 +245,18 @@ pub fn reap_or_kill(pid: Pid, grace: Duration) -> Option<WaitStatus> {
 
 /// Starts CRIU with crik's original signal mask, keeping only `keep` of crik's fds.
 fn spawn_criu(signals: &Signals, args: &[String], keep: Vec<RawFd>) -> Result<std::process::Child, CriuError> {
-    let mut cmd = Command::new(CRIU_BIN);
+    let bin = binary();
+    let mut cmd = Command::new(bin);
     cmd.args(args);
     // CRIU's own chatter goes to crik's stderr: stdout belongs to the app.
     cmd.stdin(Stdio::null()).stdout(io::stderr()).stderr(Stdio::inherit());
     // Its own process group, so a deadline can kill CRIU and every helper it forked.
     cmd.process_group(0);
     signals.prepare_child(&mut cmd, false, keep);
-    cmd.spawn().map_err(|e| CriuError::Spawn { bin: CRIU_BIN.into(), source: e })
+    cmd.spawn().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound if bin == Path::new(CRIU_BIN) => CriuError::NotFound { source: e },
+        _ => CriuError::Spawn { bin: bin.display().to_string(), source: e },
+    })
 }
 
 fn exchange(

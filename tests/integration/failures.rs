@@ -361,6 +361,8 @@ fn missing_criu_is_a_clear_error_before_the_app_starts() {
         log.contains("crik: checkpointing is on (imageDir) but CRIU cannot run: cannot start `criu swrk`"),
         "{log}"
     );
+    // Where it looked: beside crik, the bundle's place, PATH.
+    assert!(log.contains("nor in /opt/crik/bin (the bundle), nor on PATH"), "{log}");
 }
 
 #[test]

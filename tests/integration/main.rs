@@ -5,6 +5,7 @@ mod common;
 
 mod apps;
 mod archives;
+mod bundle;
 mod checkpoint_restore;
 mod cpu;
 mod examples;

@@ -70,6 +70,9 @@ pub struct Pod {
     pub config: PathBuf,
     /// Extra `podman run` arguments (privileges, network, mounts).
     pub run_args: Vec<String>,
+    /// The image's ENTRYPOINT is crik (the bundle's): the container's command is only crik's
+    /// arguments. Otherwise the tested binary, bind-mounted, is the command.
+    pub own_entrypoint: bool,
 }
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
@@ -82,7 +85,14 @@ impl Pod {
         std::fs::create_dir_all(&volume).unwrap();
         let cfg = dir.join("crik.yaml");
         std::fs::write(&cfg, format!("imageDir: /var/lib/crik/images\nlogFormat: json\n{config}")).unwrap();
-        Pod { image: image.into(), runtime: runtime.into(), volume, config: cfg, run_args: vec!["--privileged".into()] }
+        Pod {
+            image: image.into(),
+            runtime: runtime.into(),
+            volume,
+            config: cfg,
+            run_args: vec!["--privileged".into()],
+            own_entrypoint: false,
+        }
     }
 
     /// `podman run -d` of crik with `args` (`run -- CMD...`).
@@ -97,7 +107,9 @@ impl Pod {
         cmd.extend(["-v".into(), format!("{CRIK}:/usr/local/bin/crik:ro")]);
         cmd.extend(["-v".into(), format!("{}/tests/workloads:/workloads:ro", env!("CARGO_MANIFEST_DIR"))]);
         cmd.push(self.image.clone());
-        cmd.push("crik".into());
+        if !self.own_entrypoint {
+            cmd.push("crik".into());
+        }
         cmd.extend(args.iter().map(|s| s.to_string()));
         let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let out = podman(&refs);
