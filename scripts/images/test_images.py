@@ -7,7 +7,10 @@ bind-mount the binary they test, so a code change needs no rebuild.
 
 An image is tagged with a hash of what goes into it and rebuilt only when that changes.
 
-Usage (as root): scripts/images/test_images.py [APP ...]   (APP: base, chromium, postgres, ...)
+`bullseye` is another root: Debian 11 (glibc 2.31, whose CRIU is too old) with python3 and no
+CRIU, for the bundle's tests (tests/integration/bundle.rs).
+
+Usage (as root): scripts/images/test_images.py [APP ...]   (APP: base, chromium, bullseye, ...)
 """
 import hashlib
 import os
@@ -29,6 +32,8 @@ APPS = {
     "nginx": ["nginx-light"],
 }
 BASE_PACKAGES = ["nftables", "python3", "iproute2", "procps"]
+# Roots of their own (suite, packages), without CRIU: what the bundle brings it.
+OTHER_ROOTS = {"bullseye": ("bullseye", ["python3"])}
 FORKY = """Types: deb
 URIs: {mirror}
 Suites: forky
@@ -56,6 +61,9 @@ RECIPE = 2
 
 
 def tag(app):
+    if app in OTHER_ROOTS:
+        h = hashlib.sha256(repr((RECIPE, OTHER_ROOTS[app])).encode())
+        return f"localhost/crik-test-{app}:{h.hexdigest()[:12]}"
     base = (RECIPE, BASE_PACKAGES, FORKY, PIN)
     h = hashlib.sha256(repr(base if app == "base" else (base, APPS[app])).encode())
     return f"localhost/crik-test-{app}:{h.hexdigest()[:12]}"
@@ -85,13 +93,25 @@ def base_root():
     return root
 
 
+def other_root(app):
+    suite, packages = OTHER_ROOTS[app]
+    root = os.path.join(WORK, app)
+    shutil.rmtree(root, ignore_errors=True)
+    run(["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite, root, debian_mirror()],
+        stdout=subprocess.DEVNULL)
+    return root
+
+
 def build(app):
     name = tag(app)
     if have_image(name):
         log(f"{name} is there")
         return name
-    root = base_root()
-    if APPS[app]:
+    if app in OTHER_ROOTS:
+        root = other_root(app)
+    else:
+        root = base_root()
+    if APPS.get(app):
         app_root = os.path.join(WORK, app)
         shutil.rmtree(app_root, ignore_errors=True)
         run(["cp", "-a", root, app_root])
@@ -109,7 +129,7 @@ def build(app):
 def main():
     if os.geteuid() != 0:
         raise SystemExit("test-images: must run as root")
-    for app in sys.argv[1:] or list(APPS):
+    for app in sys.argv[1:] or [*APPS, *OTHER_ROOTS]:
         print(build(app))
 
 

@@ -1,7 +1,8 @@
 //! The bundle (#24): crik, CRIU and every library CRIU loads, with their own loader, in
-//! /opt/crik (scripts/bundle/build_bundle.py), run in an image that has nothing else: no libc,
-//! no package manager, a shell only from busybox-static (the distroless case). Real podman,
-//! runc and crun, the least privilege the README gives.
+//! /opt/crik (scripts/bundle/build_bundle.py), copied with one `COPY --from=crik` line into app
+//! images that cannot run CRIU themselves: one with nothing but busybox-static (no libc: the
+//! distroless case), and Debian bullseye (glibc 2.31, whose CRIU is too old) with a Python app
+//! holding a TCP connection. Real podman, runc and crun, the least privilege the README gives.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,11 +28,8 @@ fn podman_ok(args: &[&str]) {
     assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// The user's side, as the docs tell it: the `crik` image (Dockerfile.crik: the bundle, built now
-/// from this crik, and nothing else), an app image that has nothing but busybox-static (no libc,
-/// no /lib), and the app's Dockerfile with one `COPY --from` line and an entrypoint.
-fn user_image(s: &Scratch, images: &mut Images) -> String {
-    let tag = |what: &str| format!("localhost/crik-it-{what}:{}", std::process::id());
+/// The `crik` image (Dockerfile.crik: the bundle, built now from this crik, and nothing else).
+fn crik_image(s: &Scratch, images: &mut Images) -> String {
     let context = s.path("crik-image");
     let built = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bundle/build_bundle.py"))
@@ -40,12 +38,21 @@ fn user_image(s: &Scratch, images: &mut Images) -> String {
         .output()
         .unwrap();
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let contents = std::fs::read_to_string(context.join("opt/crik/CONTENTS")).unwrap();
+    assert!(contents.contains("bin/criu") && contents.contains("lib/libc.so.6"), "{contents}");
     let crik = tag("crik");
     let dockerfile = concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile.crik");
     podman_ok(&["build", "-q", "-f", dockerfile, "-t", &crik, context.to_str().unwrap()]);
     images.0.push(crik.clone());
+    crik
+}
 
-    // An app image with nothing but busybox.
+fn tag(what: &str) -> String {
+    format!("localhost/crik-it-{what}:{}", std::process::id())
+}
+
+/// An app image with nothing but busybox-static: no libc, no /lib.
+fn busybox_image(s: &Scratch, images: &mut Images) -> String {
     let root = s.path("root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::copy("/usr/bin/busybox", root.join("bin/busybox")).expect("busybox-static (scripts/setup.sh)");
@@ -60,38 +67,44 @@ fn user_image(s: &Scratch, images: &mut Images) -> String {
     let base = tag("busybox");
     podman_ok(&["import", "-q", tar.to_str().unwrap(), &base]);
     images.0.push(base.clone());
+    base
+}
 
-    let app = s.path("app");
+/// The app's Dockerfile, as the docs tell it: its base, one `COPY --from` line, the entrypoint.
+fn user_image(s: &Scratch, images: &mut Images, base: &str, crik: &str, name: &str) -> String {
+    let app = s.path(name);
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(
         app.join("Dockerfile"),
         format!("FROM {base}\nCOPY --from={crik} /opt/crik /opt/crik\nENTRYPOINT [\"/opt/crik/bin/crik\"]\n"),
     )
     .unwrap();
-    let user = tag("app");
+    let user = tag(name);
     podman_ok(&["build", "-q", "-t", &user, app.to_str().unwrap()]);
     images.0.push(user.clone());
-    // Nothing of a libc came with it: only the bundle's own.
-    let out = Command::new("podman").args(["image", "mount", &user]).output().unwrap();
+    user
+}
+
+/// Whether the image's filesystem has `path`.
+fn image_has(image: &str, paths: &[&str]) -> Vec<bool> {
+    let out = Command::new("podman").args(["image", "mount", image]).output().unwrap();
     assert!(out.status.success(), "podman image mount: {}", String::from_utf8_lossy(&out.stderr));
     let fs = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let has = |p: &str| fs.join(p).exists();
-    let (libc_free, bundled) = (!has("lib") && !has("usr/lib") && !has("lib64"), has("opt/crik/bin/criu"));
-    let _ = Command::new("podman").args(["image", "unmount", &user]).output();
-    assert!(libc_free && bundled, "the image: no libc but the bundle's, and the bundle ({})", fs.display());
-    user
+    let found = paths.iter().map(|p| fs.join(p).exists()).collect();
+    let _ = Command::new("podman").args(["image", "unmount", image]).output();
+    found
 }
 
 fn count_lines(c: &crate::common::podman::Container) -> Vec<u64> {
     c.stdout_lines().iter().filter_map(|l| count_of(l)).collect()
 }
 
-/// start → podman stop (checkpoint) → rm → run (restore), twice, in the image with nothing.
-fn two_cycles(image: &str, runtime: &str, dir: &Path) {
+/// start → podman stop (checkpoint) → rm → run (restore), twice, of `app` in `image`.
+fn two_cycles(image: &str, runtime: &str, dir: &Path, app: &[&str], extra: &[&str]) {
     let mut pod = Pod::new(image, runtime, dir, "");
-    pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
+    pod.run_args = LEAST_PRIVILEGE.iter().chain(extra).map(|a| a.to_string()).collect();
     pod.own_entrypoint = true;
-    let cmd = ["run", "--", COUNTER[0], COUNTER[1], COUNTER[2]];
+    let cmd: Vec<&str> = ["run", "--"].into_iter().chain(app.iter().copied()).collect();
     let mut c = pod.start(&cmd);
     c.expect_line(LONG, "count 3", |l| l == "count 3");
     assert!(c.logs().1.contains("(/opt/crik/bin/criu)"), "the bundle's CRIU: {}", c.logs().1);
@@ -111,12 +124,32 @@ fn two_cycles(image: &str, runtime: &str, dir: &Path) {
 fn the_bundle_checkpoints_and_restores_in_an_image_without_a_libc_under_runc_and_crun() {
     let s = Scratch::new("bundle-busybox");
     let mut images = Images(Vec::new());
-    let image = user_image(&s, &mut images);
-    let contents = std::fs::read_to_string(s.path("crik-image/opt/crik/CONTENTS")).unwrap();
-    assert!(contents.contains("bin/criu") && contents.contains("lib/libc.so.6"), "{contents}");
+    let crik = crik_image(&s, &mut images);
+    let base = busybox_image(&s, &mut images);
+    let image = user_image(&s, &mut images, &base, &crik, "app");
+    // Nothing of a libc came with it but the bundle's own.
+    let found = image_has(&image, &["lib", "usr/lib", "lib64", "opt/crik/bin/criu"]);
+    assert_eq!(found, [false, false, false, true], "no libc but the bundle's, and the bundle");
     for runtime in RUNTIMES {
         let dir = s.path(runtime);
         std::fs::create_dir_all(&dir).unwrap();
-        two_cycles(&image, runtime, &dir);
+        two_cycles(&image, runtime, &dir, &COUNTER, &[]);
+    }
+}
+
+/// Debian bullseye: glibc 2.31 (older than the bundle's), and no CRIU it could use. The app
+/// keeps its count across a loopback TCP connection, which comes back established (no network
+/// but loopback: its addresses survive the move).
+#[test]
+fn the_bundle_restores_a_python_app_with_a_tcp_connection_on_an_old_glibc_under_runc_and_crun() {
+    let s = Scratch::new("bundle-bullseye");
+    let mut images = Images(Vec::new());
+    let crik = crik_image(&s, &mut images);
+    let image = user_image(&s, &mut images, &crate::common::podman::image("bullseye"), &crik, "bullseye-app");
+    assert_eq!(image_has(&image, &["usr/sbin/criu", "usr/bin/python3"]), [false, true]);
+    for runtime in RUNTIMES {
+        let dir = s.path(runtime);
+        std::fs::create_dir_all(&dir).unwrap();
+        two_cycles(&image, runtime, &dir, &["python3", "/workloads/tcp_counter.py"], &["--network", "none"]);
     }
 }
