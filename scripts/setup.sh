@@ -36,6 +36,8 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 # The bundle (scripts/bundle/build_bundle.py) and the image with nothing but busybox it is tested in.
 command -v patchelf >/dev/null 2>&1 || need+=(patchelf)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# An image whose libc is musl (the Alpine case), its app built with musl-gcc.
+command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v crun >/dev/null 2>&1 || need+=(crun)

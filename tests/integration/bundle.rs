@@ -1,8 +1,9 @@
 //! The bundle (#24): crik, CRIU and every library CRIU loads, with their own loader, in
 //! /opt/crik (scripts/bundle/build_bundle.py), copied with one `COPY --from=crik` line into app
 //! images that cannot run CRIU themselves: one with nothing but busybox-static (no libc: the
-//! distroless case), and Debian bullseye (glibc 2.31, whose CRIU is too old) with a Python app
-//! holding a TCP connection. Real podman, runc and crun, the least privilege the README gives.
+//! distroless case), one whose libc is musl (the Alpine case) with a C app linked against it, and
+//! Debian bullseye (glibc 2.31, whose CRIU is too old) with a Python app; the latter two count
+//! through a TCP connection. Real podman, runc and crun, the least privilege the README gives.
 
 use std::path::Path;
 use std::process::Command;
@@ -65,6 +66,29 @@ fn busybox_image(s: &Scratch, images: &mut Images) -> String {
     let tar = s.path("root.tar");
     assert!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
     let base = tag("busybox");
+    podman_ok(&["import", "-q", tar.to_str().unwrap(), &base]);
+    images.0.push(base.clone());
+    base
+}
+
+/// An app image whose only libc is musl (Debian's, as Alpine's): the loader, and a C app linked
+/// against it (tests/workloads/tcp_counter.c, built now with musl-gcc). No glibc, no shell.
+fn musl_image(s: &Scratch, images: &mut Images) -> String {
+    let root = s.path("musl-root");
+    for dir in ["lib", "app", "proc", "sys", "dev", "tmp", "etc", "var/lib/crik"] {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+    }
+    std::fs::copy("/lib/ld-musl-x86_64.so.1", root.join("lib/ld-musl-x86_64.so.1")).expect("musl (scripts/setup.sh)");
+    let built = Command::new("musl-gcc")
+        .args(["-O2", "-o"])
+        .arg(root.join("app/tcp_counter"))
+        .arg(workload("tcp_counter.c"))
+        .output()
+        .expect("musl-gcc (musl-tools, scripts/setup.sh)");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let tar = s.path("musl-root.tar");
+    assert!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    let base = tag("musl");
     podman_ok(&["import", "-q", tar.to_str().unwrap(), &base]);
     images.0.push(base.clone());
     base
@@ -134,6 +158,24 @@ fn the_bundle_checkpoints_and_restores_in_an_image_without_a_libc_under_runc_and
         let dir = s.path(runtime);
         std::fs::create_dir_all(&dir).unwrap();
         two_cycles(&image, runtime, &dir, &COUNTER, &[]);
+    }
+}
+
+/// musl, as in Alpine: the bundle's CRIU runs on its own glibc beside the image's musl; the C
+/// app's TCP connection comes back established.
+#[test]
+fn the_bundle_restores_a_musl_app_with_a_tcp_connection_under_runc_and_crun() {
+    let s = Scratch::new("bundle-musl");
+    let mut images = Images(Vec::new());
+    let crik = crik_image(&s, &mut images);
+    let base = musl_image(&s, &mut images);
+    let image = user_image(&s, &mut images, &base, &crik, "musl-app");
+    let found = image_has(&image, &["lib/ld-musl-x86_64.so.1", "lib/libc.so.6", "lib64", "usr/lib"]);
+    assert_eq!(found, [true, false, false, false], "musl and no glibc but the bundle's");
+    for runtime in RUNTIMES {
+        let dir = s.path(runtime);
+        std::fs::create_dir_all(&dir).unwrap();
+        two_cycles(&image, runtime, &dir, &["/app/tcp_counter"], &["--network", "none"]);
     }
 }
 
