@@ -144,54 +144,50 @@ fn two_cycles(image: &str, runtime: &str, dir: &Path, app: &[&str], extra: &[&st
     }
 }
 
-#[test]
-fn the_bundle_checkpoints_and_restores_in_an_image_without_a_libc_under_runc_and_crun() {
-    let s = Scratch::new("bundle-busybox");
+/// The app's image made from `base` (by `base_image`) with the crik image, checked to have (or
+/// not) each of `paths`, then `app` through two cycles on each runtime.
+fn cycles_in(
+    name: &str,
+    base_image: impl FnOnce(&Scratch, &mut Images) -> String,
+    paths: &[(&str, bool)],
+    app: &[&str],
+    extra: &[&str],
+) {
+    let s = Scratch::new(&format!("bundle-{name}"));
     let mut images = Images(Vec::new());
     let crik = crik_image(&s, &mut images);
-    let base = busybox_image(&s, &mut images);
-    let image = user_image(&s, &mut images, &base, &crik, "app");
-    // Nothing of a libc came with it but the bundle's own.
-    let found = image_has(&image, &["lib", "usr/lib", "lib64", "opt/crik/bin/criu"]);
-    assert_eq!(found, [false, false, false, true], "no libc but the bundle's, and the bundle");
+    let base = base_image(&s, &mut images);
+    let image = user_image(&s, &mut images, &base, &crik, &format!("{name}-app"));
+    let found = image_has(&image, &paths.iter().map(|(p, _)| *p).collect::<Vec<_>>());
+    assert_eq!(found, paths.iter().map(|(_, has)| *has).collect::<Vec<_>>(), "{paths:?}");
     for runtime in RUNTIMES {
         let dir = s.path(runtime);
         std::fs::create_dir_all(&dir).unwrap();
-        two_cycles(&image, runtime, &dir, &COUNTER, &[]);
+        two_cycles(&image, runtime, &dir, app, extra);
     }
+}
+
+/// Nothing of a libc in the image but the bundle's own.
+#[test]
+fn the_bundle_checkpoints_and_restores_in_an_image_without_a_libc_under_runc_and_crun() {
+    let paths = [("lib", false), ("usr/lib", false), ("lib64", false), ("opt/crik/bin/criu", true)];
+    cycles_in("busybox", busybox_image, &paths, &COUNTER, &[]);
 }
 
 /// musl, as in Alpine: the bundle's CRIU runs on its own glibc beside the image's musl; the C
-/// app's TCP connection comes back established.
+/// app's TCP connection comes back established (no network but loopback: its addresses survive
+/// the move).
 #[test]
 fn the_bundle_restores_a_musl_app_with_a_tcp_connection_under_runc_and_crun() {
-    let s = Scratch::new("bundle-musl");
-    let mut images = Images(Vec::new());
-    let crik = crik_image(&s, &mut images);
-    let base = musl_image(&s, &mut images);
-    let image = user_image(&s, &mut images, &base, &crik, "musl-app");
-    let found = image_has(&image, &["lib/ld-musl-x86_64.so.1", "lib/libc.so.6", "lib64", "usr/lib"]);
-    assert_eq!(found, [true, false, false, false], "musl and no glibc but the bundle's");
-    for runtime in RUNTIMES {
-        let dir = s.path(runtime);
-        std::fs::create_dir_all(&dir).unwrap();
-        two_cycles(&image, runtime, &dir, &["/app/tcp_counter"], &["--network", "none"]);
-    }
+    let paths = [("lib/ld-musl-x86_64.so.1", true), ("lib/libc.so.6", false), ("lib64", false), ("usr/lib", false)];
+    cycles_in("musl", musl_image, &paths, &["/app/tcp_counter"], &["--network", "none"]);
 }
 
-/// Debian bullseye: glibc 2.31 (older than the bundle's), and no CRIU it could use. The app
-/// keeps its count across a loopback TCP connection, which comes back established (no network
-/// but loopback: its addresses survive the move).
+/// Debian bullseye: glibc 2.31 (older than the bundle's), and no CRIU it could use; a Python
+/// app counting through a TCP connection, as above.
 #[test]
 fn the_bundle_restores_a_python_app_with_a_tcp_connection_on_an_old_glibc_under_runc_and_crun() {
-    let s = Scratch::new("bundle-bullseye");
-    let mut images = Images(Vec::new());
-    let crik = crik_image(&s, &mut images);
-    let image = user_image(&s, &mut images, &crate::common::podman::image("bullseye"), &crik, "bullseye-app");
-    assert_eq!(image_has(&image, &["usr/sbin/criu", "usr/bin/python3"]), [false, true]);
-    for runtime in RUNTIMES {
-        let dir = s.path(runtime);
-        std::fs::create_dir_all(&dir).unwrap();
-        two_cycles(&image, runtime, &dir, &["python3", "/workloads/tcp_counter.py"], &["--network", "none"]);
-    }
+    let paths = [("usr/sbin/criu", false), ("usr/bin/python3", true)];
+    let bullseye = |_: &Scratch, _: &mut Images| crate::common::podman::image("bullseye");
+    cycles_in("bullseye", bullseye, &paths, &["python3", "/workloads/tcp_counter.py"], &["--network", "none"]);
 }
