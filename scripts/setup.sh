@@ -38,6 +38,8 @@ command -v patchelf >/dev/null 2>&1 || need+=(patchelf)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 # An image whose libc is musl (the Alpine case), its app built with musl-gcc.
 command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools)
+# podman kube play's pause process (the bundle's init-container recipe is played as a pod).
+command -v catatonit >/dev/null 2>&1 || [ -x /usr/libexec/podman/catatonit ] || need+=(catatonit)
 command -v podman >/dev/null 2>&1 || need+=(podman)
 command -v runc >/dev/null 2>&1 || need+=(runc)
 command -v crun >/dev/null 2>&1 || need+=(crun)

@@ -10,6 +10,7 @@ fn main() {
         Command::Restore(args) => crik::cmd::restore::restore(args),
         Command::Inspect(args) => crik::cmd::inspect::run(args),
         Command::Keygen => crik::cmd::keygen(),
+        Command::CopyBundle { dest } => crik::cmd::copy_bundle::copy_bundle(&dest),
     };
     let code = match result {
         Ok(code) => code,

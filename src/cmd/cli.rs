@@ -61,7 +61,19 @@ pub enum Command {
     /// Print a new random key for encryption.keyFiles (keep it out of the image and the bucket)
     #[command(after_help = KEYGEN_AFTER)]
     Keygen,
+    /// Copy the bundle crik runs from (/opt/crik) into DEST (an init container filling an emptyDir)
+    #[command(after_help = COPY_BUNDLE_AFTER)]
+    CopyBundle {
+        /// An existing directory, mounted at /opt/crik in the app's container
+        dest: PathBuf,
+    },
 }
+
+const COPY_BUNDLE_AFTER: &str = "\
+For Kubernetes without rebuilding the app's image: an init container of the crik
+image runs `/opt/crik/bin/crik copy-bundle /bundle` with an emptyDir mounted at
+/bundle; the app's container mounts the same emptyDir at /opt/crik and runs
+`/opt/crik/bin/crik run -- <its command>`. See docs/bundle.md.";
 
 const KEYGEN_AFTER: &str = "\
 Writes one line to stdout: `crik-key-v1:` and 64 hex digits (256 random bits).

@@ -5,6 +5,7 @@
 //! gives up maps to its exit code here, in [`Fatal::exit_code`].
 
 pub mod cli;
+pub mod copy_bundle;
 pub mod inspect;
 pub mod logging;
 pub mod restore;

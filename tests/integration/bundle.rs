@@ -191,3 +191,92 @@ fn the_bundle_restores_a_python_app_with_a_tcp_connection_on_an_old_glibc_under_
     let bullseye = |_: &Scratch, _: &mut Images| crate::common::podman::image("bullseye");
     cycles_in("bullseye", bullseye, &paths, &["python3", "/workloads/tcp_counter.py"], &["--network", "none"]);
 }
+
+/// A containers.conf with this machine's hard limits as the containers' ulimits: podman's
+/// defaults exceed them here (`podman run` gets them as `--ulimit`; `kube play` has no flag).
+fn containers_conf(s: &Scratch) -> std::path::PathBuf {
+    let hard = |r| {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        unsafe { libc::getrlimit(r, &mut l) };
+        l.rlim_max
+    };
+    let (nofile, nproc) = (hard(libc::RLIMIT_NOFILE).min(1 << 20), hard(libc::RLIMIT_NPROC).min(32768));
+    let p = s.path("containers.conf");
+    std::fs::write(
+        &p,
+        format!("[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n"),
+    )
+    .unwrap();
+    p
+}
+
+/// `podman kube play` of examples/counter-init-container.yaml, only its images renamed: the
+/// init container copies the bundle into an emptyDir, the app's image (bullseye: no CRIU) runs
+/// crik from there; the pod is stopped as the kubelet does (SIGTERM, the grace period), removed,
+/// played again on the same volume, and the count carries on. (podman 4.3's `kube down` removes
+/// the pod without the grace period: it would kill crik mid-checkpoint, so the test stops first.)
+#[test]
+fn the_init_container_recipe_restores_under_podman_kube_play() {
+    let s = Scratch::new("bundle-kube");
+    let mut images = Images(Vec::new());
+    let crik = crik_image(&s, &mut images);
+    let app = crate::common::podman::image("bullseye");
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-init-container.yaml")).unwrap();
+    let claim = format!("crik-it-kube-{}", std::process::id());
+    let yaml = example
+        .replace("image: crik:0.1.0", &format!("image: {crik}"))
+        .replace("image: debian:bullseye-slim", &format!("image: {app}"))
+        .replace("claimName: counter-crik-images", &format!("claimName: {claim}"))
+        .replace("name: counter\n", &format!("name: {claim}\n"));
+    assert_ne!(yaml, example);
+    let file = s.path("pod.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let conf = containers_conf(&s);
+    let podman =
+        |args: &[&str]| Command::new("podman").args(args).env("CONTAINERS_CONF", &conf).output().expect("run podman");
+    let file = file.to_str().unwrap();
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> std::process::Output, &'a str, &'a str);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["kube", "down", self.1]);
+            (self.0)(&["volume", "rm", "-f", self.2]);
+        }
+    }
+    let _down = Down(&podman, file, &claim);
+    let logs = || {
+        let out = podman(&["logs", &format!("{claim}-app")]);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let counts = || logs().0.lines().filter_map(count_of).collect::<Vec<u64>>();
+    let mut last = 0;
+    for round in 0..3 {
+        let played = podman(&["kube", "play", file]);
+        assert!(played.status.success(), "kube play: {}", String::from_utf8_lossy(&played.stderr));
+        assert!(eventually(LONG, || counts().last().is_some_and(|n| *n >= last + 3)), "round {round}: {:?}", logs());
+        if round > 0 {
+            assert_eq!(counts()[0], last + 1, "round {round}: the count carries on\n{}", logs().1);
+            assert!(logs().1.contains("restore_finished"), "{}", logs().1);
+        }
+        assert!(logs().1.contains("(/opt/crik/bin/criu)"), "the bundle's CRIU, from the emptyDir: {}", logs().1);
+        if round == 2 {
+            break;
+        }
+        let stopped = podman(&["pod", "stop", "-t", "60", &claim]);
+        assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+        assert!(logs().1.contains("checkpoint_finished"), "round {round}: {}", logs().1);
+        last = *counts().last().unwrap();
+        let down = podman(&["kube", "down", file]);
+        assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    }
+}
+
+/// `crik copy-bundle` outside a bundle says so.
+#[test]
+fn copy_bundle_outside_a_bundle_says_so() {
+    let s = Scratch::new("bundle-copy");
+    let out = Command::new(CRIK).arg("copy-bundle").arg(s.path("")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("crik: nothing to copy") && err.contains("which is not a bundle"), "{err}");
+}
