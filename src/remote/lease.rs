@@ -365,6 +365,11 @@ impl Lease {
         self.vouched
     }
 
+    /// The newest generation the lease records now (carried over, or recorded by this crik).
+    pub fn generation(&self) -> u64 {
+        lock(&self.state).record.generation
+    }
+
     /// Records `g` as the newest generation of the prefix (if it is newer), renewing now.
     pub fn record_generation(&self, g: u64) -> Result<(), LeaseError> {
         {

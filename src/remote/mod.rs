@@ -397,6 +397,12 @@ impl<'r> Upload<'r> {
             remote.spare(listed.into_iter().filter(|i| i != id && !written.contains(i)));
         }
         let spared = lock(&remote.spared).clone();
+        let mut manifest = manifest.clone();
+        // Above the newest the prefix has seen, whatever this crik knew when it numbered the
+        // checkpoint (it may not have read storage at start): never taken for a rollback.
+        if let Some(newest) = remote.lease_record_generation() {
+            manifest.generation = manifest.generation.max(newest.saturating_add(1));
+        }
         let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files, spared };
         let body = serde_json::to_vec(&body).expect("manifest serializes");
         let body = match &remote.keys {
@@ -577,6 +583,11 @@ impl Remote {
     /// [`crate::store::generation`]); `None` without a lease, or where it vouches for none.
     pub fn lease_generation(&self) -> Option<u64> {
         lock(&self.lease).as_ref().and_then(|(l, _)| l.vouched_generation())
+    }
+
+    /// The newest generation the lease held by this crik records now.
+    fn lease_record_generation(&self) -> Option<u64> {
+        lock(&self.lease).as_ref().map(|(l, _)| l.generation())
     }
 
     /// Records generation `g` (just written or restored) in the lease. A failure is logged: the

@@ -1,7 +1,8 @@
 //! Generations: how crik tells an old checkpoint put back (a rollback) from the newest one.
 //!
 //! Every checkpoint's manifest carries a generation, one more than the newest this app has
-//! written or restored. With a key, crik keeps the newest generation where nobody without the
+//! written or restored, and no less than the time in milliseconds (see
+//! [`crate::store::Store::next_generation`]). With a key, crik keeps the newest generation where nobody without the
 //! key can forge it: in the image dir ([`GENERATION_FILE`], MAC'd) and in the prefix's lease
 //! (see [`crate::remote::lease`]). A start refuses a checkpoint older than the newest such
 //! record: someone put an older checkpoint back, or held the newest one back. Where there is no

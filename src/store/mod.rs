@@ -198,9 +198,13 @@ impl Store {
         *self.newest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The generation of the next checkpoint.
+    /// The generation of the next checkpoint: one more than the newest known, and no less than
+    /// the time in milliseconds. The time matters where the newest is not known: a run that
+    /// could not read storage at start still numbers its checkpoints above the ones already
+    /// there (taken earlier), so a later start does not take its newer state for a rollback.
     pub fn next_generation(&self) -> u64 {
-        self.newest().generation.saturating_add(1)
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.newest().generation.saturating_add(1).max(now)
     }
 
     /// Takes note of generation `g`, written or restored by this crik, or found in a record
@@ -777,7 +781,8 @@ mod tests {
         assert_eq!(store.verified_manifest(&c).unwrap(), m);
         store.adopt_generation(3, true);
         assert_eq!(store.newest(), Newest { generation: 3, trusted: true });
-        assert_eq!(store.next_generation(), 4);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert!(store.next_generation() >= now, "no less than the time");
         // Older is refused, the same or newer is not.
         assert!(store.check_fresh(&Manifest { generation: 2, ..m.clone() }).is_err());
         store.check_fresh(&m).unwrap();
@@ -823,6 +828,9 @@ mod tests {
         let store = Store::open(&root).unwrap();
         assert_eq!(store.verified_manifest(&c).unwrap(), m);
         store.check_fresh(&Manifest { generation: 1, ..m }).unwrap();
+        // Numbering: one more than the newest, when that is above the time.
+        store.adopt_generation(u64::MAX - 1, true);
+        assert_eq!(store.next_generation(), u64::MAX);
     }
 
     #[test]
