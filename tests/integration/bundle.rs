@@ -228,7 +228,8 @@ fn the_init_container_recipe_restores_under_podman_kube_play() {
         .replace("image: crik:0.1.0", &format!("image: {crik}"))
         .replace("image: debian:bullseye-slim", &format!("image: {app}"))
         .replace("claimName: counter-crik-images", &format!("claimName: {claim}"))
-        .replace("name: counter\n", &format!("name: {claim}\n"));
+        .replace("name: counter\n", &format!("name: {claim}\n"))
+        .replace("name: counter-crik\n", &format!("name: {claim}-config\n"));
     assert_ne!(yaml, example);
     let file = s.path("pod.yaml");
     std::fs::write(&file, &yaml).unwrap();
@@ -240,7 +241,8 @@ fn the_init_container_recipe_restores_under_podman_kube_play() {
     impl Drop for Down<'_> {
         fn drop(&mut self) {
             (self.0)(&["kube", "down", self.1]);
-            (self.0)(&["volume", "rm", "-f", self.2]);
+            // The claim's volume, and the one podman makes of the ConfigMap.
+            (self.0)(&["volume", "rm", "-f", self.2, &format!("{}-config", self.2)]);
         }
     }
     let _down = Down(&podman, file, &claim);
