@@ -29,25 +29,19 @@ pub fn restore(args: RestoreArgs) -> Result<i32, Fatal> {
     let remote = open_remote(&config, keys.as_ref())?;
     let staging = open_staging(&config)?;
     let mut ckpt = startup::latest_checkpoint(&store).map_err(|e| Fatal::failed("cannot read image dir", e))?;
-    let mut in_memory = false;
+    let mut from = startup::Source::ImageDir;
     if let Some(remote) = &remote {
         // A debugging restore fetches storage's newest too, and leaves storage as it was.
         let local = ckpt.as_ref().map(|c| c.id.clone());
         match startup::from_storage(&store, remote, &config, staging.as_ref(), local.as_deref()) {
-            Ok(startup::Pick::Downloaded(c, from)) => {
-                in_memory = from == startup::Source::Memory;
-                ckpt = Some(c)
-            }
+            Ok(startup::Pick::Downloaded(c, source)) => (ckpt, from) = (Some(c), source),
             Ok(startup::Pick::Local { .. }) => {}
             Err(e) => return Err(Fatal::failed(format!("cannot restore from {}", remote.url), e)),
         }
     }
     let ckpt = ckpt.ok_or_else(|| Fatal::failed("nothing to restore", format!("no complete checkpoint in {dir}")))?;
-    let restored = crate::restore::restore(&signals, &config, &store, &ckpt);
-    if let (true, Some(staging)) = (in_memory, &staging) {
-        // Never left in memory, nor written to a disk (encryption.noPlaintextOnDisk).
-        crate::store::Staging::discard(staging, &ckpt);
-    } else {
+    let restored = startup::restore_from(&signals, &config, &store, &ckpt, from, staging.as_ref());
+    if from != startup::Source::Memory {
         log::info!("CRIU's log: {}", ckpt.restore_log().display());
     }
     let r = restored.map_err(|e| Fatal::failed("restore failed", e))?;

@@ -176,7 +176,7 @@ fn restore_newest_once(
         }
     }
     let restored = match latest {
-        Some((store, ckpt)) => match restore::restore(signals, config, store, &ckpt) {
+        Some((store, ckpt)) => match restore_from(signals, config, store, &ckpt, from, memory) {
             Ok(r) => {
                 store.adopt_generation(r.manifest.generation, true);
                 if let Some(remote) = remote {
@@ -189,9 +189,8 @@ fn restore_newest_once(
                     }
                 }
                 // Retire it: if the restored app crashes later, the next start must not replay
-                // this (by then stale) state. (From memory: freed, never written to a disk.)
-                if let (Source::Memory, Some(memory)) = (from, memory) {
-                    memory.discard(&ckpt);
+                // this (by then stale) state. (From memory: already freed.)
+                if from == Source::Memory {
                     return Ok(Attempt::Done(Some(Box::new(r))));
                 }
                 match store.retire(&ckpt, config.keep_checkpoints) {
@@ -219,9 +218,6 @@ fn restore_newest_once(
                 log::error!(event = "restore_refused", id = ckpt.id.as_str();
                     "checkpoint {} cannot be restored on this node: {e}", ckpt.dir.display());
                 log::warn!("the checkpoint is kept: a start on a node with a compatible CPU restores it");
-                if let (Source::Memory, Some(memory)) = (from, memory) {
-                    memory.discard(&ckpt);
-                }
                 if let Some(remote) = remote.filter(|_| remote_newest.as_ref() == Some(&ckpt.id)) {
                     remote.keep_older_checkpoints();
                 }
@@ -230,13 +226,11 @@ fn restore_newest_once(
             }
             Err(e) => {
                 log::error!(event = "restore_failed", id = ckpt.id.as_str(); "restore of {} failed: {e}", ckpt.dir.display());
-                match (from, memory) {
-                    // Downloaded into memory: freed; storage's copy is quarantined below.
-                    (Source::Memory, Some(memory)) => memory.discard(&ckpt),
-                    _ => match store.quarantine(&ckpt) {
+                if from != Source::Memory {
+                    match store.quarantine(&ckpt) {
                         Ok(q) => log::warn!("moved the checkpoint to {} (it will not be retried)", q.dir.display()),
                         Err(qe) => log::error!("cannot quarantine the checkpoint: {qe}"),
-                    },
+                    }
                 }
                 // Refused before anything of it was used, and only the image dir's copy: the
                 // next newest is tried (storage's copy of this one, if it has one).
@@ -251,6 +245,23 @@ fn restore_newest_once(
         None => None,
     };
     Ok(Attempt::Done(restored.map(Box::new)))
+}
+
+/// Restores `ckpt`; one downloaded into memory is freed whatever came of it, never kept (nor
+/// written to a disk): storage's copy is what is retired or quarantined.
+pub fn restore_from(
+    signals: &Signals,
+    config: &Config,
+    store: &Store,
+    ckpt: &Checkpoint,
+    from: Source,
+    memory: Option<&MemoryStaging>,
+) -> Result<Restored, RestoreError> {
+    let result = restore::restore(signals, config, store, ckpt);
+    if let (Source::Memory, Some(memory)) = (from, memory) {
+        memory.discard(ckpt);
+    }
+    result
 }
 
 /// Where the checkpoint a start restores comes from.
@@ -462,7 +473,7 @@ fn download_into_memory(
     config: &Config,
     memory: &MemoryStaging,
 ) -> Result<Pick, RemoteError> {
-    let (needs, free) = (room_needed(m.size()), memory.room().map_err(|e| local_err("statvfs", memory.dir(), e))?);
+    let (needs, free) = (room_needed(m.size()), memory.room().map_err(crate::remote::local("statvfs", memory.dir()))?);
     if needs > free {
         return Err(RemoteError::NoRoom { id: m.id.clone(), needs, free });
     }
@@ -473,10 +484,6 @@ fn download_into_memory(
     })
     .inspect_err(|_| memory.discard(&staged))
     .map(|c| Pick::Downloaded(c, Source::Memory))
-}
-
-fn local_err(step: &'static str, path: &std::path::Path, source: std::io::Error) -> RemoteError {
-    RemoteError::Local { step, path: path.display().to_string(), source }
 }
 
 fn download(store: &Store, remote: &Remote, m: &RemoteManifest, config: &Config) -> Result<Checkpoint, RemoteError> {

@@ -168,8 +168,6 @@ pub struct Lease {
     took_over_expired: bool,
     stop: (Mutex<bool>, Condvar),
     seal: Sealing,
-    /// The generation the lease held when this crik took it, if it vouched for one.
-    vouched: Option<u64>,
 }
 
 struct State {
@@ -277,7 +275,6 @@ pub fn acquire(
             took_over_expired: how.starts_with("expired"),
             stop: (Mutex::new(false), Condvar::new()),
             seal,
-            vouched,
         }));
     }
 }
@@ -360,12 +357,8 @@ impl Lease {
         !self.took_over_expired || self.acquired.elapsed() > self.ttl + self.request_timeout * 2
     }
 
-    /// The generation the lease vouched for when this crik took it (see [`Record::vouched`]).
-    pub fn vouched_generation(&self) -> Option<u64> {
-        self.vouched
-    }
-
-    /// The newest generation the lease records now (carried over, or recorded by this crik).
+    /// The newest generation the lease records now: carried over from the last holder when its
+    /// record vouched for one (see [`Record::vouched`]; else 0), or recorded by this crik.
     pub fn generation(&self) -> u64 {
         lock(&self.state).record.generation
     }

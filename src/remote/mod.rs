@@ -82,7 +82,7 @@ impl RemoteError {
     }
 }
 
-fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RemoteError + 'a {
+pub(crate) fn local<'a>(step: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RemoteError + 'a {
     move |source| RemoteError::Local { step, path: path.display().to_string(), source }
 }
 
@@ -400,7 +400,7 @@ impl<'r> Upload<'r> {
         let mut manifest = manifest.clone();
         // Above the newest the prefix has seen, whatever this crik knew when it numbered the
         // checkpoint (it may not have read storage at start): never taken for a rollback.
-        if let Some(newest) = remote.lease_record_generation() {
+        if let Some(newest) = remote.lease_generation() {
             manifest.generation = manifest.generation.max(newest.saturating_add(1));
         }
         let body = RemoteManifest { format: FORMAT, id: id.into(), manifest: manifest.clone(), files, spared };
@@ -579,14 +579,10 @@ impl Remote {
         }
     }
 
-    /// The newest generation the prefix's lease vouched for when this crik took it (see
-    /// [`crate::store::generation`]); `None` without a lease, or where it vouches for none.
+    /// The newest generation the lease this crik holds records (see
+    /// [`crate::store::generation`]): authentic, as the lease checked it when it was taken over,
+    /// or recorded since by this crik. `None` without a lease; 0 where it records none.
     pub fn lease_generation(&self) -> Option<u64> {
-        lock(&self.lease).as_ref().and_then(|(l, _)| l.vouched_generation())
-    }
-
-    /// The newest generation the lease held by this crik records now.
-    fn lease_record_generation(&self) -> Option<u64> {
         lock(&self.lease).as_ref().map(|(l, _)| l.generation())
     }
 

@@ -60,22 +60,27 @@ fn busybox_image(s: &Scratch, images: &mut Images) -> String {
     for applet in ["sh", "sleep", "cat", "ls"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
+    import_root(s, images, &root, "busybox")
+}
+
+/// An image of `root` (what a container needs mounted added), named after `name`.
+fn import_root(s: &Scratch, images: &mut Images, root: &Path, name: &str) -> String {
     for dir in ["proc", "sys", "dev", "tmp", "etc", "var/lib/crik"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
-    let tar = s.path("root.tar");
-    assert!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
-    let base = tag("busybox");
-    podman_ok(&["import", "-q", tar.to_str().unwrap(), &base]);
-    images.0.push(base.clone());
-    base
+    let tar = s.path(&format!("{name}-root.tar"));
+    assert!(Command::new("tar").arg("-C").arg(root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    let image = tag(name);
+    podman_ok(&["import", "-q", tar.to_str().unwrap(), &image]);
+    images.0.push(image.clone());
+    image
 }
 
 /// An app image whose only libc is musl (Debian's, as Alpine's): the loader, and a C app linked
 /// against it (tests/workloads/tcp_counter.c, built now with musl-gcc). No glibc, no shell.
 fn musl_image(s: &Scratch, images: &mut Images) -> String {
     let root = s.path("musl-root");
-    for dir in ["lib", "app", "proc", "sys", "dev", "tmp", "etc", "var/lib/crik"] {
+    for dir in ["lib", "app"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy("/lib/ld-musl-x86_64.so.1", root.join("lib/ld-musl-x86_64.so.1")).expect("musl (scripts/setup.sh)");
@@ -86,12 +91,7 @@ fn musl_image(s: &Scratch, images: &mut Images) -> String {
         .output()
         .expect("musl-gcc (musl-tools, scripts/setup.sh)");
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    let tar = s.path("musl-root.tar");
-    assert!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
-    let base = tag("musl");
-    podman_ok(&["import", "-q", tar.to_str().unwrap(), &base]);
-    images.0.push(base.clone());
-    base
+    import_root(s, images, &root, "musl")
 }
 
 /// The app's Dockerfile, as the docs tell it: its base, one `COPY --from` line, the entrypoint.
