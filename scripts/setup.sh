@@ -9,6 +9,9 @@
 #     (Dockerfile lint) and kubernetes-validate (manifest schemas), both from PyPI.
 #   - for the real-container tests: podman (daemonless) with both OCI runtimes, runc and crun,
 #     CNI plugins for its bridge network, iptables (CNI's NAT rules) and uidmap.
+#   - for arm64: Rust's aarch64-unknown-linux-gnu target, Debian's aarch64 GCC (the linker) and
+#     static libc, qemu-user (crik's unit tests run under it), and arm64 as a foreign dpkg
+#     architecture (the arm64 bundle downloads CRIU's arm64 packages; none is installed).
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -47,6 +50,11 @@ command -v crun >/dev/null 2>&1 || need+=(crun)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v newuidmap >/dev/null 2>&1 || need+=(uidmap)
 /usr/bin/python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
+dpkg -s libc6-dev-arm64-cross >/dev/null 2>&1 || need+=(libc6-dev-arm64-cross)
+command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
+arm64_known=yes
+dpkg --print-foreign-architectures | grep -qx arm64 || arm64_known=no
 tools=/opt/crik-tools
 tools_ok() { [ -x $tools/bin/hadolint ] && [ -x $tools/bin/kubernetes-validate ]; }
 
@@ -73,6 +81,13 @@ install_s3_server() {
     cargo install --quiet s3s-fs --version "$s3s_version" --features binary
 }
 
+install_arm64_rust() {
+    rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu && return 0
+    log "adding Rust's aarch64-unknown-linux-gnu target (crik's arm64 build)"
+    rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 ||
+        { echo "setup: rustup target add aarch64-unknown-linux-gnu failed" >&2; exit 1; }
+}
+
 hybrid_cgroups_for_crun() {
     local u=/sys/fs/cgroup/unified c
     [ -f $u/cgroup.controllers ] || return 0
@@ -83,14 +98,15 @@ hybrid_cgroups_for_crun() {
     done
 }
 
-if [ ${#need[@]} -eq 0 ]; then
+if [ ${#need[@]} -eq 0 ] && [ $arm64_known = yes ]; then
     hybrid_cgroups_for_crun
     install_s3_server
     install_tools
+    install_arm64_rust
     log "everything present ($(criu --version | head -1))"
     exit 0
 fi
-log "installing: ${need[*]}"
+[ ${#need[@]} -eq 0 ] || log "installing: ${need[*]}"
 
 export DEBIAN_FRONTEND=noninteractive
 forky=/etc/apt/sources.list.d/crik-forky.sources
@@ -122,6 +138,10 @@ apt_quiet() {
         exit 1
     fi
 }
+if [ $arm64_known = no ]; then
+    log "adding arm64 to dpkg's architectures (the arm64 bundle's packages are downloaded, not installed)"
+    dpkg --add-architecture arm64
+fi
 apt_quiet apt-get update
 others=()
 for p in "${need[@]}"; do [ "$p" = criu ] || others+=("$p"); done
@@ -137,4 +157,5 @@ criu_ok || { echo "setup: CRIU 4.2 or newer could not be installed" >&2; exit 1;
 hybrid_cgroups_for_crun
 install_tools
 install_s3_server
+install_arm64_rust
 log "done ($(criu --version | head -1))"

@@ -4,13 +4,13 @@
 1. lints the Dockerfiles with hadolint;
 2. validates every Kubernetes manifest in examples/ against the Kubernetes schemas
    (kubernetes-validate, strict: unknown fields are errors);
-3. runs Dockerfile.example's own build steps outside Docker: the build stage's RUN on this
-   machine (in a private mount namespace, so its `install` into /usr/local/bin stays private),
-   the runtime stage in a debootstrapped Debian bookworm root (what debian:bookworm-slim is),
-   each RUN with the stage's SHELL, each COPY as written;
+3. runs Dockerfile.example's own steps outside Docker: its `crik` stage is the crik image
+   (Dockerfile.crik: the bundle, built now by scripts/bundle/build_bundle.py from a release
+   build, as its header says), the runtime stage a debootstrapped Debian bookworm root (what
+   debian:bookworm-slim is), each RUN with the stage's SHELL, each COPY as written;
 4. runs the resulting image root as a container (crik as PID 1 of fresh namespaces, chrooted
-   into it) with its ENTRYPOINT: starts the counter, checkpoints it on SIGTERM with the image's
-   own CRIU, restores it, and checks that the count carried on.
+   into it) with its ENTRYPOINT: starts the counter, checkpoints it on SIGTERM with the bundle's
+   CRIU (the image has no other), restores it, and checks that the count carried on.
 
 Usage (as root): scripts/images/check_shipping.py   (scripts/setup.sh installs the tools)
 """
@@ -77,18 +77,18 @@ def lint_and_validate():
     run([f"{TOOLS}/kubernetes-validate", "--strict", "--quiet", *manifests])
 
 
-def build_stage(stage, out):
-    """Runs the build stage's RUN steps in the repository (its WORKDIR after COPY . .)."""
-    assert stage["steps"][:2] == [("WORKDIR", "/src"), ("COPY", ". .")], stage["steps"][:2]
-    os.makedirs(out, exist_ok=True)
-    for instr, args in stage["steps"][2:]:
-        assert instr == "RUN", (instr, args)
-        # /usr/local/bin is a private tmpfs here: the step's `install` does not touch the host.
-        script = f"mount -t tmpfs tmpfs /usr/local/bin && cd {shlex.quote(REPO)} && {args} && cp -a /usr/local/bin/. {shlex.quote(out)}/"
-        run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script])
+def crik_stage(stage, context):
+    """The crik image's root: Dockerfile.crik's build context (its header's two commands), which
+    it copies whole into a scratch image (`COPY opt/crik /opt/crik`)."""
+    assert re.match(r"crik:\S+$", stage["from"]) and not stage["steps"], stage
+    crik_steps = parse_dockerfile(os.path.join(REPO, "Dockerfile.crik"))
+    assert crik_steps == [{"from": "scratch", "name": None, "steps": [("COPY", "opt/crik /opt/crik")]}], crik_steps
+    shutil.rmtree(context, ignore_errors=True)
+    run(["cargo", "build", "--release", "--locked", "-p", "crik"], cwd=REPO)
+    run([sys.executable, os.path.join(REPO, "scripts", "bundle", "build_bundle.py"), os.path.join(context, "opt/crik")])
 
 
-def runtime_stage(stage, build_out, root):
+def runtime_stage(stage, crik_root, root):
     assert stage["from"] == "debian:bookworm-slim", stage["from"]
     key = hashlib.sha256(json.dumps(stage["steps"]).encode()).hexdigest()[:16]
     marker = os.path.join(root, ".crik-stage")
@@ -112,12 +112,16 @@ def runtime_stage(stage, build_out, root):
             parts = args.split()
             src_base = REPO
             if parts[0].startswith("--from="):
+                assert parts[0] == "--from=crik", parts[0]
                 parts = parts[1:]
-                src_base = build_out
-                parts[0] = os.path.basename(parts[0])
-            src, dst = os.path.join(src_base, parts[0]), root + parts[1]
+                src_base = crik_root
+            src, dst = os.path.join(src_base, parts[0].lstrip("/")), root + parts[1]
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copy2(src, dst)
+            if os.path.isdir(src):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst, symlinks=True)
+            else:
+                shutil.copy2(src, dst)
         elif instr == "ENTRYPOINT":
             entrypoint = json.loads(args)
     return entrypoint
@@ -169,6 +173,8 @@ def smoke_test(root, entrypoint):
         counts = [int(x) for x in out if x.isdigit()]
         if rc != 0 or not counts:
             raise SystemExit(f"first container: exit {rc}, output {out}")
+        if "(/opt/crik/bin/criu)" not in err:
+            raise SystemExit("crik did not run the bundle's CRIU (its log names another)")
         rc, out2, err = checkpoint_after(container(root, entrypoint), 2.5)
         sys.stderr.write(err)
         counts2 = [int(x) for x in out2 if x.isdigit()]
@@ -187,13 +193,14 @@ def main():
         raise SystemExit("check-shipping: must run as root")
     lint_and_validate()
     stages = parse_dockerfile(os.path.join(REPO, "Dockerfile.example"))
-    build = next(s for s in stages if s["name"] == "build")
-    runtime = stages[-1]
-    build_out = os.path.join(WORK, "build-out")
-    build_stage(build, build_out)
+    crik_root = os.path.join(WORK, "crik-image")
+    crik_stage(next(s for s in stages if s["name"] == "crik"), crik_root)
     root = os.path.join(WORK, "rootfs")
-    entrypoint = runtime_stage(runtime, build_out, root)
-    subprocess.run(["chroot", root, "criu", "--version"], check=True)
+    entrypoint = runtime_stage(stages[-1], crik_root, root)
+    # The image's only CRIU is the bundle's (debian:bookworm-slim has none).
+    if os.path.exists(f"{root}/usr/sbin/criu"):
+        raise SystemExit("check-shipping: the runtime root has a CRIU of its own: the bundle's is not what runs")
+    subprocess.run(["chroot", root, "/opt/crik/bin/criu", "--version"], check=True)
     smoke_test(root, entrypoint)
     log("Dockerfile.example builds and runs; Dockerfiles lint clean; manifests validate")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the container images crik's podman tests run (no registry is reachable here): a
-Debian bookworm root made with debootstrap, CRIU 4.2 from Debian testing (pinned low, as in
-Dockerfile.example), nftables and python3, imported with `podman import`; app images add the
+Debian bookworm root made with debootstrap, CRIU 4.2 from Debian testing (pinned low, as
+scripts/setup.sh installs it), nftables and python3, imported with `podman import`; app images add the
 app's Debian packages to a copy of that root. crik itself is not in the images: the tests
 bind-mount the binary they test, so a code change needs no rebuild.
 

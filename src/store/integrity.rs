@@ -330,7 +330,8 @@ mod tests {
             let r = checksum_on(&p, 2, round % 2 == 0);
             cutter.join().unwrap();
             match r {
-                Ok(sum) => assert_eq!(sum.size, size, "a whole read must report the size it read"),
+                // Read whole before the cut, or (a slow machine: qemu-user) opened after it.
+                Ok(sum) => assert!([size, 4096].contains(&sum.size), "a whole read must report the size it read"),
                 Err(IntegrityError::Damaged { why, .. }) => {
                     assert!(why.contains("while being read"), "{why}");
                     errors += 1;

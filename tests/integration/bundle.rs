@@ -282,3 +282,76 @@ fn copy_bundle_outside_a_bundle_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("crik: nothing to copy") && err.contains("which is not a bundle"), "{err}");
 }
+
+/// The arm64 bundle (#24): crik cross-built for aarch64 (scripts/test.sh builds it), CRIU and
+/// every library it loads from Debian's arm64 packages. CRIU cannot run under qemu-user, so
+/// what is checked here is the layout: every ELF is aarch64, every library any of them needs is
+/// in lib/, CRIU's loader and RPATH are the bundle's; and that qemu-user can load the bundle's
+/// CRIU with nothing but the bundle (it prints its version) and run crik.
+#[test]
+fn the_arm64_bundle_is_aarch64_throughout_and_complete() {
+    const EM_AARCH64: u16 = 183;
+    let crik = concat!(env!("CARGO_MANIFEST_DIR"), "/target/aarch64-unknown-linux-gnu/release/crik");
+    assert!(
+        Path::new(crik).exists(),
+        "no arm64 crik: cargo build --release --target aarch64-unknown-linux-gnu (scripts/test.sh does)"
+    );
+    let s = Scratch::new("bundle-arm64");
+    let bundle = s.path("root/opt/crik");
+    let built = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bundle/build_bundle.py"))
+        .args(["--arch", "arm64", "--crik", crik])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let readelf = |flag: &str, p: &Path| {
+        let out = Command::new("readelf").args([flag, "-W"]).arg(p).output().unwrap();
+        assert!(out.status.success(), "readelf {flag} {}", p.display());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let between = |text: &str, start: &str| -> Vec<String> {
+        text.lines().filter_map(|l| l.split(start).nth(1)).map(|r| r.split(']').next().unwrap().to_string()).collect()
+    };
+    let libs: Vec<String> =
+        std::fs::read_dir(bundle.join("lib")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(libs.iter().any(|l| l == "libc.so.6") && libs.iter().any(|l| l == "ld-linux-aarch64.so.1"), "{libs:?}");
+    let mut elves = vec![bundle.join("bin/crik"), bundle.join("bin/criu")];
+    elves.extend(libs.iter().map(|l| bundle.join("lib").join(l)));
+    for elf in &elves {
+        let head = std::fs::read(elf).unwrap();
+        assert_eq!(&head[..4], b"\x7fELF", "{} is not ELF", elf.display());
+        assert_eq!(u16::from_le_bytes([head[18], head[19]]), EM_AARCH64, "{} is not aarch64", elf.display());
+        let dynamic = readelf("-d", elf);
+        for needed in between(&dynamic, "Shared library: [") {
+            assert!(libs.contains(&needed), "{} needs {needed}, which the bundle lacks", elf.display());
+        }
+        let is_loader = elf.ends_with("lib/ld-linux-aarch64.so.1");
+        if elf.ends_with("bin/crik") {
+            assert!(!readelf("-l", elf).contains("program interpreter"), "crik must be static");
+        } else if !is_loader {
+            assert_eq!(between(&dynamic, "Library rpath: ["), ["/opt/crik/lib"], "{}", elf.display());
+        }
+    }
+    assert_eq!(
+        between(&readelf("-l", &bundle.join("bin/criu")), "program interpreter: "),
+        ["/opt/crik/lib/ld-linux-aarch64.so.1"]
+    );
+    let contents = std::fs::read_to_string(bundle.join("CONTENTS")).unwrap();
+    assert!(contents.contains("arm64") && contents.contains("criu:arm64 4.2"), "{contents}");
+
+    // qemu-user with the scratch root as /: the bundle's loader loads CRIU and its libraries.
+    let qemu = |bin: &str| {
+        let out = Command::new("qemu-aarch64-static")
+            .arg("-L")
+            .arg(s.path("root"))
+            .arg(bundle.join(bin))
+            .arg("--version")
+            .output()
+            .expect("qemu-user-static (scripts/setup.sh)");
+        assert!(out.status.success(), "{bin}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(qemu("bin/criu").starts_with("Version: 4.2"));
+    assert!(qemu("bin/crik").starts_with("crik "));
+}
