@@ -6,6 +6,13 @@
 //! own cgroup directory (`/sys/fs/cgroup/kubepods.slice/.../<old pod>/...`) exist in the new pod
 //! under another path. For each such file the app had open, crik opens the new one and lends it
 //! to CRIU under the old file's key (CRIU's inherit-fd), which CRIU uses instead of the path.
+//!
+//! Kubernetes writes Secret, ConfigMap, projected and downward-API volumes atomically: the files
+//! live in a version directory named for the time it was written (`..2026_12_07_10_00_00.123`),
+//! `..data` is a symlink to the current one, and each name (`token`) links through `..data`. An
+//! open file's path is the resolved one, inside a version directory, which a new pod never has
+//! (and which the kubelet deletes when it rotates the contents): crik opens the file through
+//! `..data` instead, the new pod's current version.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +33,25 @@ fn new_path(old: &Path, external: &[PathBuf], old_cg: &[CgroupDir], new_cg: &[Cg
             return Some(n.dir.join(rest));
         }
     }
-    external.iter().any(|e| old.starts_with(e)).then(|| old.to_path_buf())
+    external.iter().any(|e| old.starts_with(e)).then(|| through_current_version(old))
+}
+
+/// `path` with a kubelet version directory (`..<timestamp>`) replaced by `..data`, the link to
+/// the current version; unchanged where it has none.
+fn through_current_version(path: &Path) -> PathBuf {
+    let is_version_dir = |c: &std::ffi::OsStr| {
+        let c = c.to_string_lossy();
+        c.strip_prefix("..").is_some_and(|ts| {
+            ts.starts_with(|ch: char| ch.is_ascii_digit())
+                && ts.chars().all(|ch| ch.is_ascii_digit() || ch == '_' || ch == '.')
+        })
+    };
+    path.components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) if is_version_dir(n) => std::ffi::OsStr::new("..data"),
+            c => c.as_os_str(),
+        })
+        .collect()
 }
 
 /// Files to lend to CRIU for a restore: (fd opened here, key of the old file). One that cannot
@@ -75,6 +100,19 @@ mod tests {
         assert_eq!(
             new_path(Path::new("/var/run/secrets/token"), &ext, &old, &new),
             Some("/var/run/secrets/token".into())
+        );
+        assert_eq!(
+            new_path(Path::new("/var/run/secrets/..2026_12_07_10_00_00.1234567/token"), &ext, &old, &new),
+            Some("/var/run/secrets/..data/token".into()),
+            "a kubelet version directory is reached through ..data"
+        );
+        for kept in ["/var/run/secrets/..data/token", "/var/run/secrets/..hidden/x", "/var/run/secrets/../x"] {
+            assert_eq!(new_path(Path::new(kept), &ext, &old, &new), Some(kept.into()));
+        }
+        assert_eq!(
+            new_path(Path::new("/data/..2026_12_07_10_00_00.1/file"), &ext, &old, &new),
+            None,
+            "only on external mounts"
         );
         assert_eq!(new_path(Path::new("/data/file"), &ext, &old, &new), None);
         assert_eq!(new_path(Path::new("/etc/hostsx"), &ext, &old, &new), None);

@@ -119,3 +119,69 @@ fn open_files_in_the_containers_cgroup_follow_it_to_the_new_cgroup() {
     assert_eq!(std::fs::read_link(format!("/proc/{app_b}/fd/3")).unwrap(), cg_b.0.join("cgroup.procs"));
     c.kill();
 }
+
+/// A Secret volume as the kubelet writes it (its atomic writer): the files in a version
+/// directory named for the time, `..data` linking to the current one, each name linking through
+/// `..data` (made, or rotated to `version`).
+fn kubelet_volume(dir: &Path, version: &str, token: &str) {
+    let v = dir.join(version);
+    std::fs::create_dir_all(&v).unwrap();
+    std::fs::write(v.join("token"), token).unwrap();
+    // Swapped atomically, as the kubelet does: a new link renamed over `..data`.
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if !dir.join("token").exists() {
+        std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
+    }
+}
+
+/// The app opened its Secret's `token`; the kubelet then rotated the Secret (a new version
+/// directory, `..data` swapped, the old one deleted) while the app held the file open, and the
+/// pod moved. The restored app's file is the new pod's current `token`, reached through `..data`
+/// (the version directory the app's file was in exists nowhere any more). Before, the restored
+/// app held the rotated-away token: CRIU had saved the deleted file's contents and put them back.
+#[test]
+fn a_rotated_secret_held_open_is_restored_onto_the_new_pods_copy() {
+    let s = Scratch::new("rotated-secret");
+    let (vol_a, vol_b) = (s.path("secret-a"), s.path("secret-b"));
+    kubelet_volume(&vol_a, "..2026_12_07_10_00_00.1111111", "token-a1");
+    kubelet_volume(&vol_b, "..2026_12_07_11_30_00.2222222", "the-new-pods-token-b");
+    let mnt = s.path("mnt/secret");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let cfg = s.path("crik.yaml");
+    std::fs::write(
+        &cfg,
+        format!("imageDir: {}/images\nlogFormat: json\nexternalMounts: [{}]\n", s.dir.display(), mnt.display()),
+    )
+    .unwrap();
+    let app = format!("exec 4<{}/token; {LOOP}", mnt.display());
+    let run = |vol: &Path| {
+        let mut spec = Spec::run(Some(&cfg), &["sh", "-c", &app]);
+        spec.setup = Some(format!("mount --bind {} {}", vol.display(), mnt.display()));
+        Container::start(spec)
+    };
+
+    let mut c = run(&vol_a);
+    c.expect_line(SHORT, "count 2", |l| l == "count 2");
+    let held = std::fs::read_link(format!("/proc/{}/fd/4", app_pid(&mut c))).unwrap();
+    assert!(held.ends_with("..2026_12_07_10_00_00.1111111/token"), "{}", held.display());
+    // The rotation, with the file held open: the old version is deleted.
+    kubelet_volume(&vol_a, "..2026_12_07_10_05_00.3333333", "token-a2");
+    std::fs::remove_dir_all(vol_a.join("..2026_12_07_10_00_00.1111111")).unwrap();
+    c.expect_line(SHORT, "count 4", |l| l == "count 4");
+    checkpoint(&mut c);
+    let last = c.stdout_seen.iter().rev().find_map(|l| count_of(l)).unwrap();
+
+    let mut c = run(&vol_b);
+    c.expect_count_after(last);
+    let app = app_pid(&mut c);
+    assert_eq!(std::fs::read_to_string(format!("/proc/{app}/fd/4")).unwrap(), "the-new-pods-token-b");
+    assert!(
+        c.stderr().contains("..2026_12_07_10_00_00.1111111/token of the app now points to")
+            && c.stderr().contains("..data/token"),
+        "{}",
+        c.stderr()
+    );
+    c.kill();
+}
