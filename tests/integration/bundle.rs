@@ -76,21 +76,24 @@ fn import_root(s: &Scratch, images: &mut Images, root: &Path, name: &str) -> Str
     image
 }
 
-/// An app image whose only libc is musl (Debian's, as Alpine's): the loader, and a C app linked
-/// against it (tests/workloads/tcp_counter.c, built now with musl-gcc). No glibc, no shell.
+/// An app image whose only libc is musl (Debian's, as Alpine's): the loader, and two C apps
+/// linked against it (tests/workloads/counter.c and tcp_counter.c, built now with musl-gcc). No
+/// glibc, no shell.
 fn musl_image(s: &Scratch, images: &mut Images) -> String {
     let root = s.path("musl-root");
     for dir in ["lib", "app"] {
         std::fs::create_dir_all(root.join(dir)).unwrap();
     }
     std::fs::copy("/lib/ld-musl-x86_64.so.1", root.join("lib/ld-musl-x86_64.so.1")).expect("musl (scripts/setup.sh)");
-    let built = Command::new("musl-gcc")
-        .args(["-O2", "-o"])
-        .arg(root.join("app/tcp_counter"))
-        .arg(workload("tcp_counter.c"))
-        .output()
-        .expect("musl-gcc (musl-tools, scripts/setup.sh)");
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    for app in ["counter", "tcp_counter"] {
+        let built = Command::new("musl-gcc")
+            .args(["-O2", "-o"])
+            .arg(root.join("app").join(app))
+            .arg(workload(&format!("{app}.c")))
+            .output()
+            .expect("musl-gcc (musl-tools, scripts/setup.sh)");
+        assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    }
     import_root(s, images, &root, "musl")
 }
 
@@ -144,14 +147,16 @@ fn two_cycles(image: &str, runtime: &str, dir: &Path, app: &[&str], extra: &[&st
     }
 }
 
+/// An app to run through the cycles, and podman's extra flags for it.
+type App<'a> = (&'a [&'a str], &'a [&'a str]);
+
 /// The app's image made from `base` (by `base_image`) with the crik image, checked to have (or
-/// not) each of `paths`, then `app` through two cycles on each runtime.
+/// not) each of `paths`, then each of `apps` through two cycles on each runtime.
 fn cycles_in(
     name: &str,
     base_image: impl FnOnce(&Scratch, &mut Images) -> String,
     paths: &[(&str, bool)],
-    app: &[&str],
-    extra: &[&str],
+    apps: &[App],
 ) {
     let s = Scratch::new(&format!("bundle-{name}"));
     let mut images = Images(Vec::new());
@@ -160,10 +165,12 @@ fn cycles_in(
     let image = user_image(&s, &mut images, &base, &crik, &format!("{name}-app"));
     let found = image_has(&image, &paths.iter().map(|(p, _)| *p).collect::<Vec<_>>());
     assert_eq!(found, paths.iter().map(|(_, has)| *has).collect::<Vec<_>>(), "{paths:?}");
-    for runtime in RUNTIMES {
-        let dir = s.path(runtime);
-        std::fs::create_dir_all(&dir).unwrap();
-        two_cycles(&image, runtime, &dir, app, extra);
+    for (i, (app, extra)) in apps.iter().enumerate() {
+        for runtime in RUNTIMES {
+            let dir = s.path(&format!("{runtime}-{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            two_cycles(&image, runtime, &dir, app, extra);
+        }
     }
 }
 
@@ -171,25 +178,27 @@ fn cycles_in(
 #[test]
 fn the_bundle_checkpoints_and_restores_in_an_image_without_a_libc_under_runc_and_crun() {
     let paths = [("lib", false), ("usr/lib", false), ("lib64", false), ("opt/crik/bin/criu", true)];
-    cycles_in("busybox", busybox_image, &paths, &COUNTER, &[]);
+    cycles_in("busybox", busybox_image, &paths, &[(&COUNTER, &[])]);
 }
 
-/// musl, as in Alpine: the bundle's CRIU runs on its own glibc beside the image's musl; the C
-/// app's TCP connection comes back established (no network but loopback: its addresses survive
-/// the move).
+/// musl, as in Alpine: the bundle's CRIU runs on its own glibc beside the image's musl. The
+/// counter, and a C app whose TCP connection comes back established (no network but loopback:
+/// its addresses survive the move).
 #[test]
 fn the_bundle_restores_a_musl_app_with_a_tcp_connection_under_runc_and_crun() {
     let paths = [("lib/ld-musl-x86_64.so.1", true), ("lib/libc.so.6", false), ("lib64", false), ("usr/lib", false)];
-    cycles_in("musl", musl_image, &paths, &["/app/tcp_counter"], &["--network", "none"]);
+    let apps: [App; 2] = [(&["/app/counter"], &[]), (&["/app/tcp_counter"], &["--network", "none"])];
+    cycles_in("musl", musl_image, &paths, &apps);
 }
 
-/// Debian bullseye: glibc 2.31 (older than the bundle's), and no CRIU it could use; a Python
-/// app counting through a TCP connection, as above.
+/// Debian bullseye: glibc 2.31 (older than the bundle's), and no CRIU it could use; the counter,
+/// and a Python app counting through a TCP connection, as above.
 #[test]
 fn the_bundle_restores_a_python_app_with_a_tcp_connection_on_an_old_glibc_under_runc_and_crun() {
     let paths = [("usr/sbin/criu", false), ("usr/bin/python3", true)];
     let bullseye = |_: &Scratch, _: &mut Images| crate::common::podman::image("bullseye");
-    cycles_in("bullseye", bullseye, &paths, &["python3", "/workloads/tcp_counter.py"], &["--network", "none"]);
+    let apps: [App; 2] = [(&COUNTER, &[]), (&["python3", "/workloads/tcp_counter.py"], &["--network", "none"])];
+    cycles_in("bullseye", bullseye, &paths, &apps);
 }
 
 /// A containers.conf with this machine's hard limits as the containers' ulimits: podman's
@@ -233,43 +242,78 @@ fn the_init_container_recipe_restores_under_podman_kube_play() {
     assert_ne!(yaml, example);
     let file = s.path("pod.yaml");
     std::fs::write(&file, &yaml).unwrap();
-    let conf = containers_conf(&s);
-    let podman =
-        |args: &[&str]| Command::new("podman").args(args).env("CONTAINERS_CONF", &conf).output().expect("run podman");
-    let file = file.to_str().unwrap();
-    struct Down<'a>(&'a dyn Fn(&[&str]) -> std::process::Output, &'a str, &'a str);
-    impl Drop for Down<'_> {
-        fn drop(&mut self) {
-            (self.0)(&["kube", "down", self.1]);
-            // The claim's volume, and the one podman makes of the ConfigMap.
-            (self.0)(&["volume", "rm", "-f", self.2, &format!("{}-config", self.2)]);
+    let played = Played::new(&s, file, &claim, vec![claim.clone(), format!("{claim}-config")], None);
+    play_three_times(&played, &format!("{claim}-app"), "60", |_, _| {});
+}
+
+/// A pod played by `podman kube play` with the test's containers.conf; on drop it is taken down
+/// and the volumes it made (its claim's, and those of its ConfigMap and Secret) and its podman
+/// secret removed.
+struct Played {
+    conf: std::path::PathBuf,
+    file: String,
+    pod: String,
+    volumes: Vec<String>,
+    secret: Option<String>,
+}
+
+impl Played {
+    fn new(s: &Scratch, file: std::path::PathBuf, pod: &str, volumes: Vec<String>, secret: Option<String>) -> Played {
+        let file = file.to_str().unwrap().to_string();
+        Played { conf: containers_conf(s), file, pod: pod.to_string(), volumes, secret }
+    }
+
+    fn podman(&self, args: &[&str]) -> std::process::Output {
+        Command::new("podman").args(args).env("CONTAINERS_CONF", &self.conf).output().expect("run podman")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.podman(args);
+        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Played {
+    fn drop(&mut self) {
+        self.podman(&["kube", "down", &self.file]);
+        let mut rm = vec!["volume", "rm", "-f"];
+        rm.extend(self.volumes.iter().map(String::as_str));
+        self.podman(&rm);
+        if let Some(secret) = &self.secret {
+            self.podman(&["secret", "rm", secret]);
         }
     }
-    let _down = Down(&podman, file, &claim);
+}
+
+/// Plays the pod three times. Each time its app counts, the count carrying on from the last
+/// play's (restored), crik ran the bundle's CRIU, and `check(round, crik's log)` holds; between
+/// plays the pod is stopped with `grace` seconds (as the kubelet sends SIGTERM: podman 4.3's
+/// `kube down` does not wait, and would kill crik mid-checkpoint), then taken down.
+fn play_three_times(p: &Played, container: &str, grace: &str, check: impl Fn(u32, &str)) {
     let logs = || {
-        let out = podman(&["logs", &format!("{claim}-app")]);
+        let out = p.podman(&["logs", container]);
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     let counts = || logs().0.lines().filter_map(count_of).collect::<Vec<u64>>();
     let mut last = 0;
     for round in 0..3 {
-        let played = podman(&["kube", "play", file]);
-        assert!(played.status.success(), "kube play: {}", String::from_utf8_lossy(&played.stderr));
+        p.ok(&["kube", "play", &p.file]);
         assert!(eventually(LONG, || counts().last().is_some_and(|n| *n >= last + 3)), "round {round}: {:?}", logs());
+        let err = logs().1;
+        assert!(err.contains("(/opt/crik/bin/criu)"), "the bundle's CRIU: {err}");
         if round > 0 {
-            assert_eq!(counts()[0], last + 1, "round {round}: the count carries on\n{}", logs().1);
-            assert!(logs().1.contains("restore_finished"), "{}", logs().1);
+            assert_eq!(counts()[0], last + 1, "round {round}: the count carries on\n{err}");
+            assert!(err.contains("restore_finished"), "{err}");
         }
-        assert!(logs().1.contains("(/opt/crik/bin/criu)"), "the bundle's CRIU, from the emptyDir: {}", logs().1);
+        check(round, &err);
         if round == 2 {
             break;
         }
-        let stopped = podman(&["pod", "stop", "-t", "60", &claim]);
-        assert!(stopped.status.success(), "{}", String::from_utf8_lossy(&stopped.stderr));
+        p.ok(&["pod", "stop", "-t", grace, &p.pod]);
         assert!(logs().1.contains("checkpoint_finished"), "round {round}: {}", logs().1);
         last = *counts().last().unwrap();
-        let down = podman(&["kube", "down", file]);
-        assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+        p.ok(&["kube", "down", &p.file]);
     }
 }
 
@@ -354,4 +398,68 @@ fn the_arm64_bundle_is_aarch64_throughout_and_complete() {
     };
     assert!(qemu("bin/criu").starts_with("Version: 4.2"));
     assert!(qemu("bin/crik").starts_with("crik "));
+}
+
+/// `podman kube play` of examples/counter-pod.yaml (the StatefulSet's pod as a Pod: podman cannot
+/// play a StatefulSet), only its image and names changed: the image built from Dockerfile.example
+/// (its two FROM lines pointed at the test's crik image and Debian root), checkpoints sealed with
+/// a key from a Secret volume, an emptyDir, the pod's infra container owning the network
+/// namespace the app joins (as a pause container does). Stopped with its grace period, removed,
+/// played again on the same claim, three times: the count carries on, restored from sealed
+/// checkpoints.
+#[test]
+fn the_pod_example_restores_under_podman_kube_play_with_its_secret_key() {
+    let s = Scratch::new("kube-pod");
+    let mut images = Images(Vec::new());
+    let crik = crik_image(&s, &mut images);
+    // Dockerfile.example as written, but for its two base images (no registry here).
+    let context = s.path("example-context");
+    std::fs::create_dir_all(context.join("examples/counter")).unwrap();
+    let counter = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter/counter.sh");
+    std::fs::copy(counter, context.join("examples/counter/counter.sh")).unwrap();
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile.example")).unwrap();
+    let ours = dockerfile
+        .replace("FROM crik:0.1.0 AS crik", &format!("FROM {crik} AS crik"))
+        .replace("FROM debian:bookworm-slim", &format!("FROM {}", crate::common::podman::image("base")));
+    assert_eq!(ours.matches("FROM localhost/").count(), 2, "{ours}");
+    std::fs::write(context.join("Dockerfile"), ours).unwrap();
+    let app = tag("counter");
+    podman_ok(&["build", "-q", "-t", &app, context.to_str().unwrap()]);
+    images.0.push(app.clone());
+
+    let name = format!("crik-it-pod-{}", std::process::id());
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-pod.yaml")).unwrap();
+    let yaml = example
+        .replace("image: crik-counter:0.1.0", &format!("image: {app}"))
+        .replace("claimName: counter-crik-images", &format!("claimName: {name}"))
+        .replace("secretName: counter-crik-key", &format!("secretName: {name}-key"))
+        .replace("metadata:\n  name: counter\n", &format!("metadata:\n  name: {name}\n"))
+        .replace("name: counter-crik\n", &format!("name: {name}-config\n"));
+    assert_eq!(yaml.matches(&name).count(), 5, "the pod, its claim, Secret and ConfigMap renamed: {yaml}");
+    let file = s.path("pod.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    // The Secret, as `kubectl create secret generic --from-file=key` makes it. podman 4.3 cannot
+    // play a Secret: it keeps one as a podman secret holding the Secret's manifest, and takes its
+    // `data` values as plain text (no base64 decoding), so the key's text goes there as it is:
+    // the pod's file is then the key file a kubelet would write.
+    let key = Command::new(CRIK).arg("keygen").output().unwrap();
+    assert!(key.status.success());
+    let key = String::from_utf8(key.stdout).unwrap();
+    let manifest = format!(
+        "{{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{{\"name\":\"{name}-key\"}},\"data\":{{\"key\":\"{}\"}}}}",
+        key.trim()
+    );
+    std::fs::write(s.path("secret.json"), manifest).unwrap();
+    let secret = format!("{name}-key");
+    let volumes = vec![name.clone(), format!("{name}-config"), secret.clone()];
+    let played = Played::new(&s, file, &name, volumes, Some(secret.clone()));
+    played.ok(&["secret", "create", &secret, s.path("secret.json").to_str().unwrap()]);
+    play_three_times(&played, &format!("{name}-counter"), "120", |_, err| {
+        // The pod's infra container holds the network namespace; the app joined it.
+        let infra = played.ok(&["pod", "inspect", &name, "--format", "{{.InfraContainerID}}"]);
+        assert!(!infra.is_empty(), "no infra container");
+        let mode = played.ok(&["inspect", &format!("{name}-counter"), "--format", "{{.HostConfig.NetworkMode}}"]);
+        assert_eq!(mode, format!("container:{infra}"));
+        assert!(!err.contains("neither encrypted nor authenticated"), "sealed with the Secret's key: {err}");
+    });
 }
