@@ -27,6 +27,10 @@ pub const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/ho
 /// Where an open file of the checkpointed app should point in this container, if elsewhere
 /// than its old path or on a runtime-provided mount.
 fn new_path(old: &Path, external: &[PathBuf], old_cg: &[CgroupDir], new_cg: &[CgroupDir]) -> Option<PathBuf> {
+    // The path comes from the checkpoint: one that climbs out of a mount or cgroup is not in it.
+    if old.components().any(|c| c == std::path::Component::ParentDir) {
+        return None;
+    }
     for o in old_cg {
         if let Ok(rest) = old.strip_prefix(&o.dir) {
             let n = new_cg.iter().find(|n| n.hierarchy == o.hierarchy)?;
@@ -106,8 +110,11 @@ mod tests {
             Some("/var/run/secrets/..data/token".into()),
             "a kubelet version directory is reached through ..data"
         );
-        for kept in ["/var/run/secrets/..data/token", "/var/run/secrets/..hidden/x", "/var/run/secrets/../x"] {
+        for kept in ["/var/run/secrets/..data/token", "/var/run/secrets/..hidden/x"] {
             assert_eq!(new_path(Path::new(kept), &ext, &old, &new), Some(kept.into()));
+        }
+        for climbs in ["/var/run/secrets/../../etc/shadow", "/sys/fs/cgroup/pod-a/ctr/../../x"] {
+            assert_eq!(new_path(Path::new(climbs), &ext, &old, &new), None, "{climbs}");
         }
         assert_eq!(
             new_path(Path::new("/data/..2026_12_07_10_00_00.1/file"), &ext, &old, &new),
