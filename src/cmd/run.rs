@@ -31,8 +31,14 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
     let staging = open_staging(&config)?;
 
     let can_start_fresh = !args.command.is_empty();
-    let restored =
-        startup::restore_newest(&signals, &config, store.as_ref(), remote.as_ref(), staging.as_ref(), can_start_fresh)?;
+    let restored = startup::restore_newest(startup::Start {
+        signals: &signals,
+        config: &config,
+        store: store.as_ref(),
+        remote: remote.as_ref(),
+        memory: staging.as_ref(),
+        can_start_fresh,
+    })?;
 
     if let Some(store) = &store {
         startup::release_network_locks(store, remote.as_ref());

@@ -33,21 +33,29 @@ impl StartError {
     }
 }
 
+/// What a start restores from, and whether it may start the app fresh instead.
+#[derive(Clone, Copy)]
+pub struct Start<'a> {
+    pub signals: &'a Signals,
+    pub config: &'a Config,
+    /// The image dir, when `imageDir` is set.
+    pub store: Option<&'a Store>,
+    pub remote: Option<&'a Remote>,
+    /// Memory staging (`storage.stagingDir` on tmpfs), where a download may be restored from.
+    pub memory: Option<&'a MemoryStaging>,
+    /// A command was given: the app can start fresh when there is nothing to restore.
+    pub can_start_fresh: bool,
+}
+
 /// Restores the newest checkpoint there is (storage's, downloaded, when newer than the image
 /// dir's). `None`: nothing to restore, or nothing could be, and the app starts fresh
 /// (`can_start_fresh`: a command was given). A checkpoint refused before anything of it was
 /// used (damaged, altered, a rollback) is quarantined and the next newest is tried, so that a
 /// forged or damaged newest checkpoint never costs the genuine state behind it.
-pub fn restore_newest(
-    signals: &Signals,
-    config: &Config,
-    store: Option<&Store>,
-    remote: Option<&Remote>,
-    memory: Option<&MemoryStaging>,
-    can_start_fresh: bool,
-) -> Result<Option<Restored>, StartError> {
+pub fn restore_newest(start: Start) -> Result<Option<Restored>, StartError> {
+    let Start { config, can_start_fresh, .. } = start;
     for refused in 0..MAX_REFUSED_AT_START {
-        match restore_newest_once(signals, config, store, remote, memory, can_start_fresh)? {
+        match restore_newest_once(start)? {
             // Nothing left after a refusal: no checkpoint was restored, onRestoreFailure decides.
             Attempt::Done(None) if refused > 0 => {
                 cold_start_or_fail(config, can_start_fresh, || {
@@ -81,14 +89,8 @@ enum Attempt {
     Refused,
 }
 
-fn restore_newest_once(
-    signals: &Signals,
-    config: &Config,
-    store: Option<&Store>,
-    remote: Option<&Remote>,
-    memory: Option<&MemoryStaging>,
-    can_start_fresh: bool,
-) -> Result<Attempt, StartError> {
+fn restore_newest_once(start: Start) -> Result<Attempt, StartError> {
+    let Start { signals, config, store, remote, memory, can_start_fresh } = start;
     let mut latest = match store {
         Some(store) => match latest_checkpoint(store) {
             Ok(found) => found.map(|c| (store, c)),
