@@ -95,17 +95,33 @@ def is_static(path):
     return all(struct.unpack_from("<I", table, i * phentsize)[0] != PT_INTERP for i in range(phnum))
 
 
-def package_of(path):
-    """The Debian package (name and version) a file belongs to, for CONTENTS."""
+def installed_version(pkg):
+    return run(["dpkg-query", "-W", "-f", "${Version}", pkg])
+
+
+def owner(pattern):
+    """The installed package (name, version) holding a file that `dpkg -S pattern` finds, or None."""
+    r = subprocess.run(["dpkg", "-S", pattern], capture_output=True, text=True)
+    owners = [l for l in r.stdout.splitlines() if r.returncode == 0 and not l.startswith("diversion")]
+    if not owners:
+        return None
+    pkg = owners[0].split(": ")[0].split(",")[0].split(":")[0]  # "libc6:amd64: /path"
+    return pkg, installed_version(pkg)
+
+
+def owner_of(path):
+    """The installed package (name, version) a file of this machine belongs to, or None."""
     real = os.path.realpath(path)
     for p in (path, real, real.replace("/usr/lib/", "/lib/", 1), real.replace("/usr/sbin/", "/sbin/", 1)):
-        r = subprocess.run(["dpkg", "-S", p], capture_output=True, text=True)
-        owners = [l for l in r.stdout.splitlines() if r.returncode == 0 and not l.startswith("diversion")]
-        if owners:
-            pkg = owners[0].split(": ")[0].split(",")[0].split(":")[0]  # "libc6:amd64: /path"
-            version = run(["dpkg-query", "-W", "-f", "${Version}", pkg])
-            return f"{pkg} {version}"
-    return "?"
+        found = owner(p)
+        if found:
+            return found
+    return None
+
+
+def package_of(path):
+    """The Debian package (name and version) a file belongs to, for CONTENTS."""
+    return " ".join(owner_of(path) or ("?",))
 
 
 class ForeignRoot:
@@ -186,12 +202,10 @@ def interpreter_of(elf):
 
 def host_package_of_soname(soname):
     """The package (and version) that holds `soname` on this machine, for its native architecture."""
-    r = subprocess.run(["dpkg", "-S", f"*/{ARCHES[NATIVE][1]}/{soname}"], capture_output=True, text=True)
-    owners = [l for l in r.stdout.splitlines() if r.returncode == 0 and not l.startswith("diversion")]
-    if not owners:
+    found = owner(f"*/{ARCHES[NATIVE][1]}/{soname}")
+    if found is None:
         raise SystemExit(f"bundle: no installed package holds {soname}, which CRIU loads: run scripts/setup.sh")
-    pkg = owners[0].split(": ")[0].split(",")[0].split(":")[0]
-    return pkg, run(["dpkg-query", "-W", "-f", "${Version}", pkg])
+    return found
 
 
 def foreign_criu(arch, scratch):
@@ -203,9 +217,8 @@ def foreign_criu(arch, scratch):
     root = ForeignRoot(arch, scratch)
     # The packages this machine's CRIU loads its libraries from, in one download; any library the
     # foreign build needs beyond them is looked up after.
-    native = {package_of(p).split(" ")[0] for p in needed(shutil.which("criu") or "/usr/sbin/criu")[0].values()}
-    version = lambda pkg: run(["dpkg-query", "-W", "-f", "${Version}", pkg])  # noqa: E731
-    root.unpack(("criu", version("criu")), *((p, version(p)) for p in sorted(native) if p != "?"))
+    native = {owner_of(p) for p in needed(shutil.which("criu") or "/usr/sbin/criu")[0].values()} - {None}
+    root.unpack(("criu", installed_version("criu")), *sorted(native))
     criu = root.existing("/sbin/criu")
     if criu is None:
         raise SystemExit(f"bundle: the criu:{arch} package has no /usr/sbin/criu")
@@ -300,7 +313,7 @@ def build(args, scratch):
 
     # The foreign CRIU cannot run here: its package's version says which CRIU it is.
     version = "CRIU " + (run([criu, "--version"]).split("\n")[0].replace("Version:", "").strip()
-                         if args.arch == NATIVE else run(["dpkg-query", "-W", "-f", "${Version}", "criu"]))
+                         if args.arch == NATIVE else installed_version("criu"))
     version += f", {args.arch}"
     total = 0
     lines = [f"# crik bundle for {PREFIX}: {version}", "# path\tbytes\tfrom"]
