@@ -100,6 +100,10 @@ pub struct Config {
     /// Start the app in an IPC namespace of its own, which CRIU then checkpoints with it: System
     /// V shared memory, semaphores and message queues (PostgreSQL) live in it.
     pub isolate_ipc: bool,
+    /// Start the app in a PID and mount namespace of its own, under a small init (`crik reap`)
+    /// that CRIU checkpoints with it: whatever the app daemonizes is re-parented to that init,
+    /// so it stays in the checkpointed tree, across any number of restores.
+    pub isolate_pids: bool,
     /// Processes the app daemonized (re-parented to crik, outside the tree CRIU dumps): `fail`
     /// the checkpoint, or `kill` them first.
     pub on_escaped_processes: OnEscapedProcesses,
@@ -435,6 +439,7 @@ impl Default for Config {
             lazy_pages: false,
             on_escaped_processes: OnEscapedProcesses::default(),
             isolate_ipc: false,
+            isolate_pids: false,
             storage: None,
             hooks: HooksConfig::default(),
             control_dir: None,

@@ -11,6 +11,7 @@ fn main() {
         Command::Inspect(args) => crik::cmd::inspect::run(args),
         Command::Keygen => crik::cmd::keygen(),
         Command::CopyBundle { dest } => crik::cmd::copy_bundle::copy_bundle(&dest),
+        Command::Reap { command } => crik::cmd::reap(&command),
     };
     let code = match result {
         Ok(code) => code,

@@ -56,6 +56,9 @@ pub(super) fn dump_into(
     // before or after, a file the app keeps writing would differ, and CRIU would refuse the
     // restore). If archiving fails, CRIU rolls back: the app keeps running.
     opts.set_notify_scripts(true);
+    if crate::host::procfs::own_mount_namespace(target.app.as_raw()) {
+        criu::own_mount_namespace(&mut opts, false);
+    }
     let mut on_dumped = how.on_dumped;
     let mut dumped_manifest = None;
     let mut on_notify = |script: &str| {

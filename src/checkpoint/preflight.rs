@@ -31,6 +31,13 @@ pub enum PreflightError {
         escaped.iter().map(|(p, c)| format!("{p} ({c})")).collect::<Vec<_>>().join(", ")
     )]
     Escaped { escaped: Vec<(i32, String)> },
+    /// A checkpoint CRIU would write but could not restore ("Can't find a session leader").
+    #[error(
+        "process {pid} ({name}) was adopted by {parent} ({parent_name}), a subreaper inside the app, \
+         after the leader of its session ({session}) exited: CRIU can restore such a process only \
+         as a child of the tree's root{hint}"
+    )]
+    LostSession { pid: i32, name: String, parent: i32, parent_name: String, session: i32, hint: &'static str },
 }
 
 /// Fails when a process of the app's tree holds what CRIU 4.2 cannot dump, or the tree lacks a
@@ -40,6 +47,7 @@ pub fn check(app: Pid, config: &Config) -> Result<Vec<i32>, PreflightError> {
     let table = ProcessTable::read();
     escaped(&table, app, config.on_escaped_processes)?;
     let pids = table.tree(app);
+    sessions_restorable(&pids, app, config.isolate_pids)?;
     other_users(&pids)?;
     if !config.isolate_ipc {
         system_v_shared_memory(&pids)?;
@@ -63,6 +71,48 @@ fn escaped(table: &ProcessTable, app: Pid, policy: OnEscapedProcesses) -> Result
     let pids: Vec<i32> = escaped.iter().map(|(p, _)| *p).collect();
     crate::init::app::kill_and_wait(&pids, std::time::Duration::from_secs(2));
     Ok(())
+}
+
+/// CRIU restores a process whose session leader has exited only if it hangs off the tree's
+/// root (it re-creates the leader there as a helper that exits at once) or below a process of
+/// its session. An orphan adopted by a subreaper deeper in the tree (`tini -s` under crik's
+/// reaper) is neither: CRIU would dump it and then fail every restore of that checkpoint.
+fn sessions_restorable(pids: &[i32], root: Pid, isolate_pids: bool) -> Result<(), PreflightError> {
+    use crate::host::procfs::Stat;
+    let stats: std::collections::HashMap<i32, Stat> =
+        pids.iter().filter_map(|&p| Some((p, Stat::of(p).filter(|s| !s.exited())?))).collect();
+    let lost = |&(&pid, st): &(&i32, &Stat)| {
+        if pid == root.as_raw() || st.session == pid || st.ppid == root.as_raw() {
+            return false;
+        }
+        // Up through the tree: a process of the same session, or its leader, keeps it restorable.
+        let mut up = st.ppid;
+        while let Some(s) = stats.get(&up) {
+            if up == st.session || s.session == st.session {
+                return false;
+            }
+            if up == root.as_raw() {
+                break;
+            }
+            up = s.ppid;
+        }
+        true
+    };
+    let Some((&pid, st)) = stats.iter().find(|e| lost(e)) else { return Ok(()) };
+    let comm = |p: i32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default().trim().to_string();
+    Err(PreflightError::LostSession {
+        pid,
+        name: comm(pid),
+        parent: st.ppid,
+        parent_name: comm(st.ppid),
+        session: st.session,
+        hint: if isolate_pids {
+            "; with isolatePids crik's reaper adopts orphans itself: run the subreaper without registering \
+             as one (tini without -s)"
+        } else {
+            "; set isolatePids: true and run the subreaper without registering as one (tini without -s)"
+        },
+    })
 }
 
 /// Processes of another user than crik, when crik lacks what CRIU needs for them.

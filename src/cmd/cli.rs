@@ -67,6 +67,13 @@ pub enum Command {
         /// An existing directory, mounted at /opt/crik in the app's container
         dest: PathBuf,
     },
+    /// The init of the app's own PID namespace (`isolatePids`), started by `crik run`
+    #[command(hide = true)]
+    Reap {
+        /// The app and its arguments
+        #[arg(value_name = "CMD", trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<OsString>,
+    },
 }
 
 const COPY_BUNDLE_AFTER: &str = "\

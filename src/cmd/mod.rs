@@ -136,6 +136,11 @@ pub(crate) fn check_criu(signals: &Signals) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// `crik reap -- CMD`: the init of the app's PID namespace (`isolatePids`), started by `crik run`.
+pub fn reap(command: &[std::ffi::OsString]) -> Result<i32, Fatal> {
+    Ok(crate::init::reaper::run(command))
+}
+
 /// `crik keygen`: a new key file's line on stdout.
 pub fn keygen() -> Result<i32, Fatal> {
     let text = crate::seal::Key::generate().map_err(|e| Fatal::failed("cannot make a key", e))?;

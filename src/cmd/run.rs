@@ -55,8 +55,12 @@ pub fn run(args: RunArgs) -> Result<i32, Fatal> {
                         .into(),
                 ));
             }
-            app::reserve_low_pids();
-            let pid = app::spawn_app(&signals, &args.command, config.isolate_ipc)?;
+            // In a PID namespace of its own the app's PIDs are free at any restore.
+            if !config.isolate_pids {
+                app::reserve_low_pids();
+            }
+            let isolation = app::Isolation { ipc: config.isolate_ipc, pids: config.isolate_pids };
+            let pid = app::spawn_app(&signals, &args.command, isolation)?;
             log::info!("started {:?} as pid {pid}", args.command);
             (pid, to_strings(&args.command), Vec::new())
         }

@@ -32,6 +32,16 @@ pub(crate) fn entries(path: &Path) -> Result<Vec<Vec<u8>>, ImageError> {
     Ok(entries.into_iter().map(<[u8]>::to_vec).collect())
 }
 
+/// Whether the checkpointed tree has a mount namespace of its own (`isolatePids`): CRIU then
+/// wrote its mounts (`mountpoints-<id>.img`), and restoring it needs a root and its external
+/// mounts ([`crate::criu::own_mount_namespace`]).
+pub fn has_mount_namespace(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("mountpoints-") && n.ends_with(".img")))
+    })
+}
+
 /// Every entry of an image file, decoded as `M` (CRIU's message for that image).
 fn read<M: Message>(path: &Path) -> Result<Vec<M>, ImageError> {
     entries(path)?

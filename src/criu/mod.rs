@@ -520,6 +520,21 @@ fn push_ext_mounts(o: &mut rpc::Criu_opts, pairs: impl IntoIterator<Item = (Stri
     }
 }
 
+/// For a tree in a mount namespace of its own (`isolatePids`), at dump and at restore. Its
+/// mounts are copies of crik's, made when the reaper started, but for its own /proc: CRIU finds
+/// each in crik's namespace and records it as external (`auto_ext_mnt`, keyed by its path
+/// there), and at restore binds this container's mount at that path again. The new namespace's
+/// root is crik's root. The tree's /proc is dumped and mounted anew, for the restored PID
+/// namespace.
+pub fn own_mount_namespace(o: &mut rpc::Criu_opts, restore: bool) {
+    o.set_auto_ext_mnt(true);
+    o.set_ext_sharing(true);
+    o.set_ext_masters(true);
+    if restore {
+        o.set_root("/".into());
+    }
+}
+
 /// Restore options; the tree becomes a child of the caller (restore-sibling mode).
 pub fn restore_opts(
     images_dir: &File,

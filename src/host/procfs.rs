@@ -15,6 +15,8 @@ pub struct Stat {
     /// R, S, D, Z, X, ...
     pub state: char,
     pub ppid: i32,
+    /// The session ID: the PID of the session's leader (who may have exited).
+    pub session: i32,
 }
 
 impl Stat {
@@ -28,7 +30,9 @@ impl Stat {
         let mut rest = line.rsplit_once(')')?.1.split_whitespace();
         let state = rest.next()?.chars().next()?;
         let ppid = rest.next()?.parse().ok()?;
-        Some(Stat { state, ppid })
+        let _pgrp = rest.next()?;
+        let session = rest.next()?.parse().ok()?;
+        Some(Stat { state, ppid, session })
     }
 
     /// Exited: a zombie (its files already closed) or dead.
@@ -52,6 +56,15 @@ pub fn reopen_options(flags: i32) -> OpenOptions {
     opts
 }
 
+/// Whether process `pid` is in another mount namespace than crik (the reaper's, `isolatePids`).
+pub fn own_mount_namespace(pid: i32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    match (ns(&pid.to_string()), ns("self")) {
+        (Some(theirs), Some(ours)) => theirs != ours,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,7 +72,7 @@ mod tests {
     #[test]
     fn stat_is_read_after_the_command_name() {
         let s = Stat::parse("42 (a (b) c) Z 7 42 42 0 -1 4194560 ...").unwrap();
-        assert_eq!(s, Stat { state: 'Z', ppid: 7 });
+        assert_eq!(s, Stat { state: 'Z', ppid: 7, session: 42 });
         assert!(s.exited());
         assert_eq!(Stat::parse("42 (x"), None);
         let me = Stat::of(std::process::id() as i32).unwrap();

@@ -91,10 +91,31 @@ impl SpawnError {
     }
 }
 
-/// Starts the app in its own session with stdin, stdout and stderr passed through.
-/// With `isolate_ipc`, the app gets an IPC namespace of its own (CRIU dumps and restores it with
-/// the app: System V shared memory, semaphores, message queues).
-pub fn spawn_app(signals: &Signals, argv: &[OsString], isolate_ipc: bool) -> Result<Pid, SpawnError> {
+/// Namespaces of its own the app is started in, which CRIU then checkpoints with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Isolation {
+    /// An IPC namespace: System V shared memory, semaphores, message queues (`isolateIpc`).
+    pub ipc: bool,
+    /// A PID and mount namespace under crik's reaper (`isolatePids`, [`crate::init::reaper`]).
+    pub pids: bool,
+}
+
+/// Starts the app in its own session with stdin, stdout and stderr passed through; with
+/// `isolation.pids`, under `crik reap` as the init of a PID namespace of its own.
+pub fn spawn_app(signals: &Signals, argv: &[OsString], isolation: Isolation) -> Result<Pid, SpawnError> {
+    if isolation.pids {
+        spawn_reaper(signals, argv, isolation.ipc)
+    } else {
+        spawn_command(signals, argv, isolation.ipc)
+    }
+}
+
+/// Starts `argv` in its own session (the reaper starting the app).
+pub fn spawn_plain(signals: &Signals, argv: &[OsString]) -> Result<Pid, SpawnError> {
+    spawn_command(signals, argv, false)
+}
+
+fn spawn_command(signals: &Signals, argv: &[OsString], isolate_ipc: bool) -> Result<Pid, SpawnError> {
     let name = argv[0].to_string_lossy().into_owned();
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
@@ -130,6 +151,84 @@ pub fn spawn_app(signals: &Signals, argv: &[OsString], isolate_ipc: bool) -> Res
     }
 }
 
+/// What the child of [`spawn_reaper`] needs, all prepared before `clone`: it only calls
+/// async-signal-safe functions (crik may have threads; the child has one).
+struct ReaperExec<'a> {
+    signals: &'a Signals,
+    exe: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    /// Close-on-exec: the child writes its errno here when it cannot exec.
+    error_fd: libc::c_int,
+}
+
+/// Starts `crik reap -- argv` (this binary) as the init of a new PID and mount namespace (and
+/// IPC namespace with `isolate_ipc`). `clone` rather than fork + `unshare`: `unshare(NEWPID)`
+/// would put only the reaper's children in the new namespace.
+fn spawn_reaper(signals: &Signals, argv: &[OsString], isolate_ipc: bool) -> Result<Pid, SpawnError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let failed = |e: io::Error| SpawnError::Other("crik reap (isolatePids)".into(), e);
+    let c = |s: &[u8]| CString::new(s).map_err(|_| failed(io::Error::from(io::ErrorKind::InvalidInput)));
+    let exe = c(std::env::current_exe().map_err(failed)?.as_os_str().as_bytes())?;
+    let mut args = vec![c(b"crik")?, c(b"reap")?, c(b"--")?];
+    for a in argv {
+        args.push(c(a.as_bytes())?);
+    }
+    let mut env = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        env.push(c(&[k.as_bytes(), b"=", v.as_bytes()].concat())?);
+    }
+    let null_terminated = |v: &[CString]| v.iter().map(|s| s.as_ptr()).chain([std::ptr::null()]).collect::<Vec<_>>();
+    let (argv_p, envp_p) = (null_terminated(&args), null_terminated(&env));
+    let (error_r, error_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| failed(e.into()))?;
+    let exec = ReaperExec {
+        signals,
+        exe: exe.as_ptr(),
+        argv: argv_p.as_ptr(),
+        envp: envp_p.as_ptr(),
+        error_fd: std::os::fd::AsRawFd::as_raw_fd(&error_w),
+    };
+    extern "C" fn start(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` is the ReaperExec below, in this child's copy of crik's memory.
+        let exec = unsafe { &*(arg as *const ReaperExec) };
+        let errno = match exec.signals.setup_in_child() {
+            Err(e) => e.raw_os_error().unwrap_or(libc::EINVAL),
+            Ok(()) => {
+                // SAFETY: NUL-terminated strings and NULL-terminated arrays, prepared above.
+                unsafe { libc::execve(exec.exe, exec.argv, exec.envp) };
+                nix::errno::Errno::last_raw()
+            }
+        };
+        // SAFETY: write and _exit are async-signal-safe.
+        unsafe {
+            libc::write(exec.error_fd, (&errno as *const i32).cast(), 4);
+            libc::_exit(127)
+        }
+    }
+    let mut flags = libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::SIGCHLD;
+    if isolate_ipc {
+        flags |= libc::CLONE_NEWIPC;
+    }
+    // Without CLONE_VM the child runs on its own copy of this stack.
+    let mut stack = vec![0u128; 4096]; // 64 KiB, 16-byte aligned
+    let top = stack.as_mut_ptr_range().end.cast::<libc::c_void>();
+    // SAFETY: `start` only reads `exec` and calls async-signal-safe functions before exec.
+    let pid = unsafe { libc::clone(start, top, flags, (&exec as *const ReaperExec).cast_mut().cast()) };
+    if pid < 0 {
+        return Err(failed(io::Error::last_os_error()));
+    }
+    drop(error_w);
+    let mut errno = [0u8; 4];
+    match nix::unistd::read(&error_r, &mut errno) {
+        Ok(4) => {
+            let _ = waitpid(Pid::from_raw(pid), None);
+            Err(failed(io::Error::from_raw_os_error(i32::from_ne_bytes(errno))))
+        }
+        _ => Ok(Pid::from_raw(pid)),
+    }
+}
+
 /// crik's stdin/stdout/stderr that are files on a mount outside this mount namespace (e.g.
 /// /dev/null opened by whoever started crik, before `unshare`), reopened here by path. CRIU
 /// cannot dump an fd whose mount it cannot see ("Can't lookup mount"), so the app must not
@@ -150,6 +249,15 @@ pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
         let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
         match crate::host::procfs::reopen_options(flags).open(&path) {
             Ok(f) => {
+                // Where the original was: an app appending to crik's log file must not
+                // overwrite it from the start (a device or pipe has no offset: ignored).
+                // SAFETY: lseek on fds this function owns or borrows.
+                unsafe {
+                    let at = libc::lseek(fd, 0, libc::SEEK_CUR);
+                    if at > 0 {
+                        libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), at, libc::SEEK_SET);
+                    }
+                }
                 log::debug!(
                     "fd {fd} ({}) is on a mount outside this namespace; the app gets it reopened",
                     path.display()

@@ -2,4 +2,5 @@
 //! it, every orphan reaped, and the app's exit status passed on.
 
 pub mod app;
+pub mod reaper;
 pub mod supervisor;

@@ -82,16 +82,7 @@ impl Signals {
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                reset_signals(&original)?;
-                if new_session && libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // Mark (not close) every fd above 2 close-on-exec: std's own exec-error pipe
-                // must stay open until exec. A stray fd from another mount namespace would
-                // make a later CRIU dump fail.
-                if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                child_setup(&original, new_session)?;
                 for &fd in &keep_fds {
                     if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                         return Err(io::Error::last_os_error());
@@ -101,6 +92,29 @@ impl Signals {
             });
         }
     }
+
+    /// What [`Signals::prepare_child`] does before `exec`, for a child started otherwise
+    /// (`clone`): async-signal-safe.
+    pub fn setup_in_child(&self) -> io::Result<()> {
+        child_setup(&self.original, true)
+    }
+}
+
+/// Async-signal-safe: the original mask and default dispositions, a new session if asked, and
+/// every fd above 2 marked (not closed) close-on-exec: std's own exec-error pipe must stay open
+/// until exec. A stray fd from another mount namespace would make a later CRIU dump fail.
+fn child_setup(original: &SigSet, new_session: bool) -> io::Result<()> {
+    reset_signals(original)?;
+    // SAFETY: plain libc calls with integer arguments.
+    unsafe {
+        if new_session && libc::setsid() < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Every signal but the crash ones: blocked in crik, taken synchronously.

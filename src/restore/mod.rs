@@ -173,6 +173,9 @@ pub fn restore(signals: &Signals, config: &Config, store: &Store, ckpt: &Checkpo
     };
     let mut opts = criu::restore_opts(&dir, established, lazy_daemon.is_some(), &config.external_mounts);
     opts.set_notify_scripts(true);
+    if crate::criu::images::has_mount_namespace(&images) {
+        criu::own_mount_namespace(&mut opts, true);
+    }
     let mut pages_verdict: Option<Result<Duration, RestoreError>> = None;
     let mut on_notify = |script: &str| {
         if script != "post-restore" {

@@ -429,3 +429,85 @@ fn system_v_shared_memory_needs_isolate_ipc_and_then_comes_back() {
     c.expect_line(SHORT, "it goes on", |l| sysv(l).is_some_and(|n| n >= last + 3));
     c.expect_event("restore_finished", &[]);
 }
+
+/// An app that daemonizes a helper the way crashpad does: a session leader forks it and exits,
+/// so the helper is an orphan whose session leader is dead. Both print what they count, and the
+/// app checks that /proc agrees with its PID.
+const DAEMONIZING_APP: &str = r#"
+setsid sh -c 'sh -c "j=0; while :; do j=\$((j+1)); echo daemon \$j; sleep 0.1; done" & exit 0'
+i=0
+while :; do
+  i=$((i+1)); echo "count $i"
+  grep -q daemonizing /proc/$$/cmdline && echo "proc agrees" || echo "proc disagrees"
+  sleep 0.1
+done
+"#;
+
+fn daemon_count(line: &str) -> Option<u64> {
+    line.strip_prefix("daemon ")?.parse().ok()
+}
+
+fn last_daemon_count(lines: &[String]) -> u64 {
+    lines.iter().rev().find_map(|l| daemon_count(l)).expect("the daemon printed nothing")
+}
+
+/// Issue #25: under tini (a subreaper) the orphan stays in the app's tree for one cycle only:
+/// at restore CRIU re-creates its dead session leader as a helper that exits before tini is a
+/// subreaper again, so the orphan lands on crik and the next checkpoint refuses. With
+/// `isolatePids` the app's PID namespace has crik's reaper as its init, which adopts it at every
+/// restore: three cycles, the app's and the daemon's counts carry on exactly, nothing killed.
+/// There tini must not register as a subreaper (no `-s`): CRIU cannot restore an orphan with a
+/// dead session leader below the tree's root, and crik refuses that checkpoint, saying so.
+#[test]
+fn a_daemonized_helper_stays_in_the_tree_across_three_cycles_with_isolate_pids() {
+    let s = Scratch::new("isolate-pids");
+    let app = s.write_script("daemonizing.sh", DAEMONIZING_APP);
+    let app = app.to_str().unwrap();
+    let (subreaper, plain_tini) = (["tini", "-s", "--", "sh", app], ["tini", "--", "sh", app]);
+
+    // Without: the second checkpoint fails, naming the orphan.
+    let plain = s.config("");
+    let mut c = Container::start(Spec::run(Some(&plain), &subreaper));
+    c.expect_line(LONG, "the daemon", |l| daemon_count(l) == Some(3));
+    checkpoint(&mut c);
+    let mut c = Container::start(Spec::run(Some(&plain), &subreaper));
+    c.expect_event_eventually("restore_finished");
+    c.expect_line(LONG, "the daemon", |l| daemon_count(l).is_some());
+    c.signal(libc::SIGTERM);
+    c.wait(LONG);
+    assert!(c.stderr().contains("left its tree"), "the old way should refuse the second checkpoint\n{}", c.stderr());
+    let _ = std::fs::remove_dir_all(s.images());
+
+    let cfg = s.config("isolatePids: true\n");
+    // tini -s under the reaper: refused before the dump rather than written unrestorable.
+    let mut c = Container::start(Spec::run(Some(&cfg), &subreaper));
+    c.expect_line(LONG, "the daemon", |l| daemon_count(l) == Some(3));
+    c.signal(libc::SIGTERM);
+    c.wait(LONG);
+    assert!(
+        c.stderr().contains("a subreaper inside the app") && c.stderr().contains("tini without -s"),
+        "{}",
+        c.stderr()
+    );
+    assert!(s.checkpoints().is_empty());
+
+    // Three cycles.
+    let mut c = Container::start(Spec::run(Some(&cfg), &plain_tini));
+    c.expect_line(LONG, "the daemon", |l| daemon_count(l) == Some(3));
+    assert_eq!(c.expect_line(SHORT, "proc", |l| l.starts_with("proc ")), "proc agrees", "{}", c.stderr());
+    for cycle in 1..=3 {
+        let seen = checkpoint(&mut c);
+        let (last, last_daemon) = (last_count(&seen), last_daemon_count(&seen));
+        c = Container::start(Spec::run(Some(&cfg), &plain_tini));
+        c.expect_event_eventually("restore_finished");
+        c.expect_line(LONG, "a daemon count", |l| daemon_count(l).is_some());
+        c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+        let first_count = c.stdout_seen.iter().find_map(|l| count_of(l));
+        let first_daemon = c.stdout_seen.iter().find_map(|l| daemon_count(l));
+        assert_eq!(first_count, Some(last + 1), "cycle {cycle}: the app's count\n{}", c.stderr());
+        assert_eq!(first_daemon, Some(last_daemon + 1), "cycle {cycle}: the daemon's count\n{}", c.stderr());
+        assert_eq!(c.expect_line(SHORT, "proc", |l| l.starts_with("proc ")), "proc agrees");
+        assert!(!c.stderr().contains("escaped") && !c.stderr().contains("killed"), "{}", c.stderr());
+    }
+    c.kill();
+}

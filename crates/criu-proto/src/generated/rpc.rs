@@ -501,6 +501,8 @@ pub struct Criu_opts {
     pub log_level: ::std::option::Option<i32>,
     // @@protoc_insertion_point(field:criu_opts.log_file)
     pub log_file: ::std::option::Option<::std::string::String>,
+    // @@protoc_insertion_point(field:criu_opts.root)
+    pub root: ::std::option::Option<::std::string::String>,
     // @@protoc_insertion_point(field:criu_opts.ps)
     pub ps: ::protobuf::MessageField<Criu_page_server_info>,
     // @@protoc_insertion_point(field:criu_opts.notify_scripts)
@@ -515,6 +517,12 @@ pub struct Criu_opts {
     pub rst_sibling: ::std::option::Option<bool>,
     // @@protoc_insertion_point(field:criu_opts.inherit_fd)
     pub inherit_fd: ::std::vec::Vec<Inherit_fd>,
+    // @@protoc_insertion_point(field:criu_opts.auto_ext_mnt)
+    pub auto_ext_mnt: ::std::option::Option<bool>,
+    // @@protoc_insertion_point(field:criu_opts.ext_sharing)
+    pub ext_sharing: ::std::option::Option<bool>,
+    // @@protoc_insertion_point(field:criu_opts.ext_masters)
+    pub ext_masters: ::std::option::Option<bool>,
     // @@protoc_insertion_point(field:criu_opts.manage_cgroups_mode)
     pub manage_cgroups_mode: ::std::option::Option<::protobuf::EnumOrUnknown<Criu_cg_mode>>,
     // @@protoc_insertion_point(field:criu_opts.ghost_limit)
@@ -737,6 +745,42 @@ impl Criu_opts {
         self.log_file.take().unwrap_or_else(|| ::std::string::String::new())
     }
 
+    // optional string root = 13;
+
+    pub fn root(&self) -> &str {
+        match self.root.as_ref() {
+            Some(v) => v,
+            None => "",
+        }
+    }
+
+    pub fn clear_root(&mut self) {
+        self.root = ::std::option::Option::None;
+    }
+
+    pub fn has_root(&self) -> bool {
+        self.root.is_some()
+    }
+
+    // Param is passed by value, moved
+    pub fn set_root(&mut self, v: ::std::string::String) {
+        self.root = ::std::option::Option::Some(v);
+    }
+
+    // Mutable pointer to the field.
+    // If field is not initialized, it is initialized with default value first.
+    pub fn mut_root(&mut self) -> &mut ::std::string::String {
+        if self.root.is_none() {
+            self.root = ::std::option::Option::Some(::std::string::String::new());
+        }
+        self.root.as_mut().unwrap()
+    }
+
+    // Take field
+    pub fn take_root(&mut self) -> ::std::string::String {
+        self.root.take().unwrap_or_else(|| ::std::string::String::new())
+    }
+
     // optional bool notify_scripts = 12;
 
     pub fn notify_scripts(&self) -> bool {
@@ -811,6 +855,63 @@ impl Criu_opts {
     // Param is passed by value, moved
     pub fn set_rst_sibling(&mut self, v: bool) {
         self.rst_sibling = ::std::option::Option::Some(v);
+    }
+
+    // optional bool auto_ext_mnt = 28;
+
+    pub fn auto_ext_mnt(&self) -> bool {
+        self.auto_ext_mnt.unwrap_or(false)
+    }
+
+    pub fn clear_auto_ext_mnt(&mut self) {
+        self.auto_ext_mnt = ::std::option::Option::None;
+    }
+
+    pub fn has_auto_ext_mnt(&self) -> bool {
+        self.auto_ext_mnt.is_some()
+    }
+
+    // Param is passed by value, moved
+    pub fn set_auto_ext_mnt(&mut self, v: bool) {
+        self.auto_ext_mnt = ::std::option::Option::Some(v);
+    }
+
+    // optional bool ext_sharing = 29;
+
+    pub fn ext_sharing(&self) -> bool {
+        self.ext_sharing.unwrap_or(false)
+    }
+
+    pub fn clear_ext_sharing(&mut self) {
+        self.ext_sharing = ::std::option::Option::None;
+    }
+
+    pub fn has_ext_sharing(&self) -> bool {
+        self.ext_sharing.is_some()
+    }
+
+    // Param is passed by value, moved
+    pub fn set_ext_sharing(&mut self, v: bool) {
+        self.ext_sharing = ::std::option::Option::Some(v);
+    }
+
+    // optional bool ext_masters = 30;
+
+    pub fn ext_masters(&self) -> bool {
+        self.ext_masters.unwrap_or(false)
+    }
+
+    pub fn clear_ext_masters(&mut self) {
+        self.ext_masters = ::std::option::Option::None;
+    }
+
+    pub fn has_ext_masters(&self) -> bool {
+        self.ext_masters.is_some()
+    }
+
+    // Param is passed by value, moved
+    pub fn set_ext_masters(&mut self, v: bool) {
+        self.ext_masters = ::std::option::Option::Some(v);
     }
 
     // optional .criu_cg_mode manage_cgroups_mode = 34;
@@ -1008,6 +1109,9 @@ impl ::protobuf::Message for Criu_opts {
                 82 => {
                     self.log_file = ::std::option::Option::Some(is.read_string()?);
                 },
+                106 => {
+                    self.root = ::std::option::Option::Some(is.read_string()?);
+                },
                 90 => {
                     ::protobuf::rt::read_singular_message_into_field(is, &mut self.ps)?;
                 },
@@ -1028,6 +1132,15 @@ impl ::protobuf::Message for Criu_opts {
                 },
                 218 => {
                     self.inherit_fd.push(is.read_message()?);
+                },
+                224 => {
+                    self.auto_ext_mnt = ::std::option::Option::Some(is.read_bool()?);
+                },
+                232 => {
+                    self.ext_sharing = ::std::option::Option::Some(is.read_bool()?);
+                },
+                240 => {
+                    self.ext_masters = ::std::option::Option::Some(is.read_bool()?);
                 },
                 272 => {
                     self.manage_cgroups_mode = ::std::option::Option::Some(is.read_enum_or_unknown()?);
@@ -1095,6 +1208,9 @@ impl ::protobuf::Message for Criu_opts {
         if let Some(v) = self.log_file.as_ref() {
             my_size += ::protobuf::rt::string_size(10, &v);
         }
+        if let Some(v) = self.root.as_ref() {
+            my_size += ::protobuf::rt::string_size(13, &v);
+        }
         if let Some(v) = self.ps.as_ref() {
             let len = v.compute_size();
             my_size += 1 + ::protobuf::rt::compute_raw_varint64_size(len) + len;
@@ -1119,6 +1235,15 @@ impl ::protobuf::Message for Criu_opts {
             let len = value.compute_size();
             my_size += 2 + ::protobuf::rt::compute_raw_varint64_size(len) + len;
         };
+        if let Some(v) = self.auto_ext_mnt {
+            my_size += 2 + 1;
+        }
+        if let Some(v) = self.ext_sharing {
+            my_size += 2 + 1;
+        }
+        if let Some(v) = self.ext_masters {
+            my_size += 2 + 1;
+        }
         if let Some(v) = self.manage_cgroups_mode {
             my_size += ::protobuf::rt::int32_size(34, v.value());
         }
@@ -1179,6 +1304,9 @@ impl ::protobuf::Message for Criu_opts {
         if let Some(v) = self.log_file.as_ref() {
             os.write_string(10, v)?;
         }
+        if let Some(v) = self.root.as_ref() {
+            os.write_string(13, v)?;
+        }
         if let Some(v) = self.ps.as_ref() {
             ::protobuf::rt::write_message_field_with_cached_size(11, v, os)?;
         }
@@ -1200,6 +1328,15 @@ impl ::protobuf::Message for Criu_opts {
         for v in &self.inherit_fd {
             ::protobuf::rt::write_message_field_with_cached_size(27, v, os)?;
         };
+        if let Some(v) = self.auto_ext_mnt {
+            os.write_bool(28, v)?;
+        }
+        if let Some(v) = self.ext_sharing {
+            os.write_bool(29, v)?;
+        }
+        if let Some(v) = self.ext_masters {
+            os.write_bool(30, v)?;
+        }
         if let Some(v) = self.manage_cgroups_mode {
             os.write_enum(34, ::protobuf::EnumOrUnknown::value(&v))?;
         }
@@ -1253,6 +1390,7 @@ impl ::protobuf::Message for Criu_opts {
         self.file_locks = ::std::option::Option::None;
         self.log_level = ::std::option::Option::None;
         self.log_file = ::std::option::Option::None;
+        self.root = ::std::option::Option::None;
         self.ps.clear();
         self.notify_scripts = ::std::option::Option::None;
         self.cpu_cap = ::std::option::Option::None;
@@ -1260,6 +1398,9 @@ impl ::protobuf::Message for Criu_opts {
         self.manage_cgroups = ::std::option::Option::None;
         self.rst_sibling = ::std::option::Option::None;
         self.inherit_fd.clear();
+        self.auto_ext_mnt = ::std::option::Option::None;
+        self.ext_sharing = ::std::option::Option::None;
+        self.ext_masters = ::std::option::Option::None;
         self.manage_cgroups_mode = ::std::option::Option::None;
         self.ghost_limit = ::std::option::Option::None;
         self.irmap_scan_paths.clear();
@@ -1283,6 +1424,7 @@ impl ::protobuf::Message for Criu_opts {
             file_locks: ::std::option::Option::None,
             log_level: ::std::option::Option::None,
             log_file: ::std::option::Option::None,
+            root: ::std::option::Option::None,
             ps: ::protobuf::MessageField::none(),
             notify_scripts: ::std::option::Option::None,
             cpu_cap: ::std::option::Option::None,
@@ -1290,6 +1432,9 @@ impl ::protobuf::Message for Criu_opts {
             manage_cgroups: ::std::option::Option::None,
             rst_sibling: ::std::option::Option::None,
             inherit_fd: ::std::vec::Vec::new(),
+            auto_ext_mnt: ::std::option::Option::None,
+            ext_sharing: ::std::option::Option::None,
+            ext_masters: ::std::option::Option::None,
             manage_cgroups_mode: ::std::option::Option::None,
             ghost_limit: ::std::option::Option::None,
             irmap_scan_paths: ::std::vec::Vec::new(),
