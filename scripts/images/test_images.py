@@ -25,7 +25,7 @@ WORK = os.path.join(REPO, "target", "test-images")
 # name -> Debian packages on top of the base root.
 APPS = {
     "base": [],
-    "chromium": ["chromium", "fonts-dejavu-core"],
+    "chromium": ["chromium", "fonts-dejavu-core", "tini"],
     "jvm": ["openjdk-17-jdk-headless"],
     "node": ["nodejs"],
     "memcached": ["memcached"],

@@ -72,6 +72,8 @@ pub fn run(command: &[OsString]) -> i32 {
             return e.exit_code();
         }
     };
+    // As crik does: the start-up code is not needed again.
+    supervisor::release_startup_text();
     // SIGTERM too goes to the app: checkpoints are crik's business, outside this namespace.
     supervisor::supervise(&signals, main, &mut |_| TermAction::Forward, None)
 }

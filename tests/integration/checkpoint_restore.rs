@@ -430,27 +430,6 @@ fn system_v_shared_memory_needs_isolate_ipc_and_then_comes_back() {
     c.expect_event("restore_finished", &[]);
 }
 
-/// An app that daemonizes a helper the way crashpad does: a session leader forks it and exits,
-/// so the helper is an orphan whose session leader is dead. Both print what they count, and the
-/// app checks that /proc agrees with its PID.
-const DAEMONIZING_APP: &str = r#"
-setsid sh -c 'sh -c "j=0; while :; do j=\$((j+1)); echo daemon \$j; sleep 0.1; done" & exit 0'
-i=0
-while :; do
-  i=$((i+1)); echo "count $i"
-  grep -q daemonizing /proc/$$/cmdline && echo "proc agrees" || echo "proc disagrees"
-  sleep 0.1
-done
-"#;
-
-fn daemon_count(line: &str) -> Option<u64> {
-    line.strip_prefix("daemon ")?.parse().ok()
-}
-
-fn last_daemon_count(lines: &[String]) -> u64 {
-    lines.iter().rev().find_map(|l| daemon_count(l)).expect("the daemon printed nothing")
-}
-
 /// Issue #25: under tini (a subreaper) the orphan stays in the app's tree for one cycle only:
 /// at restore CRIU re-creates its dead session leader as a helper that exits before tini is a
 /// subreaper again, so the orphan lands on crik and the next checkpoint refuses. With
@@ -461,8 +440,8 @@ fn last_daemon_count(lines: &[String]) -> u64 {
 #[test]
 fn a_daemonized_helper_stays_in_the_tree_across_three_cycles_with_isolate_pids() {
     let s = Scratch::new("isolate-pids");
-    let app = s.write_script("daemonizing.sh", DAEMONIZING_APP);
-    let app = app.to_str().unwrap();
+    let app = workload("daemonizing.sh");
+    let app = app.as_str();
     let (subreaper, plain_tini) = (["tini", "-s", "--", "sh", app], ["tini", "--", "sh", app]);
 
     // Without: the second checkpoint fails, naming the orphan.

@@ -333,6 +333,24 @@ fn headless_chromium_streams_to_storage_and_comes_back_on_another_node() {
     chromium_two_cycles(node, streamed, |c| drop(c.expect_event("download_finished")));
 }
 
+/// Issue #25's case: headless Chromium under tini, whose crashpad handler daemonizes. With
+/// `isolatePids` (and tini not registering as a subreaper: crik's reaper adopts orphans), the
+/// tab counts on across three cycles and nothing is killed (no `onEscapedProcesses: kill`).
+#[test]
+fn headless_chromium_under_tini_keeps_its_daemonized_helpers_across_three_cycles() {
+    let s = Scratch::new("podman-chromium-tini");
+    let pod = || {
+        let mut pod = Pod::new(&image("chromium"), RUNTIMES[1], &s.dir, "additionalPaths: [/tmp]\nisolatePids: true\n");
+        pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
+        pod
+    };
+    let nothing_killed = |c: &crate::common::podman::Container| {
+        let log = c.logs().1;
+        assert!(!log.contains("escaped_killed") && !log.contains("left its tree"), "{log}");
+    };
+    chromium_cycles(3, &["tini", "--"], |_| pod(), nothing_killed, nothing_killed);
+}
+
 /// Chromium's pod (least privilege) with its volume and config under `dir`.
 fn chromium_pod(dir: &std::path::Path, config: &str) -> Pod {
     let config = format!("additionalPaths: [/tmp]\nonEscapedProcesses: kill\n{config}");
@@ -348,13 +366,25 @@ fn chromium_two_cycles(
     stopped: impl Fn(&crate::common::podman::Container),
     restored: impl Fn(&crate::common::podman::Container),
 ) {
+    chromium_cycles(2, &[], pod_for, stopped, restored);
+}
+
+/// `cycles` cycles of the counting tab, Chromium started by `init` (e.g. tini) if given.
+fn chromium_cycles(
+    cycles: u32,
+    init: &[&str],
+    pod_for: impl Fn(u32) -> Pod,
+    stopped: impl Fn(&crate::common::podman::Container),
+    restored: impl Fn(&crate::common::podman::Container),
+) {
     let mut cmd = vec!["run", "--"];
+    cmd.extend(init);
     cmd.extend(CHROMIUM);
     cmd.push("file:///workloads/counter.html");
     let mut c = pod_for(0).start(&cmd);
     assert!(eventually(LONG, || devtools(&c, "window.counter").as_u64().unwrap_or(0) >= 10), "{}", c.logs().1);
     let first_tick = devtools(&c, "window.ticks[0]");
-    for cycle in 1..=2 {
+    for cycle in 1..=cycles {
         let before = devtools(&c, "window.counter").as_u64().unwrap();
         assert_eq!(c.stop(GRACE), 0, "cycle {cycle}: {}", c.logs().1);
         c.expect_event("checkpoint_finished");
@@ -409,4 +439,43 @@ fn recipe_chromium_collects_its_garbage_before_the_checkpoint() {
         gc >> 20
     );
     assert!(gc < plain, "the collection made the checkpoint no smaller: {gc} vs {plain} bytes");
+}
+
+/// `isolatePids` in real containers, under runc and crun with the least privilege: the app
+/// (tests/workloads/daemonizing.sh) daemonizes a helper whose session leader exits; the reaper's
+/// own /proc agrees with the app's PIDs and keeps the runtime's read-only /proc/sys; the app's
+/// and the helper's counts carry on exactly across three cycles, nothing killed.
+#[test]
+fn isolated_pids_keep_a_daemonized_helper_across_three_cycles_under_runc_and_crun() {
+    for runtime in RUNTIMES {
+        let s = Scratch::new(&format!("podman-isolated-{runtime}"));
+        let mut pod = Pod::new(&image("base"), runtime, &s.dir, "isolatePids: true\n");
+        pod.run_args = LEAST_PRIVILEGE.map(String::from).to_vec();
+        let cmd = ["run", "--", "sh", "/workloads/daemonizing.sh"];
+        let mut c = pod.start(&cmd);
+        c.expect_line(LONG, "the daemon", |l| daemon_count(l) == Some(3));
+        for cycle in 0..=3 {
+            let lines = c.stdout_lines();
+            assert!(lines.iter().any(|l| l == "proc agrees"), "{runtime} cycle {cycle}: {lines:?}");
+            assert!(!lines.iter().any(|l| l == "proc disagrees"), "{runtime} cycle {cycle}: {lines:?}");
+            let masked = |l: &String| l.starts_with("proc/sys read-only: ");
+            let masks: Vec<&String> = lines.iter().filter(|l| masked(l)).collect();
+            assert!(!masks.is_empty() && masks.iter().all(|l| *l == "proc/sys read-only: 1"), "{runtime}: {masks:?}");
+            if cycle == 3 {
+                break;
+            }
+            assert_eq!(c.stop(GRACE), 0, "{runtime} cycle {cycle}: podman stop must checkpoint\n{}", c.logs().1);
+            c.expect_event("checkpoint_finished");
+            let lines = c.stdout_lines();
+            let (last, last_daemon) = (last_count(&lines), last_daemon_count(&lines));
+            drop(c);
+            c = pod.start(&cmd);
+            c.expect_line(LONG, "the daemon", |l| daemon_count(l).is_some_and(|n| n >= last_daemon + 3));
+            c.expect_event("restore_finished");
+            let lines = c.stdout_lines();
+            assert_eq!(lines.iter().find_map(|l| count_of(l)), Some(last + 1), "{runtime} cycle {cycle}");
+            assert_eq!(lines.iter().find_map(|l| daemon_count(l)), Some(last_daemon + 1), "{runtime} cycle {cycle}");
+            assert!(!c.logs().1.contains("killed"), "{}", c.logs().1);
+        }
+    }
 }

@@ -659,3 +659,12 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The number in a "daemon N" line (tests/workloads/daemonizing.sh).
+pub fn daemon_count(line: &str) -> Option<u64> {
+    line.strip_prefix("daemon ")?.parse().ok()
+}
+
+pub fn last_daemon_count(lines: &[String]) -> u64 {
+    lines.iter().rev().find_map(|l| daemon_count(l)).expect("the daemon printed nothing")
+}
