@@ -56,8 +56,11 @@ pub(super) fn dump_into(
     // before or after, a file the app keeps writing would differ, and CRIU would refuse the
     // restore). If archiving fails, CRIU rolls back: the app keeps running.
     opts.set_notify_scripts(true);
+    let mut foreign = Vec::new();
     if crate::host::procfs::own_mount_namespace(target.app.as_raw()) {
         criu::own_mount_namespace(&mut opts, false);
+        foreign = crate::restore::remap::foreign_files(&app_tree);
+        opts.external.extend(foreign.iter().map(|f| f.key.clone()));
     }
     let mut on_dumped = how.on_dumped;
     let mut dumped_manifest = None;
@@ -78,6 +81,7 @@ pub(super) fn dump_into(
             if lock_network {
                 m.network_lock = crate::criu::images::dump_run_id(&images).ok().flatten();
             }
+            m.foreign_files = foreign.clone();
             if let Some(hook) = on_dumped.as_mut() {
                 hook(&mut m)?;
             }
@@ -154,7 +158,8 @@ fn manifest_of(
         app_memory_bytes,
         files: Vec::new(), // filled in by the store when it publishes
         generation: target.generation,
-        network_lock: None, // set by the dump when it took the lock
+        network_lock: None,        // set by the dump when it took the lock
+        foreign_files: Vec::new(), // set by the dump (isolatePids)
     }
 }
 

@@ -49,6 +49,13 @@ pub enum RestoreError {
     IncompatibleCpu { missing: String, log_lines: Vec<String> },
     #[error("cannot lend the container's stdio to CRIU: {0}")]
     Stdio(std::io::Error),
+    /// A file the app held open on a mount outside its namespace (crik lent it at an earlier
+    /// restore) that crik cannot lend again: not a file crik lends, or not there.
+    #[error("cannot lend {path} to the restored app{}", source.as_ref().map_or(
+        ": the checkpoint names it as a file crik lent, but crik lends only stdio, runtime files and \
+         files on external mounts or under the container's cgroup".to_string(),
+        |e| format!(": {e}")))]
+    ForeignFile { path: String, source: Option<std::io::Error> },
     /// The thread checking the page images' checksums beside CRIU panicked: a bug in crik.
     #[error("the page checksum thread panicked")]
     ChecksumThread,
@@ -143,6 +150,7 @@ pub fn restore(signals: &Signals, config: &Config, store: &Store, ckpt: &Checkpo
     );
     put_back_archives(config, ckpt, &manifest)?;
     let mut inherit = stdio_inherit_fds(&manifest.stdio).map_err(RestoreError::Stdio)?;
+    inherit.extend(foreign_inherit_fds(config, &manifest)?);
     let open_files = crate::criu::images::regular_files(&ckpt.images_dir())?;
     for f in crate::restore::remap::remapped_files(&open_files, &config.external_mounts, &manifest.cgroups) {
         if !inherit.iter().any(|i| i.key == f.key) {
@@ -298,17 +306,47 @@ fn stdio_inherit_fds(stdio: &[String; 3]) -> std::io::Result<Vec<InheritFd>> {
             v.push(InheritFd { fd: f.into(), key });
             continue;
         }
-        let ours = match fd {
-            0 => std::io::stdin().as_fd().try_clone_to_owned(),
-            1 => std::io::stdout().as_fd().try_clone_to_owned(),
-            _ => std::io::stderr().as_fd().try_clone_to_owned(),
-        };
-        match ours {
+        match own_stdio(fd) {
             Ok(f) => v.push(InheritFd { fd: f, key }),
             // crik started without this fd: the app's end is simply not connected.
             Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
             Err(e) => return Err(e),
         }
+    }
+    Ok(v)
+}
+
+/// A copy of crik's own fd 0, 1 or 2.
+fn own_stdio(fd: usize) -> std::io::Result<OwnedFd> {
+    match fd {
+        0 => std::io::stdin().as_fd().try_clone_to_owned(),
+        1 => std::io::stdout().as_fd().try_clone_to_owned(),
+        _ => std::io::stderr().as_fd().try_clone_to_owned(),
+    }
+}
+
+/// The files CRIU dumped as external because crik had lent them at an earlier restore
+/// (`isolatePids`): crik's stdio again where it was a file, else the file crik would lend for
+/// that path now. A path crik would not lend is refused: it comes from the checkpoint.
+fn foreign_inherit_fds(config: &Config, manifest: &Manifest) -> Result<Vec<InheritFd>, RestoreError> {
+    let mut v = Vec::new();
+    for f in &manifest.foreign_files {
+        let file = if let Some(n) = manifest.stdio.iter().position(|s| *s == f.path) {
+            own_stdio(n)
+        } else {
+            let Some(path) = crate::restore::remap::reopen_foreign(f, &config.external_mounts, &manifest.cgroups)
+            else {
+                return Err(RestoreError::ForeignFile { path: f.path.clone(), source: None });
+            };
+            crate::host::procfs::reopen_options(f.flags).open(&path).map(OwnedFd::from)
+        };
+        let fd = file.map_err(|e| RestoreError::ForeignFile { path: f.path.clone(), source: Some(e) })?;
+        // CRIU looks every file up among the lent ones by its path less the leading `/`: for an
+        // external file `file[..]` that is `ile[..]`. Lent that way CRIU takes the fd as it is,
+        // like every file crik lends; lent as `file[..]` it would refuse a new size.
+        let key = f.key.strip_prefix('f').unwrap_or(&f.key).to_string();
+        log::info!("open file {} of the app, outside its mount namespace, lent again", f.path);
+        v.push(InheritFd { fd, key });
     }
     Ok(v)
 }

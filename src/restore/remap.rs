@@ -13,8 +13,15 @@
 //! open file's path is the resolved one, inside a version directory, which a new pod never has
 //! (and which the kubelet deletes when it rotates the contents): crik opens the file through
 //! `..data` instead, the new pod's current version.
+//!
+//! With `isolatePids` the app has a mount namespace of its own, and a file crik lends is open on
+//! a mount of crik's namespace, which CRIU cannot find in the app's at the next dump ("Can't
+//! lookup mount"). Such files ([`ForeignFile`]) are dumped as external (`file[mnt:inode]`), their
+//! paths kept in the manifest, and lent again at each restore.
 
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
 
 use crate::config::AbsPath;
 use crate::criu::images::RegFile;
@@ -58,14 +65,66 @@ fn through_current_version(path: &Path) -> PathBuf {
         .collect()
 }
 
+/// An open file of the app on a mount outside its own mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignFile {
+    /// CRIU's name for it: `file[<mount id>:<inode>]`, both in hex.
+    pub key: String,
+    /// Its path in crik's namespace when it was dumped.
+    pub path: String,
+    /// Its open(2) flags.
+    pub flags: i32,
+}
+
+/// The regular files that processes of the app's tree (`pids`, `root` first) hold open on
+/// mounts that are not in the tree's mount namespace, once each.
+pub fn foreign_files(pids: &[i32]) -> Vec<ForeignFile> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(root) = pids.first() else { return Vec::new() };
+    let text = std::fs::read_to_string(format!("/proc/{root}/mountinfo")).unwrap_or_default();
+    let theirs: Vec<u64> = crate::host::mountinfo::parse(&text).iter().map(|m| m.id).collect();
+    let mut out: Vec<ForeignFile> = Vec::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { continue };
+        for fd in fds.flatten() {
+            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+            let field = |name: &str| crate::host::procfs::field(&info, name).map(str::to_string);
+            let Some(mnt_id) = field("mnt_id:").and_then(|m| m.parse::<u64>().ok()) else { continue };
+            if theirs.contains(&mnt_id) {
+                continue;
+            }
+            let link = format!("/proc/{pid}/fd/{}", fd.file_name().to_string_lossy());
+            // Pipes, sockets and anonymous inodes have no path and no mount to find.
+            let (Ok(path), Ok(md)) = (std::fs::read_link(&link), std::fs::metadata(&link)) else { continue };
+            if !md.is_file() || !path.is_absolute() {
+                continue;
+            }
+            let key = format!("file[{mnt_id:x}:{:x}]", md.ino());
+            if out.iter().any(|f| f.key == key) {
+                continue;
+            }
+            let flags = field("flags:").and_then(|f| i32::from_str_radix(&f, 8).ok()).unwrap_or(libc::O_RDONLY);
+            out.push(ForeignFile { key, path: path.to_string_lossy().into_owned(), flags });
+        }
+    }
+    out
+}
+
+/// Where a foreign file of the checkpoint is opened in this container: only a file crik would
+/// lend anyway (a runtime file, one on an external mount, one under the container's cgroup),
+/// never a path the checkpoint merely names.
+pub fn reopen_foreign(f: &ForeignFile, external_mounts: &[AbsPath], old_cg: &[CgroupDir]) -> Option<PathBuf> {
+    new_path(Path::new(&f.path), &external_paths(external_mounts), old_cg, &own_cgroup_dirs())
+}
+
+fn external_paths(external_mounts: &[AbsPath]) -> Vec<PathBuf> {
+    RUNTIME_FILES.iter().map(PathBuf::from).chain(external_mounts.iter().map(|p| p.as_path().to_path_buf())).collect()
+}
+
 /// Files to lend to CRIU for a restore: (fd opened here, key of the old file). One that cannot
 /// be opened is left out (and logged): CRIU then names it, which says more than crik could.
 pub fn remapped_files(files: &[RegFile], external_mounts: &[AbsPath], old_cg: &[CgroupDir]) -> Vec<InheritFd> {
-    let external: Vec<PathBuf> = RUNTIME_FILES
-        .iter()
-        .map(PathBuf::from)
-        .chain(external_mounts.iter().map(|p| p.as_path().to_path_buf()))
-        .collect();
+    let external = external_paths(external_mounts);
     let new_cg = own_cgroup_dirs();
     let mut out: Vec<InheritFd> = Vec::new();
     for f in files {
@@ -123,5 +182,20 @@ mod tests {
         );
         assert_eq!(new_path(Path::new("/data/file"), &ext, &old, &new), None);
         assert_eq!(new_path(Path::new("/etc/hostsx"), &ext, &old, &new), None);
+    }
+
+    #[test]
+    fn a_foreign_file_is_reopened_only_where_crik_would_lend_it() {
+        let f = |path: &str| ForeignFile { key: "file[2f:1a]".into(), path: path.into(), flags: libc::O_RDONLY };
+        let ext = [AbsPath::new("/var/run/secrets").unwrap()];
+        assert_eq!(reopen_foreign(&f("/etc/hosts"), &ext, &[]), Some("/etc/hosts".into()));
+        assert_eq!(
+            reopen_foreign(&f("/var/run/secrets/..2026_12_07_10_00_00.1/token"), &ext, &[]),
+            Some("/var/run/secrets/..data/token".into())
+        );
+        // Named by the checkpoint alone: never opened and lent to it.
+        for forged in ["/etc/shadow", "/var/run/secrets/../../etc/shadow", "/root/.ssh/id_ed25519"] {
+            assert_eq!(reopen_foreign(&f(forged), &ext, &[]), None, "{forged}");
+        }
     }
 }

@@ -69,6 +69,11 @@ pub struct Manifest {
     /// no longer be restored there (see [`crate::host::nft`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_lock: Option<String>,
+    /// Open files of the app on mounts of crik's namespace, not the app's own (`isolatePids`):
+    /// crik lent them at a restore. CRIU dumped them as external files; each restore lends them
+    /// again ([`crate::restore::remap::ForeignFile`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_files: Vec<crate::restore::remap::ForeignFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +153,7 @@ impl Manifest {
             files: vec![],
             generation: 1,
             network_lock: None,
+            foreign_files: vec![],
         }
     }
 }

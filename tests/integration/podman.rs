@@ -205,6 +205,31 @@ fn an_open_etc_hosts_points_to_the_new_containers_copy() {
     assert_eq!(hosts, c.exec_ok(&["cat", "/etc/hosts"]), "fd 3 reads the new /etc/hosts");
 }
 
+/// The same with `isolatePids`: the /etc/hosts crik lends at a restore is open on a mount of
+/// crik's namespace, not the app's; the next checkpoint dumps it as an external file instead of
+/// failing ("Can't lookup mount"), and every restore lends the new container's copy again.
+#[test]
+fn an_open_etc_hosts_follows_the_app_in_its_own_namespace_across_three_containers() {
+    let s = Scratch::new("podman-hosts-isolated");
+    let pod = least_privilege_pod(&s, RUNTIMES[1], "isolatePids: true\n", &[]);
+    let script = format!("exec 3</etc/hosts; {LOOP}");
+    let cmd = ["run", "--", "sh", "-c", &script];
+    let c = counter_round_trip(&pod, &cmd);
+    let last = *count_lines(&c).last().unwrap();
+    assert_eq!(c.stop(GRACE), 0, "the checkpoint after a restore\n{}", c.logs().1);
+    let last_checkpointed = *count_lines(&c).last().unwrap();
+    assert!(last_checkpointed >= last);
+    drop(c);
+    let c = pod.start(&cmd);
+    c.expect_line(LONG, "counts after the restore", |l| count_of(l).is_some_and(|n| n >= last_checkpointed + 2));
+    assert_eq!(count_lines(&c)[0], last_checkpointed + 1, "{}", c.logs().1);
+    let reaper = c.expect_event("restore_finished")["pid"].as_u64().unwrap();
+    assert!(c.logs().1.contains("lent again"), "{}", c.logs().1);
+    let app = c.exec_ok(&["cat", &format!("/proc/{reaper}/task/{reaper}/children")]);
+    let hosts = c.exec_ok(&["cat", &format!("/proc/{}/fd/3", app.trim())]);
+    assert_eq!(hosts, c.exec_ok(&["cat", "/etc/hosts"]), "fd 3 reads the third container's /etc/hosts");
+}
+
 /// `podman run -t`: the app writes to the container's terminal; the restored app writes to the
 /// new container's terminal.
 #[test]
