@@ -29,7 +29,7 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::host::mountinfo;
 use crate::init::app;
-use crate::init::supervisor::{self, Signals, TermAction};
+use crate::init::supervisor::{self, Signals};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReaperError {
@@ -74,8 +74,27 @@ pub fn run(command: &[OsString]) -> i32 {
     };
     // As crik does: the start-up code is not needed again.
     supervisor::release_startup_text();
-    // SIGTERM too goes to the app: checkpoints are crik's business, outside this namespace.
-    supervisor::supervise(&signals, main, &mut |_| TermAction::Forward, None)
+    pass_on(&signals, main)
+}
+
+/// Every signal but SIGCHLD goes to the app: crik sends the reaper only what is meant for the
+/// app (forwarded signals, SIGTERM when it does not checkpoint, `restoreSignal`).
+fn pass_on(signals: &Signals, main: nix::unistd::Pid) -> i32 {
+    loop {
+        match signals.wait(None) {
+            Ok(Some(nix::sys::signal::Signal::SIGCHLD)) => {
+                if let Some(code) = supervisor::reap_all(main) {
+                    return code;
+                }
+            }
+            Ok(Some(sig)) => supervisor::forward(main, sig),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("crik: warning: waiting for signals failed: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
 }
 
 /// Mounts a /proc of this PID namespace over the container's, with the container's submounts

@@ -457,7 +457,8 @@ fn a_daemonized_helper_stays_in_the_tree_across_three_cycles_with_isolate_pids()
     assert!(c.stderr().contains("left its tree"), "the old way should refuse the second checkpoint\n{}", c.stderr());
     let _ = std::fs::remove_dir_all(s.images());
 
-    let cfg = s.config("isolatePids: true\n");
+    // restoreSignal reaches the app through the reaper (and tini).
+    let cfg = s.config("isolatePids: true\nrestoreSignal: SIGALRM\n");
     // tini -s under the reaper: refused before the dump rather than written unrestorable.
     let mut c = Container::start(Spec::run(Some(&cfg), &subreaper));
     c.expect_line(LONG, "the daemon", |l| daemon_count(l) == Some(3));
@@ -486,6 +487,9 @@ fn a_daemonized_helper_stays_in_the_tree_across_three_cycles_with_isolate_pids()
         assert_eq!(first_count, Some(last + 1), "cycle {cycle}: the app's count\n{}", c.stderr());
         assert_eq!(first_daemon, Some(last_daemon + 1), "cycle {cycle}: the daemon's count\n{}", c.stderr());
         assert_eq!(c.expect_line(SHORT, "proc", |l| l.starts_with("proc ")), "proc agrees");
+        if !c.stdout_seen.iter().any(|l| l == "restore signal") {
+            c.expect_line(SHORT, "the restore signal", |l| l == "restore signal");
+        }
         assert!(!c.stderr().contains("escaped") && !c.stderr().contains("killed"), "{}", c.stderr());
     }
     c.kill();

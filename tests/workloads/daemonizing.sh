@@ -4,6 +4,7 @@
 # whether /proc agrees with its PID, and how many read-only mounts (the runtime's masks) its
 # /proc/sys has. It keeps /etc/hosts open: crik lends the new container's copy at each restore.
 exec 3</etc/hosts
+trap 'echo "restore signal"' ALRM
 setsid sh -c 'sh -c "j=0; while :; do j=\$((j+1)); echo daemon \$j; sleep 0.1; done" & exit 0'
 i=0
 while :; do
