@@ -494,3 +494,37 @@ fn a_daemonized_helper_stays_in_the_tree_across_three_cycles_with_isolate_pids()
     }
     c.kill();
 }
+
+/// `isolatePids` with periodic checkpoints and a lazy restore: after a hard kill (no final
+/// checkpoint) the newest periodic one comes back, namespaces and daemonized helper included,
+/// served by CRIU's lazy-pages daemon; the next final checkpoint and lazy restore carry on
+/// exactly.
+#[test]
+fn isolated_pids_work_with_periodic_checkpoints_and_a_lazy_restore() {
+    let s = Scratch::new("isolate-pids-periodic");
+    let app = workload("daemonizing.sh");
+    let cmd = ["sh", app.as_str()];
+    let cfg = s.config("isolatePids: true\ncheckpointInterval: 0.5\nlazyPages: true\n");
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    c.expect_line(LONG, "the daemon", |l| daemon_count(l) == Some(3));
+    let periodic = |c: &Container| c.event("checkpoint_finished", &[("kind", "periodic")]).is_some();
+    assert!(eventually(LONG, || periodic(&c)), "{}", c.stderr());
+    c.expect_line(LONG, "the daemon", |l| daemon_count(l).is_some());
+    c.kill();
+
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    c.expect_event_eventually("restore_finished");
+    let first = c.expect_line(LONG, "a daemon count", |l| daemon_count(l).is_some());
+    assert!(daemon_count(&first).unwrap() > 1, "the periodic checkpoint's helper, not a fresh one: {first}");
+    assert!(c.stderr().contains("lazy-pages daemon"), "{}", c.stderr());
+    c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    let seen = checkpoint(&mut c);
+    let (last, last_daemon) = (last_count(&seen), last_daemon_count(&seen));
+    let mut c = Container::start(Spec::run(Some(&cfg), &cmd));
+    c.expect_event_eventually("restore_finished");
+    c.expect_line(LONG, "a daemon count", |l| daemon_count(l).is_some());
+    c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+    assert_eq!(c.stdout_seen.iter().find_map(|l| count_of(l)), Some(last + 1), "{}", c.stderr());
+    assert_eq!(c.stdout_seen.iter().find_map(|l| daemon_count(l)), Some(last_daemon + 1), "{}", c.stderr());
+    c.kill();
+}
