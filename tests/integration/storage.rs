@@ -816,3 +816,31 @@ fn the_network_lock_of_a_checkpoint_restored_on_another_node_is_removed_by_the_n
     assert!(criu_nft_tables().contains(&"CRIU-not-this-apps".to_string()));
     let _ = std::process::Command::new("nft").args(["delete", "table", "inet", "CRIU-not-this-apps"]).status();
 }
+
+/// `isolatePids` through object storage: the reaper, the app's namespaces (its mounts recorded
+/// as external) and its daemonized helper travel as streamed checkpoints to another node and on
+/// to a third, the app's and the helper's counts carrying on exactly.
+#[test]
+fn an_isolated_app_streams_to_storage_and_comes_back_on_other_nodes() {
+    let s = Scratch::new("s3-isolated");
+    let s3 = S3Server::start(&s.path("s3"));
+    let app = workload("daemonizing.sh");
+    let cmd = ["sh", app.as_str()];
+    let nodes: Vec<Scratch> = (0..3).map(|n| Scratch::new(&format!("s3-isolated-node{n}"))).collect();
+    let extra = format!("isolatePids: true\n{}", s3.config("app"));
+    let mut c = Container::start(spec(&nodes[0].config(&extra), &s3, &cmd));
+    c.expect_line(LONG, "the daemon", |l| daemon_count(l) == Some(3));
+    for node in &nodes[1..] {
+        let seen = checkpoint(&mut c);
+        c.expect_event("checkpoint_finished", &[("kind", "final"), ("staging", "storage (streamed)")]);
+        let (last, last_daemon) = (last_count(&seen), last_daemon_count(&seen));
+        c = Container::start(spec(&node.config(&extra), &s3, &cmd));
+        c.expect_event_eventually("restore_finished");
+        c.expect_line(LONG, "a daemon count", |l| daemon_count(l).is_some());
+        c.expect_line(LONG, "a count", |l| count_of(l).is_some());
+        assert_eq!(c.stdout_seen.iter().find_map(|l| count_of(l)), Some(last + 1), "{}", c.stderr());
+        assert_eq!(c.stdout_seen.iter().find_map(|l| daemon_count(l)), Some(last_daemon + 1), "{}", c.stderr());
+        assert!(c.event("download_finished", &[]).is_some(), "{}", c.stderr());
+    }
+    c.kill();
+}
