@@ -47,7 +47,7 @@ pub fn check(app: Pid, config: &Config) -> Result<Vec<i32>, PreflightError> {
     let table = ProcessTable::read();
     escaped(&table, app, config.on_escaped_processes)?;
     let pids = table.tree(app);
-    sessions_restorable(&pids, app, config.isolate_pids)?;
+    sessions_restorable(&table, &pids, app, config.isolate_pids)?;
     other_users(&pids)?;
     if !config.isolate_ipc {
         system_v_shared_memory(&pids)?;
@@ -77,10 +77,15 @@ fn escaped(table: &ProcessTable, app: Pid, policy: OnEscapedProcesses) -> Result
 /// root (it re-creates the leader there as a helper that exits at once) or below a process of
 /// its session. An orphan adopted by a subreaper deeper in the tree (`tini -s` under crik's
 /// reaper) is neither: CRIU would dump it and then fail every restore of that checkpoint.
-fn sessions_restorable(pids: &[i32], root: Pid, isolate_pids: bool) -> Result<(), PreflightError> {
+fn sessions_restorable(
+    table: &ProcessTable,
+    pids: &[i32],
+    root: Pid,
+    isolate_pids: bool,
+) -> Result<(), PreflightError> {
     use crate::host::procfs::Stat;
     let stats: std::collections::HashMap<i32, Stat> =
-        pids.iter().filter_map(|&p| Some((p, Stat::of(p).filter(|s| !s.exited())?))).collect();
+        pids.iter().filter_map(|&p| Some((p, table.stat(p).filter(|s| !s.exited())?))).collect();
     let lost = |&(&pid, st): &(&i32, &Stat)| {
         if pid == root.as_raw() || st.session == pid || st.ppid == root.as_raw() {
             return false;

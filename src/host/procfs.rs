@@ -41,6 +41,26 @@ impl Stat {
     }
 }
 
+/// What crik reads of `/proc/<pid>/fdinfo/<fd>`: the open(2) flags and the mount the file is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdInfo {
+    pub flags: i32,
+    pub mnt_id: u64,
+}
+
+impl FdInfo {
+    /// `None` when the fd is gone (or the file is not what the kernel writes).
+    pub fn read(path: &std::path::Path) -> Option<FdInfo> {
+        FdInfo::parse(&std::fs::read_to_string(path).ok()?)
+    }
+
+    fn parse(text: &str) -> Option<FdInfo> {
+        let flags = i32::from_str_radix(field(text, "flags:")?, 8).ok()?;
+        let mnt_id = field(text, "mnt_id:")?.parse().ok()?;
+        Some(FdInfo { flags, mnt_id })
+    }
+}
+
 /// Options that reopen a file with the access mode (and append flag) of `flags`, open(2)
 /// flags as /proc's `fdinfo` and CRIU's images record them.
 pub fn reopen_options(flags: i32) -> OpenOptions {
@@ -77,6 +97,13 @@ mod tests {
         assert_eq!(Stat::parse("42 (x"), None);
         let me = Stat::of(std::process::id() as i32).unwrap();
         assert_eq!(me.ppid, std::os::unix::process::parent_id() as i32);
+    }
+
+    #[test]
+    fn fdinfo_gives_flags_in_octal_and_the_mount() {
+        let text = "pos:\t0\nflags:\t02100002\nmnt_id:\t47\nino:\t12\n";
+        assert_eq!(FdInfo::parse(text), Some(FdInfo { flags: 0o2100002, mnt_id: 47 }));
+        assert_eq!(FdInfo::parse("pos:\t0\n"), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 
 use crate::init::supervisor::Signals;
 
-use crate::host::procfs::Stat;
+use crate::host::procfs::{FdInfo, Stat};
 
 /// Where PIDs of a freshly started app begin, so that they are free again at restore time,
 /// when crik, CRIU and its helpers take the low ones.
@@ -236,18 +236,15 @@ fn spawn_reaper(signals: &Signals, argv: &[OsString], isolate_ipc: bool) -> Resu
 pub fn stdio_reopened_here() -> [Option<std::fs::File>; 3] {
     let mounts: Vec<u64> = crate::host::mountinfo::read().unwrap_or_default().iter().map(|m| m.id).collect();
     [0, 1, 2].map(|fd| {
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-        let field = |name: &str| crate::host::procfs::field(&info, name);
-        let mnt_id: u64 = field("mnt_id:")?.parse().ok()?;
-        if mounts.contains(&mnt_id) {
+        let info = FdInfo::read(std::path::Path::new(&format!("/proc/self/fdinfo/{fd}")))?;
+        if mounts.contains(&info.mnt_id) {
             return None;
         }
         let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
         if !path.is_absolute() {
             return None; // pipe:[..], socket:[..], anon_inode:..: not tied to a mount we can reopen
         }
-        let flags = i32::from_str_radix(field("flags:")?, 8).ok()?;
-        match crate::host::procfs::reopen_options(flags).open(&path) {
+        match crate::host::procfs::reopen_options(info.flags).open(&path) {
             Ok(f) => {
                 // Where the original was: an app appending to crik's log file must not
                 // overwrite it from the start (a device or pipe has no offset: ignored).
@@ -299,22 +296,27 @@ pub fn descendants_of(root: i32) -> Vec<i32> {
     ProcessTable::read().descendants(root)
 }
 
-/// The parent of every process, read from /proc once: several questions about the tree (the
-/// app's processes, those outside it) answered from one scan.
-pub struct ProcessTable(Vec<(i32, i32)>);
+/// The `stat` of every process (its parent, session, state), read from /proc once: several
+/// questions about the tree (the app's processes, those outside it) answered from one scan.
+pub struct ProcessTable(Vec<(i32, Stat)>);
 
 impl ProcessTable {
     pub fn read() -> ProcessTable {
-        let mut parents: Vec<(i32, i32)> = Vec::new();
+        let mut stats: Vec<(i32, Stat)> = Vec::new();
         if let Ok(rd) = std::fs::read_dir("/proc") {
             for e in rd.flatten() {
                 let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
                 if let Some(stat) = Stat::of(pid) {
-                    parents.push((pid, stat.ppid));
+                    stats.push((pid, stat));
                 }
             }
         }
-        ProcessTable(parents)
+        ProcessTable(stats)
+    }
+
+    /// What the scan read of `pid`.
+    pub fn stat(&self, pid: i32) -> Option<Stat> {
+        self.0.iter().find(|(p, _)| *p == pid).map(|(_, s)| *s)
     }
 
     /// Every process below `root`, children first-level first.
@@ -323,7 +325,7 @@ impl ProcessTable {
         let mut i = 0;
         while i < tree.len() {
             let p = tree[i];
-            tree.extend(self.0.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+            tree.extend(self.0.iter().filter(|(_, s)| s.ppid == p).map(|(c, _)| *c));
             i += 1;
         }
         tree.remove(0);

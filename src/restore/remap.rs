@@ -27,6 +27,7 @@ use crate::config::AbsPath;
 use crate::criu::images::RegFile;
 use crate::criu::InheritFd;
 use crate::host::cgroup::{own_cgroup_dirs, CgroupDir};
+use crate::host::procfs::FdInfo;
 
 /// Runtime-provided bind mounts of every Kubernetes pod.
 pub const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
@@ -87,9 +88,7 @@ pub fn foreign_files(pids: &[i32]) -> Vec<ForeignFile> {
     for pid in pids {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { continue };
         for fd in fds.flatten() {
-            let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
-            let field = |name: &str| crate::host::procfs::field(&info, name).map(str::to_string);
-            let Some(mnt_id) = field("mnt_id:").and_then(|m| m.parse::<u64>().ok()) else { continue };
+            let Some(FdInfo { flags, mnt_id }) = FdInfo::read(&fd.path()) else { continue };
             if theirs.contains(&mnt_id) {
                 continue;
             }
@@ -103,7 +102,6 @@ pub fn foreign_files(pids: &[i32]) -> Vec<ForeignFile> {
             if out.iter().any(|f| f.key == key) {
                 continue;
             }
-            let flags = field("flags:").and_then(|f| i32::from_str_radix(&f, 8).ok()).unwrap_or(libc::O_RDONLY);
             out.push(ForeignFile { key, path: path.to_string_lossy().into_owned(), flags });
         }
     }
