@@ -10,7 +10,13 @@ An image is tagged with a hash of what goes into it and rebuilt only when that c
 `bullseye` is another root: Debian 11 (glibc 2.31, whose CRIU is too old) with python3 and no
 CRIU, for the bundle's tests (tests/integration/bundle.rs).
 
-Usage (as root): scripts/images/test_images.py [APP ...]   (APP: base, chromium, bullseye, ...)
+`podman5` is not an image but a Debian testing root with podman 5 (crun, netavark, nftables),
+for the `podman kube play` tests: bookworm's podman 4.3 takes a pod down without its grace
+period and cannot play a Secret. The tests run it chrooted (tests/integration/common/podman.rs,
+`Podman5`), beside the machine's podman, with a store, a subnet and runtime state of its own.
+Its path is printed.
+
+Usage (as root): scripts/images/test_images.py [APP ...]   (APP: base, chromium, bullseye, podman5, ...)
 """
 import hashlib
 import os
@@ -60,6 +66,23 @@ def chrooted(root, script):
 RECIPE = 2
 
 
+PODMAN5_PACKAGES = ["podman", "crun", "conmon", "netavark", "aardvark-dns", "catatonit", "nftables"]
+# No systemd in the root: cgroupfs, and files for events and logs. Its own subnet: the machine's podman
+# (CNI) takes 10.88.0.0/16.
+PODMAN5_CONF = """[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "crun"
+
+[containers]
+log_driver = "k8s-file"
+
+[network]
+default_subnet = "10.99.0.0/16"
+default_subnet_pools = [{base = "10.100.0.0/16", size = 24}]
+"""
+
+
 def tag(app):
     if app in OTHER_ROOTS:
         h = hashlib.sha256(repr((RECIPE, OTHER_ROOTS[app])).encode())
@@ -102,7 +125,33 @@ def other_root(app):
     return root
 
 
+def podman5_root():
+    root = os.path.join(WORK, "podman5")
+    marker = os.path.join(root, ".crik-key")
+    key = hashlib.sha256(repr((RECIPE, PODMAN5_PACKAGES, PODMAN5_CONF)).encode()).hexdigest()
+    if os.path.exists(marker) and open(marker).read() == key:
+        return root
+    # A test that died may have left the host's /dev and /sys bound in it: never delete through them.
+    mounted = [line.split()[4] for line in open("/proc/self/mountinfo") if line.split()[4].startswith(root + "/")
+               or line.split()[4] == root]
+    if mounted:
+        raise SystemExit(f"test-images: {root} has mounts ({', '.join(mounted)}): umount -R {root} first")
+    shutil.rmtree(root, ignore_errors=True)
+    # bookworm's debootstrap has no script named forky; sid's makes any later suite.
+    run(["debootstrap", "--variant=minbase", "forky", root, debian_mirror(), "/usr/share/debootstrap/scripts/sid"],
+        stdout=subprocess.DEVNULL)
+    copy_apt_settings(root)
+    chrooted(root, "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
+            f"apt-get install -y -qq --no-install-recommends {' '.join(PODMAN5_PACKAGES)} >/dev/null && "
+            "apt-get clean && podman --version >&2")
+    open(f"{root}/etc/containers/containers.conf", "w").write(PODMAN5_CONF)
+    open(marker, "w").write(key)
+    return root
+
+
 def build(app):
+    if app == "podman5":
+        return podman5_root()
     name = tag(app)
     if have_image(name):
         log(f"{name} is there")
@@ -129,7 +178,7 @@ def build(app):
 def main():
     if os.geteuid() != 0:
         raise SystemExit("test-images: must run as root")
-    for app in sys.argv[1:] or [*APPS, *OTHER_ROOTS]:
+    for app in sys.argv[1:] or [*APPS, *OTHER_ROOTS, "podman5"]:
         print(build(app))
 
 

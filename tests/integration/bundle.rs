@@ -14,7 +14,7 @@ use crate::common::*;
 const GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Images made by a test, removed on drop.
-struct Images(Vec<String>);
+pub(crate) struct Images(pub(crate) Vec<String>);
 
 impl Drop for Images {
     fn drop(&mut self) {
@@ -24,13 +24,13 @@ impl Drop for Images {
     }
 }
 
-fn podman_ok(args: &[&str]) {
+pub(crate) fn podman_ok(args: &[&str]) {
     let out = Command::new("podman").args(args).output().unwrap();
     assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The `crik` image (Dockerfile.crik: the bundle, built now from this crik, and nothing else).
-fn crik_image(s: &Scratch, images: &mut Images) -> String {
+pub(crate) fn crik_image(s: &Scratch, images: &mut Images) -> String {
     let context = s.path("crik-image");
     let built = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bundle/build_bundle.py"))
@@ -48,7 +48,7 @@ fn crik_image(s: &Scratch, images: &mut Images) -> String {
     crik
 }
 
-fn tag(what: &str) -> String {
+pub(crate) fn tag(what: &str) -> String {
     format!("localhost/crik-it-{what}:{}", std::process::id())
 }
 
@@ -201,122 +201,6 @@ fn the_bundle_restores_a_python_app_with_a_tcp_connection_on_an_old_glibc_under_
     cycles_in("bullseye", bullseye, &paths, &apps);
 }
 
-/// A containers.conf with this machine's hard limits as the containers' ulimits: podman's
-/// defaults exceed them here (`podman run` gets them as `--ulimit`; `kube play` has no flag).
-fn containers_conf(s: &Scratch) -> std::path::PathBuf {
-    let hard = |r| {
-        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        unsafe { libc::getrlimit(r, &mut l) };
-        l.rlim_max
-    };
-    let (nofile, nproc) = (hard(libc::RLIMIT_NOFILE).min(1 << 20), hard(libc::RLIMIT_NPROC).min(32768));
-    let p = s.path("containers.conf");
-    std::fs::write(
-        &p,
-        format!("[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n"),
-    )
-    .unwrap();
-    p
-}
-
-/// `podman kube play` of examples/counter-init-container.yaml, only its images renamed: the
-/// init container copies the bundle into an emptyDir, the app's image (bullseye: no CRIU) runs
-/// crik from there; the pod is stopped as the kubelet does (SIGTERM, the grace period), removed,
-/// played again on the same volume, and the count carries on. (podman 4.3's `kube down` removes
-/// the pod without the grace period: it would kill crik mid-checkpoint, so the test stops first.)
-#[test]
-fn the_init_container_recipe_restores_under_podman_kube_play() {
-    let s = Scratch::new("bundle-kube");
-    let mut images = Images(Vec::new());
-    let crik = crik_image(&s, &mut images);
-    let app = crate::common::podman::image("bullseye");
-    let example =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-init-container.yaml")).unwrap();
-    let claim = format!("crik-it-kube-{}", std::process::id());
-    let yaml = example
-        .replace("image: crik:0.1.0", &format!("image: {crik}"))
-        .replace("image: debian:bullseye-slim", &format!("image: {app}"))
-        .replace("claimName: counter-crik-images", &format!("claimName: {claim}"))
-        .replace("name: counter\n", &format!("name: {claim}\n"))
-        .replace("name: counter-crik\n", &format!("name: {claim}-config\n"));
-    assert_ne!(yaml, example);
-    let file = s.path("pod.yaml");
-    std::fs::write(&file, &yaml).unwrap();
-    let played = Played::new(&s, file, &claim, vec![claim.clone(), format!("{claim}-config")], None);
-    play_three_times(&played, &format!("{claim}-app"), "60", |_, _| {});
-}
-
-/// A pod played by `podman kube play` with the test's containers.conf; on drop it is taken down
-/// and the volumes it made (its claim's, and those of its ConfigMap and Secret) and its podman
-/// secret removed.
-struct Played {
-    conf: std::path::PathBuf,
-    file: String,
-    pod: String,
-    volumes: Vec<String>,
-    secret: Option<String>,
-}
-
-impl Played {
-    fn new(s: &Scratch, file: std::path::PathBuf, pod: &str, volumes: Vec<String>, secret: Option<String>) -> Played {
-        let file = file.to_str().unwrap().to_string();
-        Played { conf: containers_conf(s), file, pod: pod.to_string(), volumes, secret }
-    }
-
-    fn podman(&self, args: &[&str]) -> std::process::Output {
-        Command::new("podman").args(args).env("CONTAINERS_CONF", &self.conf).output().expect("run podman")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.podman(args);
-        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Played {
-    fn drop(&mut self) {
-        self.podman(&["kube", "down", &self.file]);
-        let mut rm = vec!["volume", "rm", "-f"];
-        rm.extend(self.volumes.iter().map(String::as_str));
-        self.podman(&rm);
-        if let Some(secret) = &self.secret {
-            self.podman(&["secret", "rm", secret]);
-        }
-    }
-}
-
-/// Plays the pod three times. Each time its app counts, the count carrying on from the last
-/// play's (restored), crik ran the bundle's CRIU, and `check(round, crik's log)` holds; between
-/// plays the pod is stopped with `grace` seconds (as the kubelet sends SIGTERM: podman 4.3's
-/// `kube down` does not wait, and would kill crik mid-checkpoint), then taken down.
-fn play_three_times(p: &Played, container: &str, grace: &str, check: impl Fn(u32, &str)) {
-    let logs = || {
-        let out = p.podman(&["logs", container]);
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let counts = || logs().0.lines().filter_map(count_of).collect::<Vec<u64>>();
-    let mut last = 0;
-    for round in 0..3 {
-        p.ok(&["kube", "play", &p.file]);
-        assert!(eventually(LONG, || counts().last().is_some_and(|n| *n >= last + 3)), "round {round}: {:?}", logs());
-        let err = logs().1;
-        assert!(err.contains("(/opt/crik/bin/criu)"), "the bundle's CRIU: {err}");
-        if round > 0 {
-            assert_eq!(counts()[0], last + 1, "round {round}: the count carries on\n{err}");
-            assert!(err.contains("restore_finished"), "{err}");
-        }
-        check(round, &err);
-        if round == 2 {
-            break;
-        }
-        p.ok(&["pod", "stop", "-t", grace, &p.pod]);
-        assert!(logs().1.contains("checkpoint_finished"), "round {round}: {}", logs().1);
-        last = *counts().last().unwrap();
-        p.ok(&["kube", "down", &p.file]);
-    }
-}
-
 /// `crik copy-bundle` outside a bundle says so.
 #[test]
 fn copy_bundle_outside_a_bundle_says_so() {
@@ -398,68 +282,4 @@ fn the_arm64_bundle_is_aarch64_throughout_and_complete() {
     };
     assert!(qemu("bin/criu").starts_with("Version: 4.2"));
     assert!(qemu("bin/crik").starts_with("crik "));
-}
-
-/// `podman kube play` of examples/counter-pod.yaml (the StatefulSet's pod as a Pod: podman cannot
-/// play a StatefulSet), only its image and names changed: the image built from Dockerfile.example
-/// (its two FROM lines pointed at the test's crik image and Debian root), checkpoints sealed with
-/// a key from a Secret volume, an emptyDir, the pod's infra container owning the network
-/// namespace the app joins (as a pause container does). Stopped with its grace period, removed,
-/// played again on the same claim, three times: the count carries on, restored from sealed
-/// checkpoints.
-#[test]
-fn the_pod_example_restores_under_podman_kube_play_with_its_secret_key() {
-    let s = Scratch::new("kube-pod");
-    let mut images = Images(Vec::new());
-    let crik = crik_image(&s, &mut images);
-    // Dockerfile.example as written, but for its two base images (no registry here).
-    let context = s.path("example-context");
-    std::fs::create_dir_all(context.join("examples/counter")).unwrap();
-    let counter = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter/counter.sh");
-    std::fs::copy(counter, context.join("examples/counter/counter.sh")).unwrap();
-    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile.example")).unwrap();
-    let ours = dockerfile
-        .replace("FROM crik:0.1.0 AS crik", &format!("FROM {crik} AS crik"))
-        .replace("FROM debian:bookworm-slim", &format!("FROM {}", crate::common::podman::image("base")));
-    assert_eq!(ours.matches("FROM localhost/").count(), 2, "{ours}");
-    std::fs::write(context.join("Dockerfile"), ours).unwrap();
-    let app = tag("counter");
-    podman_ok(&["build", "-q", "-t", &app, context.to_str().unwrap()]);
-    images.0.push(app.clone());
-
-    let name = format!("crik-it-pod-{}", std::process::id());
-    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-pod.yaml")).unwrap();
-    let yaml = example
-        .replace("image: crik-counter:0.1.0", &format!("image: {app}"))
-        .replace("claimName: counter-crik-images", &format!("claimName: {name}"))
-        .replace("secretName: counter-crik-key", &format!("secretName: {name}-key"))
-        .replace("metadata:\n  name: counter\n", &format!("metadata:\n  name: {name}\n"))
-        .replace("name: counter-crik\n", &format!("name: {name}-config\n"));
-    assert_eq!(yaml.matches(&name).count(), 5, "the pod, its claim, Secret and ConfigMap renamed: {yaml}");
-    let file = s.path("pod.yaml");
-    std::fs::write(&file, &yaml).unwrap();
-    // The Secret, as `kubectl create secret generic --from-file=key` makes it. podman 4.3 cannot
-    // play a Secret: it keeps one as a podman secret holding the Secret's manifest, and takes its
-    // `data` values as plain text (no base64 decoding), so the key's text goes there as it is:
-    // the pod's file is then the key file a kubelet would write.
-    let key = Command::new(CRIK).arg("keygen").output().unwrap();
-    assert!(key.status.success());
-    let key = String::from_utf8(key.stdout).unwrap();
-    let manifest = format!(
-        "{{\"apiVersion\":\"v1\",\"kind\":\"Secret\",\"metadata\":{{\"name\":\"{name}-key\"}},\"data\":{{\"key\":\"{}\"}}}}",
-        key.trim()
-    );
-    std::fs::write(s.path("secret.json"), manifest).unwrap();
-    let secret = format!("{name}-key");
-    let volumes = vec![name.clone(), format!("{name}-config"), secret.clone()];
-    let played = Played::new(&s, file, &name, volumes, Some(secret.clone()));
-    played.ok(&["secret", "create", &secret, s.path("secret.json").to_str().unwrap()]);
-    play_three_times(&played, &format!("{name}-counter"), "120", |_, err| {
-        // The pod's infra container holds the network namespace; the app joined it.
-        let infra = played.ok(&["pod", "inspect", &name, "--format", "{{.InfraContainerID}}"]);
-        assert!(!infra.is_empty(), "no infra container");
-        let mode = played.ok(&["inspect", &format!("{name}-counter"), "--format", "{{.HostConfig.NetworkMode}}"]);
-        assert_eq!(mode, format!("container:{infra}"));
-        assert!(!err.contains("neither encrypted nor authenticated"), "sealed with the Secret's key: {err}");
-    });
 }

@@ -12,6 +12,7 @@ mod examples;
 mod failures;
 mod hooks;
 mod inspect;
+mod kube;
 mod lease;
 mod nodestate;
 mod pid1;

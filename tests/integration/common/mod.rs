@@ -2,6 +2,7 @@
 //! with every wait bounded and only the processes a test started cleaned up.
 
 pub mod podman;
+pub mod podman5;
 pub mod s3;
 
 use std::fs;
