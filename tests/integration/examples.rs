@@ -64,3 +64,22 @@ fn configuration_samples_in_the_docs_parse() {
     }
     assert!(checked >= 4, "only {checked} samples found");
 }
+
+/// The Deployment example's crik configuration parses, keeps its checkpoints in object storage
+/// (its pods have no volume of their own) and reads the keys from where the Secret is mounted.
+#[test]
+fn configmap_in_the_deployment_example_is_a_valid_crik_config() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-deployment.yaml")).unwrap();
+    let docs: Vec<serde_yaml_ng::Value> =
+        serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde_yaml_ng::Value::deserialize(d).unwrap()).collect();
+    let map = docs.iter().find(|v| v["kind"] == "ConfigMap").expect("a ConfigMap");
+    let cfg = map["data"]["config.yaml"].as_str().expect("config.yaml in the ConfigMap");
+    let c = crik::config::parse(cfg).unwrap_or_else(|e| panic!("example config is invalid: {e}"));
+    let storage = c.storage.expect("the example keeps its checkpoints in object storage");
+    let credentials = storage.credentials_file.expect("credentialsFile");
+    let deployment = docs.iter().find(|v| v["kind"] == "Deployment").expect("a Deployment");
+    let mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].as_sequence().unwrap();
+    let secret_mount = mounts.iter().find(|m| m["name"] == "crik-s3").expect("the Secret's mount");
+    assert!(credentials.as_path().starts_with(secret_mount["mountPath"].as_str().unwrap()));
+}

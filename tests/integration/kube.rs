@@ -121,20 +121,10 @@ fn the_init_container_recipe_restores_under_podman_kube_play() {
     play_three_times(&played, &format!("{claim}-app"), "60", |_, _| {});
 }
 
-/// `podman kube play` of examples/counter-pod.yaml (the StatefulSet's pod as a Pod: podman cannot
-/// play a StatefulSet), only its image and names changed: the image built from Dockerfile.example
-/// (its two FROM lines pointed at the test's crik image and Debian root), checkpoints sealed with
-/// a key from a Secret volume (the Secret played as `kubectl create secret generic
-/// --from-file=key` makes it), an emptyDir, the pod's infra container owning the network
-/// namespace the app joins (as a pause container does). Taken down with its grace period, played
-/// again on the same claim, three times: the count carries on, restored from sealed checkpoints.
-#[test]
-fn the_pod_example_restores_under_podman_kube_play_with_its_secret_key() {
-    let podman = Podman5::start();
-    let s = Scratch::new("kube-pod");
-    let mut images = Images(Vec::new());
-    let crik = crik_image(&s, &mut images);
-    // Dockerfile.example as written, but for its two base images (no registry here).
+/// The counter's image built from Dockerfile.example as written, but for its two base images
+/// (no registry here): the test's crik image and Debian root. Taken into podman 5.
+fn example_image(s: &Scratch, images: &mut Images, podman: &Podman5) -> String {
+    let crik = crik_image(s, images);
     let context = s.path("example-context");
     std::fs::create_dir_all(context.join("examples/counter")).unwrap();
     let counter = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter/counter.sh");
@@ -149,6 +139,37 @@ fn the_pod_example_restores_under_podman_kube_play_with_its_secret_key() {
     podman_ok(&["build", "-q", "-t", &app, context.to_str().unwrap()]);
     images.0.push(app.clone());
     podman.take(&app);
+    app
+}
+
+/// The Secret `name` holding `file` as kubectl makes it (`kubectl create secret generic NAME
+/// --from-file=FILE`: base64 `data`), as a manifest podman 5 plays.
+fn secret_manifest(podman: &Podman5, name: &str, file: &str, contents: &[u8]) -> String {
+    let scratch = podman.in_tmp(&format!("{name}.raw"));
+    std::fs::write(&scratch, contents).unwrap();
+    let b64 = Command::new("base64").args(["-w", "0"]).arg(&scratch).output().unwrap();
+    std::fs::remove_file(&scratch).unwrap();
+    assert!(b64.status.success());
+    let data = String::from_utf8(b64.stdout).unwrap();
+    podman.write(
+        &format!("{name}.yaml"),
+        &format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\ntype: Opaque\ndata:\n  {file}: {data}\n"),
+    )
+}
+
+/// `podman kube play` of examples/counter-pod.yaml (the StatefulSet's pod as a Pod: podman cannot
+/// play a StatefulSet), only its image and names changed: the image built from Dockerfile.example
+/// (its two FROM lines pointed at the test's crik image and Debian root), checkpoints sealed with
+/// a key from a Secret volume (the Secret played as `kubectl create secret generic
+/// --from-file=key` makes it), an emptyDir, the pod's infra container owning the network
+/// namespace the app joins (as a pause container does). Taken down with its grace period, played
+/// again on the same claim, three times: the count carries on, restored from sealed checkpoints.
+#[test]
+fn the_pod_example_restores_under_podman_kube_play_with_its_secret_key() {
+    let podman = Podman5::start();
+    let s = Scratch::new("kube-pod");
+    let mut images = Images(Vec::new());
+    let app = example_image(&s, &mut images, &podman);
 
     let name = format!("crik-it-pod-{}", std::process::id());
     let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-pod.yaml")).unwrap();
@@ -160,18 +181,10 @@ fn the_pod_example_restores_under_podman_kube_play_with_its_secret_key() {
         .replace("name: counter-crik\n", &format!("name: {name}-config\n"));
     assert_eq!(yaml.matches(&name).count(), 5, "the pod, its claim, Secret and ConfigMap renamed: {yaml}");
     let file = podman.write("pod.yaml", &yaml);
-    // The Secret, as `crik keygen > key; kubectl create secret generic NAME --from-file=key` makes it.
+    // The key, as `crik keygen > key; kubectl create secret generic NAME --from-file=key` makes it.
     let key = Command::new(CRIK).arg("keygen").output().unwrap();
     assert!(key.status.success());
-    std::fs::write(s.path("key"), &key.stdout).unwrap();
-    let b64 = Command::new("base64").args(["-w", "0"]).arg(s.path("key")).output().unwrap();
-    let secret = podman.write(
-        "secret.yaml",
-        &format!(
-            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-key\ntype: Opaque\ndata:\n  key: {}\n",
-            String::from_utf8(b64.stdout).unwrap()
-        ),
-    );
+    let secret = secret_manifest(&podman, &format!("{name}-key"), "key", &key.stdout);
     let volumes = vec![name.clone(), format!("{name}-config"), format!("{name}-key")];
     let played = Played { podman: &podman, file, volumes, secret: Some(secret.clone()) };
     podman.ok(&["kube", "play", &secret]);
@@ -183,4 +196,95 @@ fn the_pod_example_restores_under_podman_kube_play_with_its_secret_key() {
         assert_eq!(mode, format!("container:{infra}"));
         assert!(!err.contains("neither encrypted nor authenticated"), "sealed with the Secret's key: {err}");
     });
+}
+
+/// `podman kube play` of examples/counter-deployment.yaml (image, bucket, endpoint and names
+/// changed; the S3 keys in a Secret as the example says to make it), checkpoints in a real S3
+/// server, both rollout strategies:
+/// - RollingUpdate with a surge: a second copy of the Deployment (the new ReplicaSet's pod),
+///   played while the first runs, waits on the prefix's lease and runs nothing; `podman kube
+///   down` takes the first down with its grace period, its final checkpoint goes to storage, and
+///   the second restores it: the count carries on;
+/// - Recreate: the second is taken down and the Deployment played anew: it carries on again.
+#[test]
+fn the_deployment_example_hands_its_state_to_the_next_pod_through_object_storage() {
+    use crate::common::s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
+    let podman = Podman5::start();
+    let s = Scratch::new("kube-deployment");
+    let s3 = S3Server::start_for_containers(&s.path("s3"));
+    let mut images = Images(Vec::new());
+    let app = example_image(&s, &mut images, &podman);
+
+    let name = format!("crik-it-deploy-{}", std::process::id());
+    let example =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/counter-deployment.yaml")).unwrap();
+    let storage = format!(
+        "url: s3://{BUCKET}/{name}\n      region: us-east-1\n      endpoint: http://host.containers.internal:{}\n      allowPlainHttp: true\n",
+        s3.port
+    );
+    let yaml = example
+        .replace("image: crik-counter:0.1.0", &format!("image: {app}"))
+        .replace("url: s3://my-bucket/counter\n      region: eu-west-1\n", &storage)
+        .replace("secretName: counter-crik-s3\n", &format!("secretName: {name}-s3\n"))
+        .replace("name: counter-crik-s3\n", &format!("name: {name}-config\n"))
+        .replace(
+            "kind: Deployment\nmetadata:\n  name: counter\n",
+            &format!("kind: Deployment\nmetadata:\n  name: {name}\n"),
+        );
+    assert_eq!(yaml.matches(&name).count(), 5, "the Deployment, bucket prefix, Secret and ConfigMap renamed: {yaml}");
+    // The new ReplicaSet's pod: the same template under another name. (podman names an
+    // emptyDir's volume after it, so two pods of one template would share it: not so in
+    // Kubernetes, where each pod gets its own.)
+    let surge = yaml
+        .replace(
+            &format!("kind: Deployment\nmetadata:\n  name: {name}\n"),
+            &format!("kind: Deployment\nmetadata:\n  name: {name}-next\n"),
+        )
+        .replace("name: crik-images\n", "name: crik-images-next\n");
+    assert_eq!(surge.matches("crik-images-next").count(), 2, "{surge}");
+    let credentials = format!("[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n");
+    let secret = secret_manifest(&podman, &format!("{name}-s3"), "credentials", credentials.as_bytes());
+    podman.ok(&["kube", "play", &secret]);
+    let volumes = vec![format!("{name}-config"), format!("{name}-s3")];
+    let first = Played { podman: &podman, file: podman.write("first.yaml", &yaml), volumes, secret: Some(secret) };
+    let next = Played { podman: &podman, file: podman.write("next.yaml", &surge), volumes: vec![], secret: None };
+    let (old, new) = (format!("{name}-pod-counter"), format!("{name}-next-pod-counter"));
+    let logs = |container: &str| {
+        let out = podman.run(&["logs", container]);
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let counts = |out: &str| out.lines().filter_map(count_of).collect::<Vec<u64>>();
+    let counting_after = |container: &str, last: u64| {
+        let going = eventually(LONG, || counts(&logs(container).0).last().is_some_and(|n| *n >= last + 3));
+        assert!(going, "{container}: no count past {last}: {:?}", logs(container));
+        let (out, err) = logs(container);
+        if last > 0 {
+            assert_eq!(counts(&out)[0], last + 1, "{container}: the count carries on\n{err}");
+            assert!(err.contains("restore_finished"), "{err}");
+        }
+    };
+    // Taken down by `podman kube down` (grace period): its final checkpoint, its last count.
+    let taken_down = |played: &Played, container: &str| {
+        let mut log = podman.open(&podman.ok(&["inspect", container, "--format", "{{.HostConfig.LogConfig.Path}}"]));
+        podman.ok(&["kube", "down", &played.file]);
+        let (out, err) = k8s_file_log(&mut log);
+        assert!(err.contains("checkpoint_finished"), "{container}: {err}");
+        *counts(&out).last().unwrap()
+    };
+
+    podman.ok(&["kube", "play", &first.file]);
+    counting_after(&old, 0);
+    assert_eq!(podman.ok(&["inspect", &old, "--format", "{{.Config.StopTimeout}}"]), "120");
+    // The surge: the new pod waits on the lease, its app not started.
+    podman.ok(&["kube", "play", &next.file]);
+    assert!(eventually(LONG, || logs(&new).1.contains("lease_waiting")), "{:?}", logs(&new));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(counts(&logs(&new).0).is_empty(), "the new pod ran the app beside the old one: {:?}", logs(&new));
+    let last = taken_down(&first, &old);
+    assert!(!s3.objects(&format!("{name}/checkpoints")).is_empty(), "the final checkpoint is in the bucket");
+    counting_after(&new, last);
+    // Recreate: the old pod gone first, then the new one played.
+    let last = taken_down(&next, &new);
+    podman.ok(&["kube", "play", &first.file]);
+    counting_after(&old, last);
 }
