@@ -24,7 +24,13 @@ impl Podman5 {
     pub fn start() -> Podman5 {
         let root = PathBuf::from(super::podman::image("podman5"));
         let mounted = |p: &Path| Command::new("mountpoint").arg("-q").arg(p).status().unwrap().success();
-        assert!(!mounted(&root), "{} is mounted already (another test's, or a dead one's)", root.display());
+        if mounted(&root) {
+            // A test killed at its timeout leaves its mounts; one still running has processes
+            // chrooted there (podman, conmon).
+            let users = chrooted_in(&root);
+            assert!(users.is_empty(), "{} is in use by processes {users:?} (another test's)", root.display());
+            let _ = Command::new("umount").arg("--lazy").arg(&root).output();
+        }
         let podman5 = Podman5 { root, taken: RefCell::new(Vec::new()) };
         let r = podman5.root.to_str().unwrap();
         for mount in [
@@ -111,6 +117,16 @@ impl Podman5 {
         std::fs::remove_file(self.root.join("tmp").join(archive)).unwrap();
         assert!(self.run(&["image", "exists", image]).status.success(), "{image} not loaded as itself");
     }
+}
+
+/// PIDs of the processes whose root directory is `root`.
+fn chrooted_in(root: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == root))
+        .collect()
 }
 
 impl Drop for Podman5 {
