@@ -10,15 +10,18 @@ An image is tagged with a hash of what goes into it and rebuilt only when that c
 `bullseye` is another root: Debian 11 (glibc 2.31, whose CRIU is too old) with python3 and no
 CRIU, for the bundle's tests (tests/integration/bundle.rs).
 
-`podman5` is not an image but a Debian testing root with podman 5 (crun, netavark, nftables),
+`podman5` is not an image but a Debian testing (forky) root with podman 5 (crun, netavark, nftables),
 for the `podman kube play` tests: bookworm's podman 4.3 takes a pod down without its grace
-period and cannot play a Secret. The tests run it chrooted (tests/integration/common/podman.rs,
+period and cannot play a Secret, and Debian 13's podman 5.4 tears a pod's network down at the
+start of its grace period (docs/kubernetes.md). Testing's podman is 5.8; a podman 6 would drop
+cgroup v1, which this machine has: the script refuses any podman but 5.1 to 5.x. The tests run it chrooted (tests/integration/common/podman.rs,
 `Podman5`), beside the machine's podman, with a store, a subnet and runtime state of its own.
 Its path is printed.
 
 Usage (as root): scripts/images/test_images.py [APP ...]   (APP: base, chromium, bullseye, podman5, ...)
 """
 import hashlib
+import re
 import os
 import shutil
 import subprocess
@@ -66,6 +69,7 @@ def chrooted(root, script):
 RECIPE = 2
 
 
+PODMAN5_SUITE = "forky"
 PODMAN5_PACKAGES = ["podman", "crun", "conmon", "netavark", "aardvark-dns", "catatonit", "nftables"]
 # No systemd in the root: cgroupfs, and files for events and logs. Its own subnet: the machine's podman
 # (CNI) takes 10.88.0.0/16.
@@ -128,7 +132,7 @@ def other_root(app):
 def podman5_root():
     root = os.path.join(WORK, "podman5")
     marker = os.path.join(root, ".crik-key")
-    key = hashlib.sha256(repr((RECIPE, PODMAN5_PACKAGES, PODMAN5_CONF)).encode()).hexdigest()
+    key = hashlib.sha256(repr((RECIPE, PODMAN5_SUITE, PODMAN5_PACKAGES, PODMAN5_CONF)).encode()).hexdigest()
     if os.path.exists(marker) and open(marker).read() == key:
         return root
     # A test that died may have left the host's /dev and /sys bound in it: never delete through them.
@@ -138,12 +142,17 @@ def podman5_root():
         raise SystemExit(f"test-images: {root} has mounts ({', '.join(mounted)}): umount -R {root} first")
     shutil.rmtree(root, ignore_errors=True)
     # bookworm's debootstrap has no script named forky; sid's makes any later suite.
-    run(["debootstrap", "--variant=minbase", "forky", root, debian_mirror(), "/usr/share/debootstrap/scripts/sid"],
+    run(["debootstrap", "--variant=minbase", PODMAN5_SUITE, root, debian_mirror(), "/usr/share/debootstrap/scripts/sid"],
         stdout=subprocess.DEVNULL)
     copy_apt_settings(root)
     chrooted(root, "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
             f"apt-get install -y -qq --no-install-recommends {' '.join(PODMAN5_PACKAGES)} >/dev/null && "
             "apt-get clean && podman --version >&2")
+    # `kube down` waits the grace period from 5.1 on; 6 drops cgroup v1.
+    version = subprocess.run(in_root(root, ["podman", "--version"]), check=True, capture_output=True, text=True).stdout
+    major, minor = (int(x) for x in re.search(r"(\d+)\.(\d+)", version).groups())
+    if not (major == 5 and minor >= 1):
+        raise SystemExit(f"test-images: the podman5 root has {version.strip()}; the kube tests need 5.1 or a later 5")
     open(f"{root}/etc/containers/containers.conf", "w").write(PODMAN5_CONF)
     open(marker, "w").write(key)
     return root

@@ -1,4 +1,4 @@
-//! podman 5 (Debian testing's, with crun and netavark) for the `podman kube play` tests:
+//! podman 5.8 (Debian testing's, with crun and netavark) for the `podman kube play` tests:
 //! bookworm's podman 4.3 takes a pod down without its grace period (podman 5.1 sends the stop
 //! signal and waits each container's stop timeout, which `kube play` sets from
 //! `terminationGracePeriodSeconds` since 4.7) and cannot play a Secret.
