@@ -1,8 +1,10 @@
 //! The project's Kubernetes examples played as pods by `podman kube play` (podman 5, in a root of
 //! its own: common/podman5.rs), with only their images and names changed: each pod is taken down
 //! by `podman kube down`, which sends SIGTERM and waits the pod's
-//! `terminationGracePeriodSeconds`, as the kubelet does, so crik checkpoints; then it is played
-//! again on the same claim, three times, and the count carries on.
+//! `terminationGracePeriodSeconds`, as the kubelet does, so crik checkpoints. The Pod and the
+//! init-container recipe are played again on the same claim, three times, and the count carries
+//! on; the Deployment hands its state to the next pod through object storage, a surge pod
+//! waiting on the lease.
 
 use std::io::Read;
 use std::path::Path;
