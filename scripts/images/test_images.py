@@ -10,19 +10,19 @@ An image is tagged with a hash of what goes into it and rebuilt only when that c
 `bullseye` is another root: Debian 11 (glibc 2.31, whose CRIU is too old) with python3 and no
 CRIU, for the bundle's tests (tests/integration/bundle.rs).
 
-`podman5` is not an image but a Debian testing (forky) root with podman 5 (crun, netavark, nftables),
-for the `podman kube play` tests: bookworm's podman 4.3 takes a pod down without its grace
-period and cannot play a Secret, and Debian 13's podman 5.4 tears a pod's network down at the
-start of its grace period (docs/kubernetes.md). Testing's podman is 5.8; a podman 6 would drop
-cgroup v1, which this machine has: the script refuses any podman but 5.1 to 5.x. The tests run it chrooted (tests/integration/common/podman.rs,
-`Podman5`), beside the machine's podman, with a store, a subnet and runtime state of its own.
-Its path is printed.
+`podman5` is not an image but a Debian testing (forky) root with podman 5 (crun, netavark,
+nftables), for the `podman kube play` tests: bookworm's podman 4.3 takes a pod down without its
+grace period and cannot play a Secret, and Debian 13's podman 5.4 tears a pod's network down at
+the start of its grace period (docs/kubernetes.md). Testing's podman is 5.8; a podman 6 would
+drop cgroup v1, which this machine has: the script refuses any podman but 5.1 to 5.x. The tests
+run it chrooted (tests/integration/common/podman5.rs, `Podman5`), beside the machine's podman,
+with a store, a subnet and runtime state of its own. Its path is printed.
 
 Usage (as root): scripts/images/test_images.py [APP ...]   (APP: base, chromium, bullseye, podman5, ...)
 """
 import hashlib
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,8 +136,8 @@ def podman5_root():
     if os.path.exists(marker) and open(marker).read() == key:
         return root
     # A test that died may have left the host's /dev and /sys bound in it: never delete through them.
-    mounted = [line.split()[4] for line in open("/proc/self/mountinfo") if line.split()[4].startswith(root + "/")
-               or line.split()[4] == root]
+    points = (line.split()[4] for line in open("/proc/self/mountinfo"))
+    mounted = [p for p in points if p == root or p.startswith(root + "/")]
     if mounted:
         raise SystemExit(f"test-images: {root} has mounts ({', '.join(mounted)}): umount -R {root} first")
     shutil.rmtree(root, ignore_errors=True)
@@ -147,9 +147,10 @@ def podman5_root():
     copy_apt_settings(root)
     chrooted(root, "export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && "
             f"apt-get install -y -qq --no-install-recommends {' '.join(PODMAN5_PACKAGES)} >/dev/null && "
-            "apt-get clean && podman --version >&2")
+            "apt-get clean")
     # `kube down` waits the grace period from 5.1 on; 6 drops cgroup v1.
     version = subprocess.run(in_root(root, ["podman", "--version"]), check=True, capture_output=True, text=True).stdout
+    log(f"podman5 root: {version.strip()}")
     major, minor = (int(x) for x in re.search(r"(\d+)\.(\d+)", version).groups())
     if not (major == 5 and minor >= 1):
         raise SystemExit(f"test-images: the podman5 root has {version.strip()}; the kube tests need 5.1 or a later 5")

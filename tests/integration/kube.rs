@@ -40,41 +40,55 @@ impl Drop for Played<'_> {
 /// Plays the pod three times. Each time its app counts, the count carrying on from the last
 /// play's (restored), crik ran the bundle's CRIU, the container's stop timeout is the pod's
 /// grace period (`grace`), and `check(round, crik's log)` holds. Between plays `podman kube down`
-/// takes the pod down: crik's log, read to the container's end, must show the final
-/// checkpoint (podman 4.3's `kube down`, which kills at once, fails here).
+/// takes the pod down ([`taken_down`]).
 fn play_three_times(p: &Played, container: &str, grace: &str, check: impl Fn(u32, &str)) {
-    let logs = || {
-        let out = p.podman.run(&["logs", container]);
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let counts = |out: &str| out.lines().filter_map(count_of).collect::<Vec<u64>>();
     let mut last = 0;
     for round in 0..3 {
         p.podman.ok(&["kube", "play", &p.file]);
-        assert!(
-            eventually(LONG, || counts(&logs().0).last().is_some_and(|n| *n >= last + 3)),
-            "round {round}: {:?}",
-            logs()
-        );
-        let err = logs().1;
+        let err = counting_after(p.podman, container, last);
         assert!(err.contains("(/opt/crik/bin/criu)"), "the bundle's CRIU: {err}");
-        if round > 0 {
-            assert_eq!(counts(&logs().0)[0], last + 1, "round {round}: the count carries on\n{err}");
-            assert!(err.contains("restore_finished"), "{err}");
-        }
         assert_eq!(p.podman.ok(&["inspect", container, "--format", "{{.Config.StopTimeout}}"]), grace);
         check(round, &err);
         if round == 2 {
             break;
         }
-        // `kube down` removes the container and its log: the log file is held open meanwhile.
-        let mut log =
-            p.podman.open(&p.podman.ok(&["inspect", container, "--format", "{{.HostConfig.LogConfig.Path}}"]));
-        p.podman.ok(&["kube", "down", &p.file]);
-        let (out, err) = k8s_file_log(&mut log);
-        assert!(err.contains("checkpoint_finished"), "round {round}: kube down must let crik checkpoint: {err}");
-        last = *counts(&out).last().unwrap();
+        last = taken_down(p, container);
     }
+}
+
+/// (stdout, stderr) of the container so far: the app's output and crik's log.
+fn logs(podman: &Podman5, container: &str) -> (String, String) {
+    let out = podman.run(&["logs", container]);
+    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn counts(out: &str) -> Vec<u64> {
+    out.lines().filter_map(count_of).collect()
+}
+
+/// Waits until the container's app counts past `last` + 2; after a checkpoint (`last` > 0) its
+/// count must carry on from `last`, restored. crik's log so far.
+fn counting_after(podman: &Podman5, container: &str, last: u64) -> String {
+    let going = eventually(LONG, || counts(&logs(podman, container).0).last().is_some_and(|n| *n >= last + 3));
+    assert!(going, "{container}: no count past {last}: {:?}", logs(podman, container));
+    let (out, err) = logs(podman, container);
+    if last > 0 {
+        assert_eq!(counts(&out)[0], last + 1, "{container}: the count carries on\n{err}");
+        assert!(err.contains("restore_finished"), "{err}");
+    }
+    err
+}
+
+/// Takes the pod down with `podman kube down`: crik's log, read to the container's end, must
+/// show the final checkpoint (podman 4.3's `kube down`, which kills at once, fails here). The
+/// last count before it.
+fn taken_down(p: &Played, container: &str) -> u64 {
+    // `kube down` removes the container and its log: the log file is held open meanwhile.
+    let mut log = p.podman.open(&p.podman.ok(&["inspect", container, "--format", "{{.HostConfig.LogConfig.Path}}"]));
+    p.podman.ok(&["kube", "down", &p.file]);
+    let (out, err) = k8s_file_log(&mut log);
+    assert!(err.contains("checkpoint_finished"), "{container}: kube down must let crik checkpoint: {err}");
+    *counts(&out).last().unwrap()
 }
 
 /// (stdout, stderr) of a container's log in podman's k8s-file format (`TIME STREAM TAG TEXT`).
@@ -273,42 +287,20 @@ fn the_deployment_example_hands_its_state_to_the_next_pod_through_object_storage
     let first = Played { podman: &podman, file: podman.write("first.yaml", &yaml), volumes, secret: Some(secret) };
     let next = Played { podman: &podman, file: podman.write("next.yaml", &surge), volumes: vec![], secret: None };
     let (old, new) = (format!("{name}-pod-counter"), format!("{name}-next-pod-counter"));
-    let logs = |container: &str| {
-        let out = podman.run(&["logs", container]);
-        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    let counts = |out: &str| out.lines().filter_map(count_of).collect::<Vec<u64>>();
-    let counting_after = |container: &str, last: u64| {
-        let going = eventually(LONG, || counts(&logs(container).0).last().is_some_and(|n| *n >= last + 3));
-        assert!(going, "{container}: no count past {last}: {:?}", logs(container));
-        let (out, err) = logs(container);
-        if last > 0 {
-            assert_eq!(counts(&out)[0], last + 1, "{container}: the count carries on\n{err}");
-            assert!(err.contains("restore_finished"), "{err}");
-        }
-    };
-    // Taken down by `podman kube down` (grace period): its final checkpoint, its last count.
-    let taken_down = |played: &Played, container: &str| {
-        let mut log = podman.open(&podman.ok(&["inspect", container, "--format", "{{.HostConfig.LogConfig.Path}}"]));
-        podman.ok(&["kube", "down", &played.file]);
-        let (out, err) = k8s_file_log(&mut log);
-        assert!(err.contains("checkpoint_finished"), "{container}: {err}");
-        *counts(&out).last().unwrap()
-    };
-
     podman.ok(&["kube", "play", &first.file]);
-    counting_after(&old, 0);
+    counting_after(&podman, &old, 0);
     assert_eq!(podman.ok(&["inspect", &old, "--format", "{{.Config.StopTimeout}}"]), "120");
     // The surge: the new pod waits on the lease, its app not started.
     podman.ok(&["kube", "play", &next.file]);
-    assert!(eventually(LONG, || logs(&new).1.contains("lease_waiting")), "{:?}", logs(&new));
+    let waiting = || logs(&podman, &new);
+    assert!(eventually(LONG, || waiting().1.contains("lease_waiting")), "{:?}", waiting());
     std::thread::sleep(std::time::Duration::from_secs(2));
-    assert!(counts(&logs(&new).0).is_empty(), "the new pod ran the app beside the old one: {:?}", logs(&new));
+    assert!(counts(&waiting().0).is_empty(), "the new pod ran the app beside the old one: {:?}", waiting());
     let last = taken_down(&first, &old);
     assert!(!s3.objects(&format!("{name}/checkpoints")).is_empty(), "the final checkpoint is in the bucket");
-    counting_after(&new, last);
+    counting_after(&podman, &new, last);
     // Recreate: the old pod gone first, then the new one played.
     let last = taken_down(&next, &new);
     podman.ok(&["kube", "play", &first.file]);
-    counting_after(&old, last);
+    counting_after(&podman, &old, last);
 }

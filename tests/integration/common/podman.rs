@@ -42,16 +42,21 @@ fn podman(args: &[&str]) -> Output {
     Command::new("podman").args(args).output().expect("run podman")
 }
 
-/// The hard limits this machine allows, for `--ulimit` (podman's defaults exceed them here,
-/// and the runtime may not raise a limit). conmon runs with at most 32768 processes.
-fn ulimits() -> Vec<String> {
+/// (open files, processes): the hard limits this machine allows, as containers' ulimits
+/// (podman's defaults exceed them here, and the runtime may not raise a limit). conmon runs with
+/// at most 32768 processes.
+pub fn hard_limits() -> (u64, u64) {
     let hard = |r| {
         let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         unsafe { libc::getrlimit(r, &mut l) };
         l.rlim_max
     };
-    let nofile = hard(libc::RLIMIT_NOFILE).min(1 << 20);
-    let nproc = hard(libc::RLIMIT_NPROC).min(32768);
+    (hard(libc::RLIMIT_NOFILE).min(1 << 20), hard(libc::RLIMIT_NPROC).min(32768))
+}
+
+/// [`hard_limits`] as `podman run` flags.
+fn ulimits() -> Vec<String> {
+    let (nofile, nproc) = hard_limits();
     vec!["--ulimit".into(), format!("nofile={nofile}:{nofile}"), "--ulimit".into(), format!("nproc={nproc}:{nproc}")]
 }
 

@@ -44,14 +44,8 @@ impl Podman5 {
             let out = Command::new("mount").args(&mount).output().unwrap();
             assert!(out.status.success(), "mount {mount:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        // This machine's hard limits as the containers' ulimits (podman's defaults exceed them
-        // here, and `kube play` has no flag for them).
-        let hard = |r| {
-            let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            unsafe { libc::getrlimit(r, &mut l) };
-            l.rlim_max
-        };
-        let (nofile, nproc) = (hard(libc::RLIMIT_NOFILE).min(1 << 20), hard(libc::RLIMIT_NPROC).min(32768));
+        // This machine's hard limits as the containers' ulimits (`kube play` has no flag).
+        let (nofile, nproc) = super::podman::hard_limits();
         podman5.write(
             "ulimits.conf",
             &format!("[containers]\ndefault_ulimits = [\"nofile={nofile}:{nofile}\", \"nproc={nproc}:{nproc}\"]\n"),
@@ -59,19 +53,16 @@ impl Podman5 {
         podman5
     }
 
-    /// `podman ARGS` of podman 5, in its root, to spawn.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("chroot");
-        cmd.arg(&self.root)
+    /// `podman ARGS` of podman 5, in its root.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new("chroot")
+            .arg(&self.root)
             .arg("podman")
             .args(args)
             .env("PODMAN_IGNORE_CGROUPSV1_WARNING", "1")
-            .env("CONTAINERS_CONF_OVERRIDE", "/tmp/ulimits.conf");
-        cmd
-    }
-
-    pub fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run chroot podman")
+            .env("CONTAINERS_CONF_OVERRIDE", "/tmp/ulimits.conf")
+            .output()
+            .expect("run chroot podman")
     }
 
     /// `podman ARGS`, which must succeed; its stdout, trimmed.
